@@ -1,0 +1,1 @@
+"""Sweep specs, the Ray Tune/Train/Optuna engine, MLflow logging and the `mixer` CLI."""
