@@ -66,6 +66,7 @@ class DataConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     permutation: Literal[PERMUTATIONS] = "none"  # type: ignore[valid-type]
     permutation_seed: int = 0
+    permutation_patch_size: int | None = Field(None, gt=0)  # the model's patch size; needed by patch permutations
     synthetic_examples: int = Field(6000, gt=0)
     synthetic_classes: int = Field(10, gt=1)
     synthetic_difficulty: float = Field(0.5, ge=0.0, le=1.0)

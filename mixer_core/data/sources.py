@@ -1,0 +1,212 @@
+"""Every dataset a config can name, loaded into `Source` form (images, labels, stable keys, class names).
+
+Sources small enough for memory (digits, IDX, torchvision, image folders, synthetic) are decoded once into one
+uint8 tensor so a batch is a tensor index; Parquet keeps images PNG-encoded until asked (see parquet.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mixer_core.config import DataConfig
+from mixer_core.data.errors import DataError
+from mixer_core.data.examples import Examples, Source, as_uint8_images, check_labels
+from mixer_core.data.parquet import load_parquet
+from mixer_core.data.synthetic import load_synthetic
+
+SYNTHETIC_IMAGE_SIZE = 16  # the generator's native size when data.image_size is not set
+IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
+
+
+def _require_path(cfg: DataConfig) -> Path:
+    if cfg.path is None:
+        raise DataError(f"data.name={cfg.name} needs data.path")
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (data.path for data.name={cfg.name})")
+    return path
+
+
+def load_digits_source(cfg: DataConfig, seed: int) -> Source:
+    """scikit-learn's bundled 8×8 digits (1,797 images, 17 grey levels scaled to 0..255); test is carved."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = as_uint8_images(np.round(digits.images * (255 / 16)), channels_last=False)
+    labels = torch.as_tensor(digits.target, dtype=torch.int64)
+    keys = [f"digits/{index}" for index in range(len(labels))]
+    return Source(Examples(images, labels, keys), None, [str(c) for c in range(10)], (1, 8, 8))
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """The array in an IDX file (gzipped or raw): (N, rows, cols) for images, (N,) for labels."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path}: cannot read IDX file ({error})") from None
+    dims = 3 if magic == IDX_IMAGES_MAGIC else 1
+    header = 4 * (1 + dims)
+    if len(raw) < header or struct.unpack(">i", raw[:4])[0] != magic:
+        raise DataError(f"{path}: not an IDX file with magic {magic}")
+    shape = struct.unpack(f">{dims}i", raw[4:header])
+    if len(raw) - header != int(np.prod(shape)):
+        raise DataError(f"{path}: IDX header says {shape} but holds {len(raw) - header} bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()  # writable for torch
+
+
+def load_mnist_idx(cfg: DataConfig, seed: int) -> Source:
+    """IDX pairs `<split>-images-idx3-ubyte[.gz]` + `<split>-labels-idx1-ubyte[.gz]` in data.path.
+
+    `train-*` is the training split and `t10k-*` the test split; a folder with only one pair (e.g. the MNIST
+    test set) is used as training data and its test split is carved.
+    """
+    folder = _require_path(cfg)
+    pairs = {}
+    for images_path in sorted(folder.glob("*-images-idx3-ubyte*")):
+        prefix = images_path.name.split("-images-idx3-ubyte")[0]
+        labels_path = next(iter(sorted(folder.glob(f"{prefix}-labels-idx1-ubyte*"))), None)
+        if labels_path is None:
+            raise DataError(f"{images_path}: no matching {prefix}-labels-idx1-ubyte[.gz] next to it")
+        pairs[prefix] = (images_path, labels_path)
+    if not pairs:
+        raise DataError(f"{folder}: no *-images-idx3-ubyte[.gz] files")
+    test_prefix = "t10k" if "t10k" in pairs and len(pairs) > 1 else None
+    train_prefixes = [prefix for prefix in pairs if prefix != test_prefix]
+    if len(train_prefixes) > 1:
+        raise DataError(f"{folder}: several IDX training sets {train_prefixes}; keep one (plus t10k)")
+
+    def examples(prefix: str) -> Examples:
+        images_path, labels_path = pairs[prefix]
+        images, labels = read_idx(images_path, IDX_IMAGES_MAGIC), read_idx(labels_path, IDX_LABELS_MAGIC)
+        if len(images) != len(labels):
+            raise DataError(f"{labels_path}: {len(labels)} labels for {len(images)} images in {images_path.name}")
+        labels = torch.as_tensor(labels, dtype=torch.int64)
+        check_labels(labels, 10, str(labels_path))
+        return Examples(as_uint8_images(images, False), labels, [f"{prefix}/{i}" for i in range(len(labels))])
+
+    train = examples(train_prefixes[0])
+    test = examples(test_prefix) if test_prefix else None
+    if test is not None and test.images.shape[1:] != train.images.shape[1:]:
+        raise DataError(f"{pairs[test_prefix][0]}: image shape differs from {pairs[train_prefixes[0]][0]}")
+    return Source(train, test, [str(c) for c in range(10)], tuple(train.images.shape[1:]))
+
+
+def load_torchvision(cfg: DataConfig, seed: int) -> Source:
+    """torchvision CIFAR-10/100, MNIST or Fashion-MNIST from data.path (downloads only if data.download)."""
+    from torchvision import datasets
+
+    dataset_class = {
+        "cifar10": datasets.CIFAR10,
+        "cifar100": datasets.CIFAR100,
+        "mnist": datasets.MNIST,
+        "fashion_mnist": datasets.FashionMNIST,
+    }[cfg.name]
+    if cfg.path is None:
+        raise DataError(f"data.name={cfg.name} needs data.path (the torchvision root folder)")
+    root = Path(cfg.path).expanduser()
+    if not cfg.download and not root.is_dir():
+        raise DataError(f"{root}: no such folder (data.path for data.name={cfg.name}; data.download is off)")
+    splits = {}
+    for split, is_train in (("train", True), ("test", False)):
+        try:
+            dataset = dataset_class(str(root), train=is_train, download=cfg.download)
+        except RuntimeError as error:
+            raise DataError(f"{root}: {cfg.name} {split} split not found or corrupt ({error})") from None
+        labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+        images = as_uint8_images(dataset.data, channels_last=True)
+        splits[split] = Examples(images, labels, [f"{cfg.name}/{split}/{i}" for i in range(len(labels))])
+        check_labels(labels, len(dataset.classes), f"{root} ({cfg.name} {split})")
+    return Source(splits["train"], splits["test"], list(dataset.classes), tuple(splits["train"].images.shape[1:]))
+
+
+def _read_image_folder(folder: Path, classes: list[str], size: int | None, keys_root: Path) -> Examples:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    class_to_idx = {name: index for index, name in enumerate(classes)}
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    if not samples:
+        raise DataError(f"{folder}: no image files in its class folders")
+    arrays, mode = [], None
+    for file, _ in samples:
+        try:
+            with Image.open(file) as image:
+                mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+                image = image.convert(mode)
+                if size is not None:
+                    image = image.resize((size, size), Image.Resampling.BILINEAR)
+                arrays.append(np.asarray(image))
+        except (UnidentifiedImageError, OSError) as error:
+            raise DataError(f"{file}: not a readable image ({error})") from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise DataError(
+                f"{file}: image shape {arrays[-1].shape} differs from {arrays[0].shape} of {samples[0][0]}; "
+                "set data.image_size to resize every image"
+            )
+    labels = torch.as_tensor([label for _, label in samples], dtype=torch.int64)
+    keys = [Path(file).relative_to(keys_root).as_posix() for file, _ in samples]
+    return Examples(as_uint8_images(np.stack(arrays), channels_last=True), labels, keys)
+
+
+def load_imagefolder(cfg: DataConfig, seed: int) -> Source:
+    """A class-per-folder tree; `train/` and `test/` subfolders, when both exist, are the two splits.
+
+    Images are resized to data.image_size at load when it is set (so mixed sizes are fine), else must all
+    share one shape. Keys are the file paths relative to data.path.
+    """
+    from torchvision.datasets.folder import find_classes
+
+    root = _require_path(cfg)
+    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
+    train_folder = root / "train" if has_splits else root
+    try:
+        classes = find_classes(str(train_folder))[0]
+    except FileNotFoundError as error:
+        raise DataError(f"{train_folder}: {error}") from None
+    train = _read_image_folder(train_folder, classes, cfg.image_size, root)
+    test = _read_image_folder(root / "test", classes, cfg.image_size, root) if has_splits else None
+    if test is not None and test.images.shape[1:] != train.images.shape[1:]:
+        raise DataError(f"{root / 'test'}: image shape {tuple(test.images.shape[1:])} differs from train's")
+    return Source(train, test, classes, tuple(train.images.shape[1:]))
+
+
+def load_parquet_source(cfg: DataConfig, seed: int) -> Source:
+    """Sharded Parquet from a folder, glob or fsspec URL (see parquet.py)."""
+    if cfg.path is None:
+        raise DataError("data.name=parquet needs data.path (a folder, glob or URL of shards)")
+    return load_parquet(cfg.path)
+
+
+def load_synthetic_source(cfg: DataConfig, seed: int) -> Source:
+    """The seeded synthetic generator at data.image_size (16 when unset)."""
+    return load_synthetic(
+        cfg.synthetic_examples,
+        cfg.synthetic_classes,
+        cfg.synthetic_difficulty,
+        cfg.image_size or SYNTHETIC_IMAGE_SIZE,
+        seed,
+    )
+
+
+LOADERS: dict[str, Callable[[DataConfig, int], Source]] = {
+    "digits": load_digits_source,
+    "mnist_idx": load_mnist_idx,
+    "cifar10": load_torchvision,
+    "cifar100": load_torchvision,
+    "mnist": load_torchvision,
+    "fashion_mnist": load_torchvision,
+    "imagefolder": load_imagefolder,
+    "parquet": load_parquet_source,
+    "synthetic": load_synthetic_source,
+}
+
+
+def load_source(cfg: DataConfig, seed: int = 0) -> Source:
+    """The dataset `cfg` names, as its source provides it (no resizing, carving or fractions yet)."""
+    return LOADERS[cfg.name](cfg, seed)

@@ -1,0 +1,143 @@
+"""`mixer data`: inspect a dataset, convert it to Parquet shards, and measure its loader's throughput.
+
+SRC is a dataset name (`digits`, `mnist_idx`, ...) or a YAML run config / sweep spec whose `data` section is
+used; `--set key=value` then sets data fields, e.g. `mixer data info mnist_idx --set path=../shared/data/mnist-t10k`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, format_validation_error, load_config
+from mixer_core.config import parse_override, set_by_path
+from mixer_core.data import DataError, build_splits, make_loader
+from mixer_core.data.parquet import write_parquet
+from mixer_core.data.sources import load_source
+from sweeps.cli.output import add_json_flag, emit_json, format_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Subcommands `info`, `convert` and `bench`, each taking SRC plus `--set` data overrides."""
+    commands = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    helps = {
+        "info": "counts per split, classes and image shape after carving",
+        "convert": "write a source as Parquet shards plus manifest.json",
+        "bench": "training-loader throughput in images/s",
+    }
+    for name, help_text in helps.items():
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("src", help=f"a dataset name ({', '.join(DATASET_NAMES)}) or a YAML config")
+        if name == "convert":
+            command.add_argument("dest", help="output folder or fsspec URL (e.g. s3://bucket/mnist)")
+            command.add_argument("--shard-size", type=int, default=4096, help="examples per shard (default 4096)")
+        if name == "bench":
+            command.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
+            command.add_argument("--batches", type=int, default=50, help="timed batches (after 3 warm-up batches)")
+            command.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="set a data field, e.g. path=/data/mnist or augment.flip=true (repeatable)")
+        command.add_argument("--seed", type=int, default=0, help="seed of the synthetic source (default 0)")
+        add_json_flag(command)
+
+
+def data_config(src: str, overrides: list[str]) -> DataConfig:
+    """The DataConfig named by SRC (a dataset name or a YAML config file) with `key=value` overrides applied."""
+    if src in DATASET_NAMES:
+        mapping, source = {"name": src}, "command line"
+    elif Path(src).is_file():
+        mapping, source = load_config(src).data.model_dump(), src
+    else:
+        raise ConfigError(f"{src}: neither a dataset name ({', '.join(DATASET_NAMES)}) nor a config file")
+    for override in overrides:
+        key, value = parse_override(override)
+        set_by_path(mapping, key.removeprefix("data."), value)
+    try:
+        return DataConfig.model_validate(mapping)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source, prefix="data")) from None
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_info(cfg: DataConfig, args: argparse.Namespace) -> dict:
+    """Counts, classes and shape of the splits `build_splits` makes from `cfg`."""
+    splits = build_splits(cfg, seed=args.seed)
+    return {
+        "name": cfg.name,
+        "path": cfg.path,
+        "num_classes": splits.num_classes,
+        "class_names": splits.class_names,
+        "image_shape": list(splits.image_shape),
+        "train_size": splits.train_size,
+        "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+    }
+
+
+def run_convert(cfg: DataConfig, args: argparse.Namespace) -> dict:
+    """Write the source's own splits (before carving, keys kept) as Parquet; returns the manifest."""
+    if args.shard_size <= 0:
+        raise ConfigError(f"--shard-size must be positive, got {args.shard_size}")
+    manifest = write_parquet(load_source(cfg, seed=args.seed), args.dest, args.shard_size, _progress)
+    return {"dest": args.dest, **manifest}
+
+
+def run_bench(cfg: DataConfig, args: argparse.Namespace) -> dict:
+    """Images/s of the training loader with the configured augmentation, over N batches after 3 warm-up ones."""
+    splits = build_splits(cfg, seed=args.seed)
+    batch_size = args.batch_size or cfg.batch_size
+    workers = cfg.num_workers if args.workers is None else args.workers
+    loader = make_loader(splits.train, batch_size, shuffle=True, seed=0, num_workers=workers, drop_last=True)
+    if len(loader) == 0:
+        raise ConfigError(f"batch size {batch_size} exceeds the {len(splits.train)} training examples")
+    epoch, batches, images, start = 0, iter(loader), 0, None
+    for step in range(3 + args.batches):
+        if step == 3:
+            start, images = time.perf_counter(), 0
+        try:
+            batch = next(batches)
+        except StopIteration:
+            epoch += 1
+            loader.sampler.set_epoch(epoch)
+            batches = iter(loader)
+            batch = next(batches)
+        images += len(batch[0])
+    seconds = time.perf_counter() - start
+    return {
+        "name": cfg.name,
+        "image_shape": list(splits.image_shape),
+        "batch_size": batch_size,
+        "workers": workers,
+        "augment": cfg.augment.model_dump(),
+        "permutation": cfg.permutation,
+        "images": images,
+        "seconds": seconds,
+        "images_per_sec": images / seconds,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `mixer data ACTION`; prints a table, or one JSON document with --json."""
+    actions = {"info": run_info, "convert": run_convert, "bench": run_bench}
+    try:
+        result = actions[args.data_command](data_config(args.src, args.overrides), args)
+    except (ConfigError, DataError) as error:
+        print(f"mixer data {args.data_command}: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        emit_json(result)
+    elif args.data_command == "info":
+        print(f"{result['name']}: {result['num_classes']} classes, image shape {tuple(result['image_shape'])}")
+        print(format_table([{"split": split, "examples": count} for split, count in result["splits"].items()]))
+    elif args.data_command == "convert":
+        counts = {split: info["count"] for split, info in result["splits"].items()}
+        print(f"wrote {counts} to {result['dest']} ({len(result['classes'])} classes, shape {result['image_shape']})")
+    else:
+        print(format_table([{k: v for k, v in result.items() if k != "augment"}]))
+    return 0

@@ -1,0 +1,181 @@
+"""build_splits, fractions, permutations, augmentation and loaders on real data (digits, MNIST test set)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mixer_core.config import DataConfig
+from mixer_core.data import DataError, build_mixup, build_splits, make_loader
+from mixer_core.data.fractions import carve
+from mixer_core.data.permutations import apply_permutation, permutation_index
+
+MNIST = "/work/shared/data/mnist-t10k"
+
+
+@pytest.fixture(scope="module")
+def mnist_splits():
+    return build_splits(DataConfig(name="mnist_idx", path=MNIST))
+
+
+def test_digits_splits_are_disjoint_normalised_and_cover_the_source():
+    splits = build_splits(DataConfig())
+    assert (splits.num_classes, splits.image_shape) == (10, (1, 8, 8))
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 1797
+    assert (len(splits.test), len(splits.val)) == (359, 144)  # test_fraction 0.2 of 1797, val 0.1 of the rest
+    assert splits.train_size == len(splits.train)
+    keys = [set(split.keys) for split in (splits.train, splits.val, splits.test)]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    images, labels = make_loader(splits.test, 512, shuffle=False, seed=0).__iter__().__next__()
+    assert images.dtype == torch.float32 and images.shape == (359, 1, 8, 8)
+    assert images.min() == -1.0 and images.max() == 1.0
+    assert set(labels.tolist()) == set(range(10))
+
+
+def test_mnist_idx_gives_the_real_test_set_split_and_resized(mnist_splits):
+    assert (len(mnist_splits.train), len(mnist_splits.val), len(mnist_splits.test)) == (7200, 800, 2000)
+    assert mnist_splits.image_shape == (1, 28, 28)
+    image, label = mnist_splits.test[0]
+    assert image.shape == (1, 28, 28) and 0 <= label < 10
+    resized = build_splits(DataConfig(name="mnist_idx", path=MNIST, image_size=32))
+    assert resized.image_shape == (1, 32, 32) and resized.test[0][0].shape == (1, 32, 32)
+    assert resized.test.keys == mnist_splits.test.keys  # resizing never changes which examples are where
+
+
+@pytest.mark.parametrize("trial", range(20))
+def test_fraction_subsets_are_nested_exact_and_reproducible(trial):
+    rng = random.Random(trial)
+    keys = [f"shard{rng.randrange(100)}/{rng.getrandbits(40):x}" for _ in range(rng.randrange(50, 5000))]
+    keys = list(dict.fromkeys(keys))
+    fractions = sorted(rng.uniform(0.01, 1.0) for _ in range(4)) + [1.0]
+    chosen = [set(carve(keys, fraction, "fraction")[0].tolist()) for fraction in fractions]
+    for smaller, larger in zip(chosen, chosen[1:]):
+        assert smaller <= larger
+    for fraction, subset in zip(fractions, chosen):
+        assert abs(len(subset) - fraction * len(keys)) <= max(0.5, 0.01 * fraction * len(keys))
+    # the choice depends on the keys only, not on their order (shards may be listed in any order)
+    shuffled = keys[:]
+    rng.shuffle(shuffled)
+    picked = {shuffled[i] for i in carve(shuffled, fractions[0], "fraction")[0]}
+    assert picked == {keys[i] for i in chosen[0]}
+
+
+def test_train_fractions_are_nested_and_leave_val_and_test_alone(mnist_splits):
+    by_fraction = {f: build_splits(DataConfig(name="mnist_idx", path=MNIST, fraction=f)) for f in (0.03, 0.1, 0.3)}
+    by_fraction[1.0] = mnist_splits
+    train_keys = {f: set(splits.train.keys) for f, splits in by_fraction.items()}
+    assert train_keys[0.03] < train_keys[0.1] < train_keys[0.3] < train_keys[1.0]
+    for fraction, splits in by_fraction.items():
+        assert splits.train_size == round(fraction * 7200)
+        assert splits.val.keys == mnist_splits.val.keys and splits.test.keys == mnist_splits.test.keys
+
+
+def test_permutations_are_fixed_and_keep_the_pixels():
+    base = build_splits(DataConfig(name="mnist_idx", path=MNIST, image_size=32))
+    original = torch.stack([base.test[i][0] for i in range(4)])
+    patch = 8
+    for kind in ("patches", "pixels_within_patches", "pixels"):
+        cfg = DataConfig(name="mnist_idx", path=MNIST, image_size=32, permutation=kind, permutation_patch_size=patch)
+        splits = build_splits(cfg)
+        index = permutation_index(kind, 32, 32, patch, seed=0)
+        permuted = torch.stack([splits.test[i][0] for i in range(4)])
+        assert torch.equal(permuted, apply_permutation(original, index))
+        assert not torch.equal(permuted, original)
+        assert torch.equal(torch.sort(permuted.flatten(1)).values, torch.sort(original.flatten(1)).values)
+        # train and validation go through the very same permutation
+        assert splits.train.permutation is splits.test.permutation is splits.val.permutation
+        patches = lambda x: x.unfold(2, patch, patch).unfold(3, patch, patch).reshape(4, -1, patch * patch)
+        sorted_patches = lambda x: torch.sort(patches(x), dim=2).values
+        if kind == "patches":  # the patches themselves survive, only their order changes
+            assert sorted(map(tuple, patches(permuted)[0].tolist())) == sorted(map(tuple, patches(original)[0].tolist()))
+        if kind == "pixels_within_patches":  # each patch keeps its place and its pixels
+            assert torch.equal(sorted_patches(permuted), sorted_patches(original))
+    other_seed = permutation_index("pixels", 32, 32, None, seed=1)
+    assert not torch.equal(other_seed, permutation_index("pixels", 32, 32, None, seed=0))
+
+
+def test_patch_permutation_needs_a_patch_size_dividing_the_image():
+    with pytest.raises(DataError, match="permutation_patch_size"):
+        build_splits(DataConfig(permutation="patches"))
+    with pytest.raises(DataError, match="not divisible by patch size 3"):
+        build_splits(DataConfig(permutation="patches", permutation_patch_size=3))
+
+
+def test_flip_mirrors_or_keeps_each_image_and_only_train_is_augmented():
+    plain = build_splits(DataConfig())
+    flipped = build_splits(DataConfig(augment={"flip": True}))
+    torch.manual_seed(0)
+    images, _ = flipped.train.batch(list(range(256)))
+    reference, _ = plain.train.batch(list(range(256)))
+    mirrored = torch.tensor([torch.equal(a, b.flip(-1)) for a, b in zip(images, reference)])
+    kept = torch.tensor([torch.equal(a, b) for a, b in zip(images, reference)])
+    assert bool((mirrored | kept).all()) and 50 < int(mirrored.sum()) < 206
+    assert torch.equal(flipped.test.batch([0, 1])[0], plain.test.batch([0, 1])[0])
+
+
+def test_inception_crop_and_randaugment_give_varied_valid_images():
+    cfg = DataConfig(image_size=16, augment={"inception_crop": True, "flip": True, "randaugment_magnitude": 9})
+    splits = build_splits(cfg)
+    torch.manual_seed(0)
+    random.seed(0)
+    first, labels = splits.train.batch(list(range(64)))
+    second, _ = splits.train.batch(list(range(64)))
+    assert first.shape == (64, 1, 16, 16) and torch.isfinite(first).all()
+    assert first.min() >= -1.0 and first.max() <= 1.0
+    assert not torch.equal(first, second)  # fresh randomness per draw
+    assert torch.equal(labels, splits.train.labels[:64])
+
+
+def test_inception_crop_boxes_follow_the_paper_ranges_and_the_crop_shows_its_box():
+    from mixer_core.data.transforms import Augmentation, inception_crop_boxes
+
+    torch.manual_seed(0)
+    boxes = inception_crop_boxes(2000, 28, 20)
+    top, left, height, width = boxes.unbind(1)
+    area = height * width / (28 * 20)
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 28).all() and (left + width <= 20).all()
+    assert area.min() >= 0.08 - 1e-6 and area.max() <= 1.0 + 1e-6
+    assert 0.4 < area.mean() < 0.65  # the area is drawn uniformly from [0.08, 1]
+    # an image whose pixel value is its column index: each crop must show the columns of its own box
+    ramp = torch.arange(20, dtype=torch.uint8).expand(64, 1, 28, 20)
+    torch.manual_seed(1)
+    top, left, height, width = inception_crop_boxes(64, 28, 20).unbind(1)
+    torch.manual_seed(1)
+    crops = Augmentation(DataConfig(augment={"inception_crop": True}).augment, 16, 1)(ramp)
+    assert crops.shape == (64, 1, 16, 16)
+    centre = left + width / 2 - 0.5  # pixel j covers [j, j+1): its value j sits at centre j + 0.5
+    assert torch.allclose(crops.mean(dim=(1, 2, 3)), centre, atol=0.05)
+    assert (crops.amin(dim=(1, 2, 3)) >= left - 0.5 - 1e-4).all() and (crops.amax(dim=(1, 2, 3)) <= left + width).all()
+
+
+def test_mixup_comes_from_timm_and_mixes_the_batch():
+    assert build_mixup(DataConfig(), 10) is None
+    mixup = build_mixup(DataConfig(augment={"mixup": 0.5}), 10)
+    images, labels = torch.randn(8, 1, 8, 8), torch.arange(8)
+    mixed, targets = mixup(images.clone(), labels)
+    assert targets.shape == (8, 10) and torch.allclose(targets.sum(1), torch.ones(8))
+    assert not torch.equal(mixed, images)
+
+
+def test_loader_order_follows_seed_and_epoch():
+    splits = build_splits(DataConfig())
+    order = lambda loader: torch.cat([labels for _, labels in loader])
+    first = make_loader(splits.train, 100, shuffle=True, seed=3)
+    again = make_loader(splits.train, 100, shuffle=True, seed=3)
+    assert torch.equal(order(first), order(again))
+    epoch0 = order(first)
+    first.sampler.set_epoch(1)
+    assert not torch.equal(order(first), epoch0)
+    assert torch.equal(torch.sort(order(first)).values, torch.sort(epoch0).values)
+    dropped = make_loader(splits.train, 100, shuffle=False, seed=0, drop_last=True)
+    assert len(dropped) == len(splits.train) // 100 and all(len(b[1]) == 100 for b in dropped)
+
+
+def test_loader_with_workers_gives_the_same_examples():
+    splits = build_splits(DataConfig())
+    serial = make_loader(splits.val, 64, shuffle=False, seed=0)
+    parallel = make_loader(splits.val, 64, shuffle=False, seed=0, num_workers=2)
+    serial_images = torch.cat([images for images, _ in serial])
+    assert torch.equal(serial_images, torch.cat([images for images, _ in parallel]))

@@ -1,0 +1,51 @@
+"""`mixer data info / convert / bench` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from sweeps.cli import main
+
+MNIST = "/work/shared/data/mnist-t10k"
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_info_reports_counts_classes_and_shape(capsys, tmp_path):
+    info = _json(capsys, ["data", "info", "mnist_idx", "--set", f"path={MNIST}", "--set", "fraction=0.1", "--json"])
+    assert info["splits"] == {"train": 720, "val": 800, "test": 2000} and info["train_size"] == 720
+    assert info["image_shape"] == [1, 28, 28] and info["num_classes"] == 10
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"variant": "Ti/4"}, "data": {"name": "digits", "image_size": 16}}))
+    from_yaml = _json(capsys, ["data", "info", str(config), "--set", "data.val_fraction=0.2", "--json"])
+    assert from_yaml["image_shape"] == [1, 16, 16] and from_yaml["splits"]["val"] == 288
+    assert main(["data", "info", "digits"]) == 0
+    assert "test" in capsys.readouterr().out
+
+
+def test_convert_writes_shards_that_read_back(capsys, tmp_path):
+    dest = tmp_path / "digits"
+    manifest = _json(capsys, ["data", "convert", "digits", str(dest), "--shard-size", "1000", "--json"])
+    assert manifest["splits"]["train"] == {"count": 1797, "shards": ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]}
+    assert json.loads((dest / "manifest.json").read_text())["image_shape"] == [1, 8, 8]
+    info = _json(capsys, ["data", "info", "parquet", "--set", f"path={dest}", "--json"])
+    assert info["splits"] == {"train": 1294, "val": 144, "test": 359}
+
+
+def test_bench_prints_loader_throughput(capsys):
+    result = _json(capsys, ["data", "bench", "digits", "--set", "augment.flip=true", "--batches", "5", "--json"])
+    assert result["images"] == 5 * 128 and result["images_per_sec"] > 0
+
+
+def test_bad_input_is_one_message_and_exit_status_2(capsys, tmp_path):
+    assert main(["data", "info", "mnist_idx", "--set", f"path={tmp_path}/none"]) == 2
+    assert f"{tmp_path}/none: no such file or folder" in capsys.readouterr().err
+    assert main(["data", "info", "digits", "--set", "fraction=2"]) == 2
+    assert "data.fraction" in capsys.readouterr().err
+    assert main(["data", "info", "imagenet"]) == 2
+    assert "neither a dataset name" in capsys.readouterr().err
