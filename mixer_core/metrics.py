@@ -1,0 +1,48 @@
+"""Metric names: the one place the training loop, the sweep engine, MLflow and the dashboards take them from.
+
+A report from `mixer_core.train.train` is a `dict[str, float]` keyed by these names. Top-1 values are
+fractions in [0, 1]; `train_flops` is cumulative (3 × 2 × forward MACs per example seen, paper Figure 2).
+"""
+
+from __future__ import annotations
+
+# Position and size of the run.
+STEP = "step"  # optimizer steps taken
+EPOCH = "epoch"  # examples_seen / train_size, fractional
+EXAMPLES_SEEN = "examples_seen"  # training examples seen, all ranks together
+TRAIN_SIZE = "train_size"  # training examples after the data fraction
+
+# Optimisation, averaged over the steps since the previous report.
+TRAIN_LOSS = "train_loss"
+LR = "lr"  # learning rate of the last step
+IMAGES_PER_SEC = "images_per_sec"  # training images per second, all ranks together, evaluation time excluded
+TRAIN_FLOPS = "train_flops"
+
+# Evaluation.
+VAL_TOP1 = "val_top1"
+VAL_LOSS = "val_loss"
+TEST_TOP1 = "test_top1"
+
+# Cost and model size.
+WALL_SECONDS = "wall_seconds"  # since the run started, summed over resumes
+PARAMS = "params"
+GMACS = "gmacs"  # forward multiply-accumulates per image, in units of 1e9
+
+TRAIN_METRICS = (STEP, EPOCH, EXAMPLES_SEEN, TRAIN_SIZE, TRAIN_LOSS, LR, IMAGES_PER_SEC, TRAIN_FLOPS,
+                 WALL_SECONDS, PARAMS, GMACS)
+EVAL_METRICS = (VAL_TOP1, VAL_LOSS, TEST_TOP1)
+
+
+def fewshot_top1(shots: int) -> str:
+    """The few-shot linear top-1 metric for `shots` examples per class, e.g. `fewshot_5shot_top1`."""
+    return f"fewshot_{shots}shot_top1"
+
+
+def all_metric_names(fewshot_shots: list[int] | tuple[int, ...] = ()) -> list[str]:
+    """Every metric name a run with these few-shot shots can report, in reporting order."""
+    return [*TRAIN_METRICS, *EVAL_METRICS, *(fewshot_top1(k) for k in fewshot_shots)]
+
+
+def is_eval_report(metrics: dict[str, float]) -> bool:
+    """Whether a report carries evaluation results (an evaluation report) or only training progress."""
+    return any(name in metrics for name in EVAL_METRICS)

@@ -1,0 +1,67 @@
+"""`mixer train CONFIG.yaml [--set key=value ...] [--json] [--resume DIR] [--out DIR]`: one run, without Ray.
+
+CONFIG is a run config or a sweep spec (its `base:` is used), so a single run and a sweep trial are configured
+alike. Progress goes to stderr; the final metrics are printed as a table, or with `--json` as one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from mixer_core import metrics
+from mixer_core.config import ConfigError, load_config
+from mixer_core.data import DataError
+from mixer_core.train import TrainingError, train
+from sweeps.cli.output import add_json_flag, emit_json, format_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mixer train`."""
+    parser.add_argument("config", type=Path, help="run config YAML, or a sweep spec whose base config is used")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=0.003 (repeatable)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directory for checkpoints (default: runs/<config name>-<UTC time>)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                        help="continue from a checkpoint directory, or from a run directory's newest checkpoint")
+    parser.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints")
+    add_json_flag(parser)
+
+
+def _run_dir_of(resume: Path | None) -> Path | None:
+    """The run directory a resumed run keeps writing to: `DIR` itself, or `RUN` for `RUN/checkpoints/step_N`."""
+    if resume is None:
+        return None
+    return resume.parent.parent if resume.parent.name == "checkpoints" else resume
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train one run; exit status 0 on success, 2 for a bad config or dataset, 1 when training fails."""
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"mixer train: {error}", file=sys.stderr)
+        return 2
+    work_dir = None
+    if not args.no_checkpoints:
+        started = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        work_dir = args.out or _run_dir_of(args.resume) or Path("runs") / f"{args.config.stem}-{started}"
+    try:
+        final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True)
+    except (DataError, ValueError, FileNotFoundError) as error:  # a dataset, value or checkpoint we cannot use
+        print(f"mixer train: {args.config}: {error}", file=sys.stderr)
+        return 2
+    except TrainingError as error:
+        print(f"mixer train: {args.config}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        emit_json(final)
+        return 0
+    names = [name for name in metrics.all_metric_names(config.eval.fewshot_shots) if name in final]
+    print(format_table([{"metric": name, "value": final[name]} for name in names]))
+    if work_dir is not None:
+        print(f"checkpoints: {work_dir / 'checkpoints'}")
+    return 0
