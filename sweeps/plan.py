@@ -1,0 +1,240 @@
+"""The expanded plan of a sweep, without starting Ray: its trials, axes, model sizes and training cost.
+
+`mixer sweep validate` prints it. Model sizes come from building each model on PyTorch's meta device (no memory,
+no initialisation time, so L/16 costs nothing); dataset sizes from their definition, IDX headers or Parquet
+manifests, never from reading images.
+Training FLOPs follow the paper's convention: 3 × 2 × forward MACs per example seen (Figure 2).
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixer_core.build import build_model, forward_macs, model_name
+from mixer_core.config import DataConfig, RunConfig
+from mixer_core.data.parquet import MANIFEST
+from mixer_core.data.sources import SYNTHETIC_IMAGE_SIZE
+from mixer_core.data.synthetic import CHANNELS as SYNTHETIC_CHANNELS
+from mixer_core.model import VARIANTS, count_parameters
+from sweeps.cli.output import format_table
+from sweeps.spec import OPTUNA_SEARCHERS, SpecError, SweepSpec, build_run_config
+
+TRAIN_FLOPS_PER_MAC = 6  # forward + backward ≈ 3 forward passes, 2 FLOPs per multiply-accumulate
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What the plan knows of a dataset before loading it; None where only its files can tell."""
+
+    image_shape: tuple[int, int, int] | None  # native (C, H, W)
+    num_classes: int | None
+    pool_size: int | None  # training examples before test/validation are carved
+    has_test_split: bool  # otherwise data.test_fraction is carved from the pool
+
+
+_BUILT_IN = {  # sources whose size is fixed
+    "digits": DatasetFacts((1, 8, 8), 10, 1797, False),
+    "mnist": DatasetFacts((1, 28, 28), 10, 60000, True),
+    "fashion_mnist": DatasetFacts((1, 28, 28), 10, 60000, True),
+    "cifar10": DatasetFacts((3, 32, 32), 10, 50000, True),
+    "cifar100": DatasetFacts((3, 32, 32), 100, 50000, True),
+}
+# Keys that change what a trial costs; the plan bounds a search by the extremes of these only.
+_COST_KEYS = (
+    "model.variant",
+    "model.timm_model",
+    "data.name",
+    "data.image_size",
+    "data.fraction",
+    "data.batch_size",
+    "train.epochs",
+    "train.steps",
+    "train.examples",
+)
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """One model at one input shape: its size and forward cost per image."""
+
+    model: str  # a Mixer variant or a timm model name
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    params: int
+    gmacs: float
+
+
+def trial_configs(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The grid's points in axis order, each a dict of dotted key path -> value; `[{}]` without a grid."""
+    keys = list(spec.grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*spec.grid.values())]
+
+
+def trial_count(spec: SweepSpec) -> int:
+    """How many trials the sweep runs: grid points × num_samples, or num_samples for Optuna."""
+    if spec.searcher in OPTUNA_SEARCHERS:
+        return spec.num_samples
+    return len(trial_configs(spec)) * spec.num_samples
+
+
+def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
+    """The sweep's plan as plain data: `name`, `source`, `searcher`, `scheduler`, `trial_count`, `axes`
+    (key path -> values or distribution, as text), `models` (model, image_shape, num_classes, params, gmacs)
+    and `train_flops` for all trials (an upper bound for searched sweeps; None when the data size is unknown)
+    with a `flops_note`. Raises `SpecError` if a trial's model cannot take its input size."""
+    costs: dict[tuple, ModelCost] = {}
+    total_flops, unknown = 0.0, set()
+    optuna = spec.searcher in OPTUNA_SEARCHERS
+    for params in [{}] if optuna else trial_configs(spec):
+        worst = 0.0
+        for bound in _cost_bounds(spec, include_grid=optuna):
+            config = build_run_config(spec, {**params, **bound})
+            cost, examples = _model_cost(spec, config, costs), estimated_examples(config)
+            if cost is None or examples is None:
+                unknown.add(config.data.name)
+                continue
+            worst = max(worst, TRAIN_FLOPS_PER_MAC * cost.gmacs * 1e9 * examples)
+        total_flops += worst * spec.num_samples
+    note = "upper bound: every trial at its most costly setting" if spec.search or optuna else "all trials"
+    if unknown:
+        note = f"{', '.join(sorted(unknown))} data of unknown size: set data.image_size and train.steps or train.examples"
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "searcher": spec.searcher,
+        "scheduler": spec.scheduler.type,
+        "trial_count": trial_count(spec),
+        "axes": _describe_axes(spec),
+        "models": [asdict(cost) for cost in costs.values()],
+        "train_flops": None if unknown else total_flops,
+        "flops_note": note,
+    }
+
+
+def estimated_examples(config: RunConfig) -> int | None:
+    """Training examples one run sees: its example or step budget, else epochs × the fraction's size."""
+    if config.train.examples is not None:
+        return config.train.examples
+    if config.train.steps is not None:
+        return config.train.steps * config.data.batch_size
+    size = estimated_train_size(config.data)
+    return None if size is None else math.ceil(config.train.epochs * size)
+
+
+def estimated_train_size(data: DataConfig) -> int | None:
+    """Training examples after carving test/validation and applying the fraction (as `build_splits` does)."""
+    facts = dataset_facts(data)
+    if facts.pool_size is None:
+        return None
+    pool = facts.pool_size if facts.has_test_split else facts.pool_size * (1 - data.test_fraction)
+    return round(pool * (1 - data.val_fraction) * data.fraction)
+
+
+def dataset_facts(data: DataConfig) -> DatasetFacts:
+    """Shape, classes and size of `data` from its definition, IDX headers or Parquet manifest (no images read)."""
+    if data.name in _BUILT_IN:
+        return _BUILT_IN[data.name]
+    if data.name == "synthetic":
+        shape = (SYNTHETIC_CHANNELS, SYNTHETIC_IMAGE_SIZE, SYNTHETIC_IMAGE_SIZE)
+        return DatasetFacts(shape, data.synthetic_classes, data.synthetic_examples, False)
+    folder = Path(data.path or "").expanduser()
+    if data.name == "mnist_idx":
+        counts = {label.name.split("-labels-idx1-ubyte")[0]: _idx_count(label) for label in folder.glob("*-labels-idx1-ubyte*")}
+        train = [count for prefix, count in counts.items() if prefix != "t10k"] or list(counts.values())
+        return DatasetFacts((1, 28, 28), 10, train[0] if train else None, len(counts) > 1)
+    if data.name == "parquet":
+        manifest_path = (folder.parent if any(c in str(folder) for c in "*?[") else folder) / MANIFEST
+        if "://" not in str(data.path) and manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            splits = manifest.get("splits", {})
+            return DatasetFacts(
+                tuple(manifest["image_shape"]), manifest.get("num_classes"), splits.get("train", {}).get("count"), "test" in splits
+            )
+    return DatasetFacts(None, None, None, False)
+
+
+def _idx_count(path: Path) -> int:
+    """The item count in an IDX file's header (magic, then big-endian sizes), read without the data."""
+    with (gzip.open(path) if path.suffix == ".gz" else path.open("rb")) as handle:
+        return struct.unpack(">ii", handle.read(8))[1]
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan for people: header, axes, a table of models, and the training cost."""
+    rows = [
+        {
+            "model": cost["model"],
+            "input": "x".join(map(str, cost["image_shape"])),
+            "classes": cost["num_classes"],
+            "params_M": cost["params"] / 1e6,
+            "GMACs": cost["gmacs"],
+        }
+        for cost in plan["models"]
+    ]
+    return "\n".join(
+        [
+            f"sweep {plan['name']} ({plan['source']}): {plan['trial_count']} trials, searcher {plan['searcher']}, "
+            f"scheduler {plan['scheduler']}",
+            *(f"  {key}: {values}" for key, values in plan["axes"].items()),
+            "",
+            format_table(rows),
+            "",
+            f"estimated training FLOPs: {_flops_text(plan['train_flops'])} ({plan['flops_note']})",
+        ]
+    )
+
+
+def _flops_text(flops: float | None) -> str:
+    return "unknown" if flops is None else f"{flops:.3g}"
+
+
+def _cost_bounds(spec: SweepSpec, include_grid: bool) -> list[dict[str, Any]]:
+    """Settings of the cost-relevant searched keys whose maximum bounds any sampled trial's cost
+    (Optuna also chooses among grid values, so they count as searched then)."""
+    dims = {key: dist.endpoint_values() for key, dist in spec.search.items() if key in _COST_KEYS}
+    if include_grid:
+        dims.update({key: values for key, values in spec.grid.items() if key in _COST_KEYS})
+    return [dict(zip(dims, values)) for values in itertools.product(*dims.values())]
+
+
+def _describe_axes(spec: SweepSpec) -> dict[str, str]:
+    axes = {f"grid {key}": ", ".join(map(str, values)) for key, values in spec.grid.items()}
+    for key, dist in spec.search.items():
+        if dist.type == "categorical":
+            axes[f"search {key}"] = "{" + ", ".join(map(str, dist.choices)) + "}"
+        else:
+            axes[f"search {key}"] = f"{dist.type}{' log' if dist.log else ''} [{dist.low:g}, {dist.high:g}]"
+    return axes
+
+
+def _model_cost(spec: SweepSpec, config: RunConfig, cache: dict[tuple, ModelCost]) -> ModelCost | None:
+    """The model's size and MACs at the trial's input shape; None when the data's image size is unknown."""
+    facts = dataset_facts(config.data)
+    if facts.image_shape is None and config.data.image_size is None:
+        return None
+    channels = facts.image_shape[0] if facts.image_shape else 3
+    height, width = (config.data.image_size,) * 2 if config.data.image_size else facts.image_shape[1:]
+    name = model_name(config.model)
+    key = (name, (channels, height, width), facts.num_classes or 0)
+    if key in cache:
+        return cache[key]
+    if not config.model.timm_model and height % VARIANTS[name].patch_size:
+        axes = {"grid": spec.grid, "search": spec.search}
+        where = next((f"{kind}.model.variant" for kind, keys in axes.items() if "model.variant" in keys), "base.model.variant")
+        raise SpecError(
+            f"{spec.source}: {where}: {name} needs an input size divisible by its patch size "
+            f"{VARIANTS[name].patch_size}, but {config.data.name} images are {height}x{width} (set data.image_size)"
+        )
+    with torch.device("meta"):  # sizes only: no memory, no initialisation time
+        model = build_model(config.model, facts.num_classes or 0, key[1])
+        cache[key] = ModelCost(name, key[1], key[2], count_parameters(model), forward_macs(model, key[1]) / 1e9)
+    return cache[key]

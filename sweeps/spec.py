@@ -1,0 +1,488 @@
+"""The sweep spec: a YAML file naming a base run config, what to vary, how to search and on what resources.
+
+A spec is checked completely before anything starts: unknown keys, wrong types, empty grid axes, values a
+run config would refuse, unknown variants, searcher/objective/scheduler combinations that cannot work, and
+(with `check_resources`) resources the cluster lacks. Every problem becomes one line of a `SpecError` that
+names the spec file and the key path (`sweeps/x.yaml: grid.train.lr[2]: ...`), with a close match for typos.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from mixer_core import metrics
+from mixer_core.config import ConfigError, RunConfig, parse_override, set_by_path
+from mixer_core.model import VARIANTS
+
+SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")
+OPTUNA_SEARCHERS = ("optuna-tpe", "optuna-nsga2")
+STORAGE_SCHEMES = ("s3", "gs")
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot run; one line per problem, each naming the spec file and the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distribution(_Strict):
+    """One Optuna search dimension: `float` (optionally `log`), `int`, or `categorical` over `choices`."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Distribution:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical distribution needs a non-empty list of choices")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("a categorical distribution takes only choices (no low/high/log/step)")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"choices belong to a categorical distribution, not to type {self.type}")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} distribution needs both low and high")
+        if self.low >= self.high:
+            raise ValueError(f"low must be below high, got low={self.low} high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log distribution needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna samples log-uniformly without steps)")
+        if self.type == "int" and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
+            raise ValueError("an int distribution needs integer low, high and step")
+        return self
+
+    def endpoint_values(self) -> list[Any]:
+        """The values that bound this dimension: every choice, or low and high (as ints for `int`)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+class Objective(_Strict):
+    """A metric reported by the training loop (`mixer_core.metrics`) and whether to maximise or minimise it."""
+
+    metric: str
+    mode: Literal["max", "min"]
+
+
+class Scheduler(_Strict):
+    """Trial scheduling: `fifo` runs every trial to the end; `asha` stops weak ones early.
+
+    ASHA's `grace_period` and `max_t` count `time_attr`: training reports (one per `train.eval_every_epochs`)
+    or epochs.
+    """
+
+    type: Literal["fifo", "asha"] = "fifo"
+    time_attr: Literal["training_iteration", "epoch"] = "training_iteration"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1.0)
+    max_t: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _asha_fields_only_for_asha(self) -> Scheduler:
+        asha_fields = self.model_fields_set & {"time_attr", "grace_period", "reduction_factor", "max_t"}
+        if self.type == "fifo" and asha_fields:
+            raise ValueError(f"{', '.join(sorted(asha_fields))}: only for type asha, not fifo")
+        if self.grace_period > self.max_t:
+            raise ValueError(f"grace_period {self.grace_period} exceeds max_t {self.max_t}")
+        return self
+
+
+class Resources(_Strict):
+    """What one trial asks of the cluster: a Ray Train worker group of `workers_per_trial` DDP workers."""
+
+    workers_per_trial: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)  # fractional CPUs let several trials share a laptop's cores
+    gpus_per_worker: float | None = Field(None, ge=0.0)  # None: 1 with use_gpu, else 0
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _gpus_follow_use_gpu(self) -> Resources:
+        if self.gpus_per_worker is None:
+            self.gpus_per_worker = 1.0 if self.use_gpu else 0.0
+        elif self.gpus_per_worker > 0 and not self.use_gpu:
+            raise ValueError(f"gpus_per_worker is {self.gpus_per_worker} but use_gpu is false")
+        elif self.use_gpu and self.gpus_per_worker == 0:
+            raise ValueError("use_gpu is true but gpus_per_worker is 0")
+        return self
+
+
+class CheckpointPolicy(_Strict):
+    """Which checkpoints Ray keeps per trial; the score defaults to the (first) objective."""
+
+    num_to_keep: int | None = Field(2, ge=1)  # None keeps all
+    score_attribute: str | None = None
+    score_order: Literal["max", "min"] | None = None  # defaults to the objective's mode for an objective metric
+
+
+class SweepSpec(_Strict):
+    """A validated sweep spec. `source` is the file it came from (for messages)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names a directory under storage_path
+    experiment: str | None = None  # MLflow experiment; defaults to `name`
+    description: str = ""
+    base: RunConfig = RunConfig()
+    grid: dict[str, list[Any]] = {}  # config key path -> values; trials are their product
+    search: dict[str, Distribution] = {}  # config key path -> distribution (random and Optuna searchers)
+    objective: list[Objective] = Field([Objective(metric=metrics.VAL_TOP1, mode="max")], min_length=1, max_length=2)
+    searcher: Literal[SEARCHERS] = "grid"  # type: ignore[valid-type]
+    scheduler: Scheduler = Scheduler()
+    num_samples: int = Field(1, ge=1)  # grid/random: repeats of the grid; Optuna: trials
+    seed: int = 0  # seeds the searcher
+    resources: Resources = Resources()
+    max_failures: int = Field(0, ge=-1)  # retries of a failed trial; -1 retries forever
+    storage_path: str = "ray_results"  # local directory (relative to the cwd) or s3:// / gs:// URL
+    checkpoint: CheckpointPolicy = CheckpointPolicy()
+
+    _source: str = PrivateAttr("<spec>")
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _one_objective_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _defaults_from_other_fields(self) -> SweepSpec:
+        if self.experiment is None:
+            self.experiment = self.name
+        modes = {objective.metric: objective.mode for objective in self.objective}
+        self.checkpoint.score_attribute = self.checkpoint.score_attribute or self.objective[0].metric
+        self.checkpoint.score_order = self.checkpoint.score_order or modes.get(self.checkpoint.score_attribute)
+        return self
+
+    @property
+    def source(self) -> str:
+        """The spec file this spec was read from."""
+        return self._source
+
+    def resolved_storage_path(self) -> str:
+        """Where Ray stores results: an absolute local path (relative ones are taken from the cwd) or a URL."""
+        if "://" in self.storage_path:
+            return self.storage_path.rstrip("/")
+        return str(Path(self.storage_path).expanduser().resolve())
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    """Read and fully validate a sweep spec; `overrides` are `key.path=value` strings (values read as YAML).
+
+    An override whose first part is a spec field (`num_samples=2`, `resources.workers_per_trial=2`,
+    `grid.data.fraction=[0.1, 1.0]`) sets that field; any other (`train.epochs=1`, or `base.train.epochs=1`)
+    sets the base config and pins the key: a grid axis or search dimension of the same key is dropped.
+    """
+    source = str(path)
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{source}: no such sweep spec file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SpecError(f"{source}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    for override in overrides:
+        _apply_override(data, override, source)
+    return validate_spec(data, source)
+
+
+def validate_spec(data: dict[str, Any], source: str = "<spec>") -> SweepSpec:
+    """Validate a spec mapping (as read from YAML); raise `SpecError` listing every problem."""
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format_validation_error(error, source, data)) from None
+    spec._source = source
+    problems = _semantic_problems(spec)
+    if problems:
+        raise SpecError("\n".join(f"{source}: {key_path}: {message}" for key_path, message in problems))
+    return spec
+
+
+def _apply_override(data: dict[str, Any], override: str, source: str) -> None:
+    try:
+        key, value = parse_override(override)
+    except ConfigError as error:
+        raise SpecError(f"{source}: --set {error}") from None
+    key = key.removeprefix("base.")  # `base.train.lr=...` and `train.lr=...` both set the base config
+    top, _, rest = key.partition(".")
+    if top in ("grid", "search") and rest:
+        data.setdefault(top, {})[rest] = value  # the axis name itself holds dots
+    elif top in SweepSpec.model_fields:
+        try:
+            set_by_path(data, key, value)
+        except ConfigError as error:
+            raise SpecError(f"{source}: --set {error}") from None
+    else:
+        for axes in (data.get("grid") or {}, data.get("search") or {}):
+            axes.pop(key, None)
+        try:
+            set_by_path(data.setdefault("base", {}), key, value)
+        except ConfigError as error:
+            raise SpecError(f"{source}: --set base.{error}") from None
+
+
+def build_run_config(spec: SweepSpec, params: dict[str, Any]) -> RunConfig:
+    """The trial's run config: the spec's base with `params` (dotted config key path -> value) set on it."""
+    data = spec.base.model_dump()
+    for key, value in params.items():
+        set_by_path(data, key, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(_format_validation_error(error, spec.source, data, prefix="")) from None
+
+
+def spec_hash(spec: SweepSpec | str | Path) -> str:
+    """A short stable hash of the validated spec (defaults filled in), so equal sweeps hash equal."""
+    if not isinstance(spec, SweepSpec):
+        spec = load_spec(spec)
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def check_resources(spec: SweepSpec, available: dict[str, float]) -> None:
+    """Raise `SpecError` if one trial's workers cannot fit in `available` (e.g. `ray.cluster_resources()`)."""
+    resources = spec.resources
+    workers = resources.workers_per_trial
+    problems = []
+    have_cpus = float(available.get("CPU", 0))
+    have_gpus = float(available.get("GPU", 0))
+    if resources.use_gpu and have_gpus == 0:
+        problems.append(("resources.use_gpu", "is true but the cluster has no GPUs"))
+    elif workers * resources.gpus_per_worker > have_gpus:
+        problems.append(
+            (
+                "resources.gpus_per_worker",
+                f"{workers} workers x {resources.gpus_per_worker:g} GPUs need {workers * resources.gpus_per_worker:g}"
+                f" GPUs; the cluster has {have_gpus:g}",
+            )
+        )
+    if workers * resources.cpus_per_worker > have_cpus:
+        problems.append(
+            (
+                "resources.workers_per_trial",
+                f"{workers} workers x {resources.cpus_per_worker:g} CPUs need {workers * resources.cpus_per_worker:g}"
+                f" CPUs; the cluster has {have_cpus:g} (lower resources.cpus_per_worker or workers_per_trial)",
+            )
+        )
+    if problems:
+        raise SpecError("\n".join(f"{spec.source}: {key_path}: {message}" for key_path, message in problems))
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _semantic_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    """Problems pydantic cannot see: key paths into the run config, their values, and combinations."""
+    problems = []
+    base = spec.base.model_dump()
+    for key, values in spec.grid.items():
+        problems += _key_problems("grid", key)
+        if not values:
+            problems.append((f"grid.{key}", "empty grid axis: give at least one value"))
+    for key, distribution in spec.search.items():
+        problems += _key_problems("search", key)
+        if key in spec.grid:
+            problems.append((f"search.{key}", "is also a grid axis; vary a key in grid or in search, not both"))
+    if not problems:  # values can only be checked against keys that exist
+        for key, values in spec.grid.items():
+            problems += _value_problems(base, key, values, lambda i, key=key: f"grid.{key}[{i}]")
+        for key, distribution in spec.search.items():
+            problems += _distribution_problems(base, key, distribution)
+    problems += _variant_problems("base.model.variant", spec.base.model.variant)
+    problems += _searcher_problems(spec)
+    problems += _metric_problems(spec)
+    if "://" in spec.storage_path:
+        scheme = spec.storage_path.split("://", 1)[0]
+        if scheme not in STORAGE_SCHEMES:
+            problems.append(("storage_path", f"unsupported scheme {scheme}://; use a local path, s3:// or gs://"))
+    return problems
+
+
+def _key_problems(section: str, key: str) -> list[tuple[str, str]]:
+    leaves = config_key_paths()
+    if key in leaves:
+        return []
+    sections = {path.rsplit(".", 1)[0] for path in leaves}
+    if key in sections:
+        inside = [path for path in leaves if path.startswith(key + ".")]
+        return [(f"{section}.{key}", f"is a section, not a setting; name one of {', '.join(inside)}")]
+    return [(f"{section}.{key}", f"unknown config key {key!r}{_suggestion(key, leaves)}")]
+
+
+def _value_problems(base: dict, key: str, values: list[Any], where) -> list[tuple[str, str]]:
+    problems = []
+    for i, value in enumerate(values):
+        data = json.loads(json.dumps(base))  # a deep copy of plain data
+        set_by_path(data, key, value)
+        try:
+            RunConfig.model_validate(data)
+        except ValidationError as error:
+            problems += [(where(i), _describe(problem)) for problem in error.errors()]
+        if key == "model.variant":
+            problems += _variant_problems(where(i), value)
+    return problems
+
+
+def _distribution_problems(base: dict, key: str, distribution: Distribution) -> list[tuple[str, str]]:
+    if distribution.type == "float" and _is_int_setting(key):
+        return [(f"search.{key}.type", f"{key} is an integer setting; use type int or categorical")]
+    if distribution.type == "categorical":
+        return _value_problems(base, key, distribution.choices, lambda i: f"search.{key}.choices[{i}]")
+    bounds = ("low", "high")
+    return _value_problems(base, key, distribution.endpoint_values(), lambda i: f"search.{key}.{bounds[i]}")
+
+
+def _variant_problems(key_path: str, variant: Any) -> list[tuple[str, str]]:
+    if not isinstance(variant, str) or variant in VARIANTS:
+        return []
+    return [(key_path, f"unknown Mixer variant {variant!r}{_suggestion(variant, list(VARIANTS))}")]
+
+
+def _searcher_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    problems = []
+    if spec.searcher == "grid" and spec.search:
+        problems.append(("search", "searcher grid cannot sample distributions; use searcher random or optuna-tpe"))
+    if spec.searcher in OPTUNA_SEARCHERS and not (spec.search or spec.grid):
+        problems.append(("search", f"searcher {spec.searcher} needs a search dimension or grid axis to choose"))
+    two_objectives = len(spec.objective) == 2
+    if spec.searcher == "optuna-nsga2" and not two_objectives:
+        problems.append(("searcher", "optuna-nsga2 is for two objectives; give two or use optuna-tpe"))
+    if two_objectives and spec.searcher not in OPTUNA_SEARCHERS:
+        problems.append(("objective", f"two objectives need searcher optuna-nsga2 or optuna-tpe, not {spec.searcher}"))
+    if two_objectives and spec.scheduler.type == "asha":
+        problems.append(("scheduler.type", "asha stops trials on one metric; use fifo with two objectives"))
+    return problems
+
+
+def _metric_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    known = metrics.all_metric_names(spec.base.eval.fewshot_shots)
+    problems = []
+    for i, objective in enumerate(spec.objective):
+        if objective.metric not in known:
+            where = "objective.metric" if len(spec.objective) == 1 else f"objective[{i}].metric"
+            problems.append((where, f"unknown metric {objective.metric!r}{_suggestion(objective.metric, known)}"))
+    if len(spec.objective) == 2 and spec.objective[0].metric == spec.objective[1].metric:
+        problems.append(("objective", f"the two objectives are the same metric {spec.objective[0].metric!r}"))
+    attribute = spec.checkpoint.score_attribute
+    if attribute not in known and attribute not in [objective.metric for objective in spec.objective]:
+        problems.append(("checkpoint.score_attribute", f"unknown metric {attribute!r}{_suggestion(attribute, known)}"))
+    if spec.checkpoint.score_order is None:
+        problems.append(("checkpoint.score_order", f"give max or min: {attribute!r} is not an objective"))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- run-config keys
+
+
+def config_key_paths() -> list[str]:
+    """Every settable run-config key path (`model.variant`, `data.augment.mixup`, `train.lr`, ...)."""
+    return list(_leaf_fields(RunConfig))
+
+
+def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    leaves = {}
+    for name, field in model.model_fields.items():
+        section = _as_model(field.annotation)
+        if section is not None:
+            leaves.update(_leaf_fields(section, f"{prefix}{name}."))
+        else:
+            leaves[f"{prefix}{name}"] = field.annotation
+    return leaves
+
+
+def _is_int_setting(key: str) -> bool:
+    annotation = _leaf_fields(RunConfig)[key]
+    return int in (typing.get_args(annotation) or (annotation,)) and float not in typing.get_args(annotation)
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds, looking inside `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((m for m in map(_as_model, typing.get_args(annotation)) if m is not None), None)
+    return None
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The spec model at a pydantic error location, stepping through lists and dicts (grid/search)."""
+    annotation: Any = SweepSpec
+    for part in loc:
+        model = _as_model(annotation)
+        if model is not None and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+        elif typing.get_origin(annotation) in (list, dict):
+            annotation = typing.get_args(annotation)[-1]
+        else:
+            return None
+    return _as_model(annotation)
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+def _suggestion(word: str, candidates: list[str]) -> str:
+    """`; did you mean 'x'?` for the closest candidate, or for one ending in `.word` (a missing section)."""
+    matches = difflib.get_close_matches(str(word), candidates, n=1, cutoff=0.6)
+    matches = matches or [c for c in candidates if c.endswith(f".{word}")][:1]
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def _format_validation_error(error: ValidationError, source: str, data: Any, prefix: str = "") -> str:
+    lines = []
+    for problem in error.errors():
+        loc = problem["loc"]
+        if loc[:1] == ("objective",) and isinstance(data, dict) and isinstance(data.get("objective"), dict):
+            loc = ("objective", *loc[2:])  # the user wrote one objective, not a list: hide the list index
+        lines.append(f"{source}: {_key_path(prefix, loc)}: {_describe(problem)}")
+    return "\n".join(lines)
+
+
+def _key_path(prefix: str, loc: tuple) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{part}"
+    return path or "<top level>"
+
+
+def _describe(problem: dict) -> str:
+    """Pydantic's message, with the offending value and a close match where one helps."""
+    kind, loc, given = problem["type"], problem["loc"], problem.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        known = list(parent.model_fields) if parent else []
+        return f"unknown key {loc[-1]!r}{_suggestion(str(loc[-1]), known)}"
+    message = problem["msg"].removeprefix("Value error, ")
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", problem["ctx"]["expected"])
+        return f"{message}, got {given!r}{_suggestion(str(given), choices)}"
+    if kind == "missing":
+        return message.lower()
+    if not isinstance(given, (dict, list)) or kind.endswith("_type"):
+        return f"{message}, got {given!r}"
+    return message
+
