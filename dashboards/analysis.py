@@ -1,0 +1,219 @@
+"""From a sweep's trials to what the report shows: scaling-law fits, figures, and notes on what was left out."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dashboards.checkpoints import CheckpointError, load_trial_mixer
+from dashboards.figures import (
+    cost_figure,
+    permutation_figure,
+    png_bytes,
+    scaling_figure,
+    series_styles,
+    stem_filters_figure,
+    token_mixing_figure,
+)
+from dashboards.runs import SweepRuns, Trial, metric_histories
+from mixer_core.metrics import IMAGES_PER_SEC, TEST_TOP1, TRAIN_FLOPS, TRAIN_SIZE, VAL_TOP1, fewshot_top1
+from dashboards.scaling import ScalingFit, best_points, fit_series
+
+TOP1_METRICS = (TEST_TOP1, VAL_TOP1)  # the first one any trial logged is the report's accuracy
+FEWSHOT_METRIC = fewshot_top1(5)  # the paper's headline few-shot number (Figures 2-right, 3)
+CURVE_METRIC = VAL_TOP1  # training curves of the permutation study
+METRIC_LABELS = {TEST_TOP1: "test top-1", VAL_TOP1: "validation top-1", FEWSHOT_METRIC: "5-shot linear top-1"}
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """One PNG figure with the file name it is saved under and the sentence that explains it."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class SweepAnalysis:
+    """Everything computed from a sweep: the accuracy metrics, the fits, the figures and the notes."""
+
+    metrics: list[str]
+    fits: list[ScalingFit] = field(default_factory=list)
+    figures: list[ReportFigure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    weights_trial: str | None = None
+
+
+def accuracy_metrics(trials: list[Trial], requested: str | None = None) -> list[str]:
+    """The metrics to analyse: `requested`, else the first top-1 metric any trial logged plus the 5-shot
+    accuracy when present. Raises ValueError when no trial logged any of them."""
+    def logged(name: str) -> bool:
+        return any(t.metric(name) is not None for t in trials)
+
+    top1 = next((name for name in TOP1_METRICS if logged(name)), None)
+    candidates = [requested] if requested else [name for name in (top1, FEWSHOT_METRIC) if name]
+    found = [name for name in candidates if logged(name)]
+    if not found:
+        wanted = requested or " or ".join((*TOP1_METRICS, FEWSHOT_METRIC))
+        raise ValueError(f"no finished trial of this sweep logged {wanted}")
+    return found
+
+
+@dataclass(frozen=True)
+class ScalingAxis:
+    """What a scaling law is a function of: its name in fits, its axis label, and how to read it off a trial."""
+
+    name: str
+    label: str
+    value: Callable[[Trial], float | None]
+
+
+COMPUTE_AXIS = ScalingAxis(TRAIN_FLOPS, "training FLOPs", lambda t: t.metric(TRAIN_FLOPS))
+
+
+def data_axis(trials: list[Trial]) -> ScalingAxis:
+    """Training-set size in examples when every trial logged it, else the data fraction."""
+    if all(t.metric(TRAIN_SIZE) for t in trials):
+        return ScalingAxis(TRAIN_SIZE, "training examples", lambda t: t.metric(TRAIN_SIZE))
+    return ScalingAxis("data.fraction", "fraction of the training set", lambda t: t.data_fraction)
+
+
+def _scaling(
+    trials: list[Trial], metric: str, axis: ScalingAxis, styles: dict[str, dict], n_bootstrap: int,
+    analysis: SweepAnalysis,
+) -> None:
+    label = METRIC_LABELS.get(metric, metric)
+    points = best_points(
+        (t.series, axis.value(t), t.metric(metric)) for t in trials if axis.value(t) and t.metric(metric) is not None
+    )
+    if not points:
+        analysis.notes.append(f"{label} vs {axis.label}: no trial logged both; no figure")
+        return
+    fits, refusals = fit_series(points, x_name=axis.name, metric=metric, n_bootstrap=n_bootstrap)
+    analysis.fits += fits
+    analysis.notes += refusals
+    analysis.figures.append(
+        ReportFigure(
+            name=f"scaling_{metric}_vs_{axis.name.replace('.', '_')}",
+            title=f"{label} vs {axis.label}",
+            caption=f"Best trial per model and {axis.label} (points); lines are the fitted error law "
+            f"E = a·x^(−b) + c drawn as 1 − E, shaded by its bootstrap 95% interval (paper Figures 2-right, 3).",
+            png=png_bytes(scaling_figure(points, fits, styles, x_label=f"{axis.label} (log scale)", y_label=label)),
+        )
+    )
+
+
+def _cost(trials: list[Trial], metric: str, styles: dict[str, dict], analysis: SweepAnalysis) -> None:
+    points = defaultdict(list)
+    for t in trials:
+        if t.metric(metric) is not None and (t.metric(TRAIN_FLOPS) or t.metric(IMAGES_PER_SEC)):
+            points[t.series].append((t.metric(TRAIN_FLOPS), t.metric(IMAGES_PER_SEC), t.metric(metric)))
+    if not points:
+        analysis.notes.append(f"no trial logged {TRAIN_FLOPS} or {IMAGES_PER_SEC}; no cost figure")
+        return
+    label = METRIC_LABELS.get(metric, metric)
+    analysis.figures.append(
+        ReportFigure(
+            name=f"cost_{metric}",
+            title=f"{label} vs training compute and throughput",
+            caption="Every finished trial; the dashed line is the Pareto frontier (paper Figure 2-left).",
+            png=png_bytes(cost_figure(dict(points), styles, y_label=label)),
+        )
+    )
+
+
+def _permutation(sweep: SweepRuns, trials: list[Trial], analysis: SweepAnalysis) -> None:
+    histories = metric_histories(sweep, CURVE_METRIC)
+    # Per model and permutation, the curve of the trial that saw the most data (the paper uses full JFT).
+    chosen: dict[tuple[str, str], Trial] = {}
+    for t in trials:
+        if t.run_id in histories:
+            key = (t.model, t.permutation)
+            if key not in chosen or (t.data_fraction or 0) > (chosen[key].data_fraction or 0):
+                chosen[key] = t
+    if not chosen:
+        analysis.notes.append(f"permutation study: no trial logged a {CURVE_METRIC} history; no figure")
+        return
+    curves: dict[str, dict[str, list]] = defaultdict(dict)
+    for (model, permutation), t in chosen.items():
+        curves[model][permutation] = histories[t.run_id]
+    analysis.figures.append(
+        ReportFigure(
+            name="permutation_study",
+            title="Input permutation study",
+            caption="Validation top-1 during training with the input's patches, the pixels within patches, "
+            "or all pixels permuted by one fixed permutation (paper Figure 4). A model with no spatial prior "
+            "draws the same curve under every permutation.",
+            png=png_bytes(permutation_figure(dict(curves), x_label="training step", y_label="validation top-1")),
+        )
+    )
+
+
+def _weights_trial(trials: list[Trial], metric: str, trial_id: str | None) -> Trial | None:
+    if trial_id is not None:
+        matches = [t for t in trials if t.trial_id == trial_id]
+        if not matches:
+            raise ValueError(f"no finished trial with id {trial_id!r}; known: {', '.join(t.trial_id for t in trials)}")
+        return matches[0]
+    mixers = [t for t in trials if t.checkpoint and t.is_mixer and t.metric(metric) is not None]
+    return max(mixers, key=lambda t: t.metric(metric), default=None)
+
+
+def _weights(trials: list[Trial], metric: str, trial_id: str | None, analysis: SweepAnalysis) -> None:
+    trial = _weights_trial(trials, metric, trial_id)
+    if trial is None:
+        analysis.notes.append("no finished Mixer trial recorded a checkpoint (tag mixer.checkpoint); no weight figures")
+        return
+    try:
+        model = load_trial_mixer(trial)
+    except CheckpointError as failure:
+        analysis.notes.append(f"weight figures skipped: {failure}")
+        return
+    analysis.weights_trial = trial.trial_id
+    source = f"trial {trial.trial_id} ({trial.model})"
+    analysis.figures += [
+        ReportFigure(
+            name="stem_filters",
+            title=f"Stem filters of {source}",
+            caption="The per-patch linear embedding's filters, each scaled to its own range (paper Figure 7).",
+            png=png_bytes(stem_filters_figure(model)),
+        ),
+        ReportFigure(
+            name="token_mixing",
+            title=f"Token-mixing units of {source}",
+            caption="Hidden units of the first token-mixing MLPs: each tile is one unit's weights over the "
+            "patch grid, scaled to its largest magnitude (paper Figures 5 and 6).",
+            png=png_bytes(token_mixing_figure(model)),
+        ),
+    ]
+
+
+def analyse_sweep(
+    sweep: SweepRuns,
+    *,
+    metric: str | None = None,
+    n_bootstrap: int = 300,
+    weights_trial: str | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> SweepAnalysis:
+    """Fit scaling laws per model against data size and compute, and draw every figure the sweep supports.
+    Only FINISHED trials enter fits and figures; anything left out is explained in `notes`."""
+    finished = [t for t in sweep.trials if t.status == "FINISHED"]
+    analysis = SweepAnalysis(metrics=accuracy_metrics(finished, metric))
+    if len(finished) < len(sweep.trials):
+        left_out = ", ".join(f"{t.trial_id} ({t.status})" for t in sweep.trials if t.status != "FINISHED")
+        analysis.notes.append(f"{len(sweep.trials) - len(finished)} trial(s) not finished, left out: {left_out}")
+    styles = series_styles({t.series for t in finished})
+    for name in analysis.metrics:
+        for axis in (data_axis(finished), COMPUTE_AXIS):
+            progress(f"fitting {name} against {axis.label} ({n_bootstrap} bootstrap draws per model)")
+            _scaling(finished, name, axis, styles, n_bootstrap, analysis)
+    progress("drawing cost, permutation and weight figures")
+    _cost(finished, analysis.metrics[0], styles, analysis)
+    if sweep.has_permutation_axis:
+        _permutation(sweep, finished, analysis)
+    _weights(finished, analysis.metrics[0], weights_trial, analysis)
+    return analysis

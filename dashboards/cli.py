@@ -1,0 +1,73 @@
+"""`mixer report SWEEP`: read a sweep from MLflow, fit its scaling laws, draw its figures, write the HTML
+report and log it on the sweep's parent run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dashboards.analysis import analyse_sweep
+from dashboards.report import log_report, write_report
+from dashboards.runs import SweepNotFound, load_sweep
+from sweeps.cli.output import add_json_flag, emit_json, format_table
+from sweeps.tracking import tracking_uri
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `mixer report` options."""
+    parser.add_argument("sweep", help="sweep name (the mixer.sweep tag of its MLflow runs)")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/SWEEP under the working dir)")
+    parser.add_argument("--experiment", help="MLflow experiment to look in (default: every experiment)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    parser.add_argument("--mlflow-url", default="http://127.0.0.1:5000",
+                        help="MLflow UI base URL for the report's run links (default: %(default)s)")
+    parser.add_argument("--metric", help="accuracy metric to analyse (default: test_top1 or val_top1, "
+                                         "plus fewshot_5shot_top1 when logged)")
+    parser.add_argument("--bootstrap", type=int, default=300, metavar="N",
+                        help="bootstrap resamples per fit (default: %(default)s)")
+    parser.add_argument("--weights-trial", metavar="TRIAL_ID",
+                        help="trial whose checkpoint the weight figures show (default: best Mixer trial)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's parent run")
+    add_json_flag(parser)
+
+
+def _progress(message: str) -> None:
+    print(f"[mixer report] {message}", file=sys.stderr, flush=True)
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "none (exact fit)" if bounds is None else f"[{bounds[0]:.3g}, {bounds[1]:.3g}]"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the report; exit status 1 with one message on stderr when the sweep or its data is missing."""
+    uri = args.tracking_uri or tracking_uri()
+    try:
+        _progress(f"reading sweep {args.sweep!r} from {uri}")
+        sweep = load_sweep(args.sweep, uri=uri, experiment=args.experiment)
+        _progress(f"{len(sweep.trials)} trials under parent run {sweep.parent_run_id}")
+        analysis = analyse_sweep(
+            sweep, metric=args.metric, n_bootstrap=args.bootstrap, weights_trial=args.weights_trial, progress=_progress
+        )
+    except (SweepNotFound, ValueError) as problem:
+        print(f"mixer report: {problem}", file=sys.stderr)
+        return 1
+    out_dir = (args.out or Path("reports") / args.sweep).resolve()
+    _progress(f"writing {out_dir}")
+    document = write_report(sweep, analysis, out_dir, args.mlflow_url)
+    if not args.no_log:
+        document["artifact_uri"] = log_report(sweep, out_dir)
+        _progress(f"logged as artifacts {document['artifact_uri']}")
+    if args.json:
+        emit_json(document)
+        return 0
+    print(format_table([
+        {"series": f["series"], "metric": f["metric"], "x": f["x"], "points": f["n_points"],
+         **f["parameters"], "b 95% CI": _interval(f["intervals"]["b"])}
+        for f in document["fits"]
+    ]))
+    for note in analysis.notes:
+        print(f"note: {note}")
+    print(f"report: {document['report']}")
+    return 0

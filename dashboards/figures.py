@@ -1,0 +1,231 @@
+"""The paper's figures as matplotlib `Figure`s (object API: no pyplot state, no display needed).
+
+Scaling with data and compute (Figures 2-right and 3), accuracy against cost (Figure 2-left), the permutation
+study (Figure 4), and the learned stem filters and token-mixing units drawn as grids (Figures 5–7).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
+
+from dashboards.scaling import ScalingFit
+from mixer_core.model import MlpMixer
+
+# Plain, light figures close to the paper's: no top/right spines, faint grid, small type.
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+    "figure.dpi": 110,
+    "savefig.bbox": "tight",
+}
+_MARKERS = "osD^v<>ph*"
+_DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
+
+
+def series_styles(series: Sequence[str]) -> dict[str, dict]:
+    """A colour and marker per series, stable across every figure of a report."""
+    palette = matplotlib.colormaps["tab10"].colors
+    return {
+        name: {"color": palette[i % len(palette)], "marker": _MARKERS[i % len(_MARKERS)]}
+        for i, name in enumerate(sorted(series))
+    }
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure encoded as PNG."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _new_figure(width: float, height: float, columns: int = 1, share_y: bool = False) -> tuple[Figure, list]:
+    with matplotlib.rc_context(STYLE):
+        figure = Figure(figsize=(width, height), layout="constrained")
+        axes = figure.subplots(1, columns, squeeze=False, sharey=share_y)[0]
+    return figure, list(axes)
+
+
+def _compact_number(value: float, _position: int = 0) -> str:
+    """1.5k, 20M, 3T: tick labels short enough for data sizes and FLOP counts; fractions stay as they are."""
+    for power, suffix in ((18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if abs(value) >= 10**power:
+            return f"{value / 10**power:g}{suffix}"
+    return f"{value:g}"
+
+
+def _log_x_axis(axes) -> None:
+    """A log x axis labelled at 1, 2 and 5 times each power of ten (sweeps often span under a decade)."""
+    axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(FuncFormatter(_compact_number))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+
+
+def scaling_figure(
+    points: dict[str, list[tuple[float, float]]],
+    fits: Sequence[ScalingFit],
+    styles: dict[str, dict],
+    *,
+    x_label: str,
+    y_label: str,
+) -> Figure:
+    """Accuracy against x on a log axis per series, with the fitted law 1 − E(x) and its bootstrap band."""
+    with matplotlib.rc_context(STYLE):
+        figure, (axes,) = _new_figure(5.2, 3.6)
+        fits_by_series = {fit.series: fit for fit in fits}
+        for series, series_points in points.items():
+            x, accuracy = map(np.asarray, zip(*series_points))
+            style = styles[series]
+            axes.plot(x, accuracy, linestyle="none", markersize=5, label=series, **style)
+            fit = fits_by_series.get(series)
+            if fit is None:
+                continue
+            grid = np.geomspace(*fit.x_range, 100)
+            axes.plot(grid, 1 - fit.error(grid), color=style["color"], linewidth=1.4)
+            if len(fit.bootstrap_draws):
+                low_error, high_error = fit.error_band(grid)
+                axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.15, lw=0)
+        _log_x_axis(axes)
+        axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+        axes.set(xlabel=x_label, ylabel=y_label)
+        axes.legend(loc="best")
+    return figure
+
+
+def _pareto_front(x: np.ndarray, accuracy: np.ndarray, higher_x_is_better: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The points no other point beats in both x and accuracy, ordered by x."""
+    order = np.argsort(-x if higher_x_is_better else x, kind="stable")
+    front, best = [], -np.inf
+    for i in order:
+        if accuracy[i] > best:
+            front.append(i)
+            best = accuracy[i]
+    front = sorted(front, key=lambda i: x[i])
+    return x[front], accuracy[front]
+
+
+def cost_figure(
+    points: dict[str, list[tuple[float | None, float | None, float]]],
+    styles: dict[str, dict],
+    *,
+    y_label: str,
+) -> Figure:
+    """Two panels: accuracy against total training FLOPs and against training throughput (img/s), each
+    with its Pareto frontier dashed (the paper's Figure 2-left). Points are (flops, img/s, accuracy)."""
+    panels = (
+        (0, "total training compute (FLOPs)", False),
+        (1, "training throughput (images/s)", True),
+    )
+    with matplotlib.rc_context(STYLE):
+        figure, axes_pair = _new_figure(9.4, 3.4, columns=2)
+        for (column, x_label, higher_is_better), axes in zip(panels, axes_pair):
+            every_x, every_accuracy = [], []
+            for series, series_points in points.items():
+                usable = [(p[column], p[2]) for p in series_points if p[column]]
+                if not usable:
+                    continue
+                x, accuracy = zip(*usable)
+                axes.plot(x, accuracy, linestyle="none", markersize=5, label=series, **styles[series])
+                every_x += x
+                every_accuracy += accuracy
+            if every_x:
+                front_x, front_accuracy = _pareto_front(np.array(every_x), np.array(every_accuracy), higher_is_better)
+                axes.plot(front_x, front_accuracy, "--", color="0.45", linewidth=1, zorder=0, label="Pareto frontier")
+                _log_x_axis(axes)
+            axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+            axes.set(xlabel=x_label, ylabel=y_label)
+        figure.legend(*axes_pair[0].get_legend_handles_labels(), loc="outside right center")
+    return figure
+
+
+def permutation_figure(
+    curves: dict[str, dict[str, list[tuple[float, float]]]],
+    *,
+    x_label: str,
+    y_label: str,
+) -> Figure:
+    """One panel per model, one training curve per input permutation (the paper's Figure 4): a model that
+    ignores spatial order draws the same curve for every permutation."""
+    permutations = sorted({p for by_permutation in curves.values() for p in by_permutation})
+    styles = series_styles(permutations)
+    with matplotlib.rc_context(STYLE):
+        figure, panels = _new_figure(3.3 * len(curves), 3.0, columns=len(curves), share_y=True)
+        for axes, (model, by_permutation) in zip(panels, sorted(curves.items())):
+            for permutation, points in sorted(by_permutation.items()):
+                x, accuracy = zip(*points)
+                axes.plot(x, accuracy, color=styles[permutation]["color"], linewidth=1.4, label=permutation)
+            axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+            axes.set(title=model, xlabel=x_label)
+        panels[0].set_ylabel(y_label)
+        panels[0].legend(title="input permutation", loc="lower right")
+    return figure
+
+
+def _mosaic(tiles: np.ndarray, columns: int, pad: int = 1) -> np.ndarray:
+    """Tiles (N, h, w[, 3]) laid out in a grid with `pad` NaN pixels between them (drawn as white)."""
+    count, height, width = tiles.shape[:3]
+    rows = math.ceil(count / columns)
+    canvas = np.full((rows * (height + pad) - pad, columns * (width + pad) - pad, *tiles.shape[3:]), np.nan)
+    for i, tile in enumerate(tiles):
+        top, left = (i // columns) * (height + pad), (i % columns) * (width + pad)
+        canvas[top : top + height, left : left + width] = tile
+    return canvas
+
+
+def _symmetric_unit_scale(weights: np.ndarray) -> np.ndarray:
+    """Each unit divided by its largest magnitude, so every tile spans [-1, 1] and its sign stays visible."""
+    peak = np.abs(weights).reshape(len(weights), -1).max(axis=1)
+    return weights / np.maximum(peak, 1e-12).reshape(-1, *([1] * (weights.ndim - 1)))
+
+
+def stem_filters_figure(model: MlpMixer, max_filters: int = 128) -> Figure:
+    """The per-patch linear embedding's filters as P×P tiles (the paper's Figure 7): colour images for RGB
+    input (each filter stretched to [0, 1]), a diverging map for single-channel input."""
+    weights = model.stem.weight.detach().float()[:max_filters].numpy()  # (N, C, P, P)
+    columns = min(16, len(weights))
+    with matplotlib.rc_context(STYLE):
+        figure, (axes,) = _new_figure(6.4, 6.4 * math.ceil(len(weights) / columns) / columns + 0.5)
+        if weights.shape[1] == 3:
+            low = weights.min(axis=(1, 2, 3), keepdims=True)
+            high = weights.max(axis=(1, 2, 3), keepdims=True)
+            tiles = ((weights - low) / np.maximum(high - low, 1e-12)).transpose(0, 2, 3, 1)
+            canvas = _mosaic(tiles, columns)
+            axes.imshow(np.nan_to_num(canvas, nan=1.0), interpolation="nearest")
+        else:
+            tiles = _symmetric_unit_scale(weights[:, 0])
+            axes.imshow(_mosaic(tiles, columns), cmap=_DIVERGING, vmin=-1, vmax=1, interpolation="nearest")
+        axes.set_axis_off()
+        patch = model.variant.patch_size
+        axes.set_title(f"Stem: first {len(weights)} of {model.variant.hidden_dim} linear patch embeddings "
+                       f"({patch}×{patch})")
+    return figure
+
+
+def token_mixing_figure(model: MlpMixer, blocks: int = 3, max_units: int = 64) -> Figure:
+    """Hidden units of the first `blocks` token-mixing MLPs, each unit's weights over the tokens drawn on the
+    patch grid (the paper's Figures 5 and 6). Blue and red are negative and positive weights."""
+    shown = model.blocks[:blocks]
+    grid = model.grid_size
+    with matplotlib.rc_context(STYLE):
+        figure, panels = _new_figure(3.4 * len(shown), 3.6, columns=len(shown))
+        for index, (axes, block) in enumerate(zip(panels, shown)):
+            weights = block.mlp_tokens.fc1.weight.detach().float()[:max_units].numpy()  # (units, tokens)
+            tiles = _symmetric_unit_scale(weights.reshape(-1, grid, grid))
+            columns = math.ceil(math.sqrt(len(tiles)))
+            image = axes.imshow(_mosaic(tiles, columns), cmap=_DIVERGING, vmin=-1, vmax=1, interpolation="nearest")
+            axes.set_axis_off()
+            axes.set_title(f"block {index}: {len(tiles)} of {block.mlp_tokens.fc1.out_features} units")
+        figure.colorbar(image, ax=panels, shrink=0.6, label="weight / max |weight| of the unit")
+    return figure

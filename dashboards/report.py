@@ -1,0 +1,245 @@
+"""The sweep report: one self-contained HTML page (figures inlined as base64, a sortable trial table, the
+fitted laws with intervals, links into MLflow), saved with its PNGs and logged on the sweep's parent run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+
+from dashboards.analysis import METRIC_LABELS, ReportFigure, SweepAnalysis
+from dashboards.runs import SweepRuns, trial_rows
+from dashboards.scaling import PARAMETER_NAMES, ScalingFit
+from mixer_core.metrics import IMAGES_PER_SEC, TRAIN_FLOPS, TRAIN_SIZE, WALL_SECONDS
+from sweeps.cli.output import format_value
+
+REPORT_FILE = "report.html"
+SUMMARY_FILE = "summary.json"
+ARTIFACT_PATH = "report"  # folder of the parent run's artifacts that holds the report
+_WIDE_FIGURES = ("permutation_study", "token_mixing")  # multi-panel figures take a full row
+
+_STYLESHEET = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328; margin: 0;
+       background: #f6f8fa; }
+main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; min-height: 100vh; }
+h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 10px;
+     border-bottom: 1px solid #d0d7de; padding-bottom: 4px; }
+.meta { color: #57606a; margin: 0 0 8px; }
+a { color: #0969da; text-decoration: none; } a:hover { text-decoration: underline; }
+nav a { margin-right: 14px; font-size: 13px; }
+.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 18px; }
+figure { margin: 0; border: 1px solid #d0d7de; border-radius: 6px; padding: 10px; background: #fff; }
+figure img { width: 100%; height: auto; display: block; }
+figcaption { font-size: 12.5px; color: #57606a; margin-top: 6px; } figcaption b { color: #1f2328; }
+figure.wide { grid-column: 1 / -1; }
+figure.wide img { max-width: 920px; margin: 0 auto; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
+th, td { padding: 5px 8px; border-bottom: 1px solid #eaeef2; text-align: right; white-space: nowrap; }
+th:first-child, td:first-child, td.text, th.text { text-align: left; }
+thead th { background: #f6f8fa; position: sticky; top: 0; white-space: normal; vertical-align: bottom; }
+table.sortable th { cursor: pointer; user-select: none; }
+table.sortable th::after { content: "\\00a0\\2195"; color: #8c959f; font-size: 11px; }
+table.sortable th[data-order=asc]::after { content: "\\00a0\\25B2"; color: #1f2328; }
+table.sortable th[data-order=desc]::after { content: "\\00a0\\25BC"; color: #1f2328; }
+tbody tr:hover { background: #f6f8fa; }
+.scroll { overflow-x: auto; max-height: 640px; overflow-y: auto; border: 1px solid #d0d7de; border-radius: 6px; }
+.ci { color: #57606a; font-size: 11.5px; display: block; }
+h3 { font-size: 15px; margin: 22px 0 8px; }
+ul.notes { color: #9a6700; background: #fff8c5; border: 1px solid #eac54f; border-radius: 6px;
+           padding: 8px 8px 8px 28px; }
+.status-FINISHED { color: #1a7f37; } .status-FAILED, .status-KILLED { color: #cf222e; }
+"""
+
+# Click a header to sort by it; numbers numerically, empty cells always last.
+_SORT_SCRIPT = """
+document.querySelectorAll("table.sortable th").forEach((header, column) => {
+  header.addEventListener("click", () => {
+    const table = header.closest("table"), body = table.tBodies[0];
+    const ascending = header.dataset.order !== "asc";
+    table.querySelectorAll("th").forEach(other => delete other.dataset.order);
+    header.dataset.order = ascending ? "asc" : "desc";
+    const key = row => row.cells[column].dataset.sort ?? row.cells[column].textContent.trim();
+    const compare = (a, b) => {
+      if (a === "" || b === "") return (a === "") - (b === "");
+      const x = Number(a), y = Number(b);
+      const order = Number.isNaN(x) || Number.isNaN(y) ? a.localeCompare(b) : x - y;
+      return ascending ? order : -order;
+    };
+    body.append(...[...body.rows].sort((r, s) => compare(key(r), key(s))));
+  });
+});
+"""
+
+
+def run_url(mlflow_url: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run."""
+    return f"{mlflow_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _cell(value: Any, text: str | None = None, link: str | None = None, css: str = "") -> str:
+    sort_key = "" if value is None else str(value)
+    shown = escape(format_value(value) if text is None else text)
+    if link:
+        shown = f'<a href="{escape(link)}">{shown}</a>'
+    css_attribute = f' class="{css}"' if css else ""
+    return f'<td data-sort="{escape(sort_key)}"{css_attribute}>{shown}</td>'
+
+
+def _trial_table(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> str:
+    metric_columns = [*analysis.metrics, TRAIN_SIZE, TRAIN_FLOPS, IMAGES_PER_SEC, WALL_SECONDS]
+    short_labels = {**METRIC_LABELS, TRAIN_SIZE: "train size", TRAIN_FLOPS: "train FLOPs",
+                    IMAGES_PER_SEC: "img/s", WALL_SECONDS: "wall s"}
+    header = ["trial", "model", "permutation", "fraction", "params", "GMACs", "status",
+              *[short_labels.get(name, name) for name in metric_columns]]
+    rows = []
+    for trial in sweep.trials:
+        cells = [
+            _cell(trial.trial_id, link=run_url(mlflow_url, sweep.experiment_id, trial.run_id), css="text"),
+            _cell(trial.model, css="text"),
+            _cell(trial.permutation, css="text"),
+            _cell(trial.data_fraction),
+            _cell(trial.params_count, text=f"{trial.params_count:,}" if trial.params_count else "-"),
+            _cell(trial.gmacs),
+            _cell(trial.status, css=f"text status-{escape(trial.status)}"),
+        ]
+        for name in metric_columns:
+            value = trial.metric(name)
+            cells.append(_cell(value, text=_percent(value) if name in METRIC_LABELS else None))
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    text_columns = ("trial", "model", "permutation", "status")
+    head = "".join(f'<th class="text">{h}</th>' if h in text_columns else f"<th>{escape(h)}</th>" for h in header)
+    return (f'<div class="scroll"><table class="sortable" id="trials"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _format_parameter(fit: ScalingFit, name: str) -> str:
+    low, high = fit.intervals[name]
+    interval = "no interval: exact fit" if math.isnan(low) else f"[{low:.3g}, {high:.3g}]"
+    return f'{fit.parameters[name]:.3g} <span class="ci">{interval}</span>'
+
+
+_FIT_COLUMNS = ("series", "metric", "x", "points", "a", "b (exponent)", "c (error floor)", "accuracy ceiling 1 − c",
+                "bootstrap fits")
+
+
+def _fit_row(fit: ScalingFit) -> str:
+    text = (fit.series, METRIC_LABELS.get(fit.metric, fit.metric), fit.x_name)
+    cells = [f'<td class="text">{escape(value)}</td>' for value in text]
+    cells += [f"<td>{fit.n_points}</td>", *(f"<td>{_format_parameter(fit, name)}</td>" for name in PARAMETER_NAMES)]
+    cells += [f"<td>{_percent(1 - fit.parameters['c'])}</td>", f"<td>{len(fit.bootstrap_draws)}</td>"]
+    return f"<tr>{''.join(cells)}</tr>"
+
+
+def _fit_table(analysis: SweepAnalysis) -> str:
+    if not analysis.fits:
+        return "<p>No series had enough points to fit; see the notes.</p>"
+    head = "".join(f'<th class="text">{name}</th>' if i < 3 else f"<th>{name}</th>" for i, name in enumerate(_FIT_COLUMNS))
+    return (
+        f'<h3>Fitted laws</h3><div class="scroll"><table id="fits"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(map(_fit_row, analysis.fits))}</tbody></table></div>"
+        '<p class="meta">E(x) = a·x<sup>−b</sup> + c fitted to 1 − accuracy of the best trial per x; '
+        "brackets are 95% pairs-bootstrap intervals.</p>"
+    )
+
+
+def _figure_html(figure: ReportFigure) -> str:
+    encoded = base64.b64encode(figure.png).decode("ascii")
+    wide = ' class="wide"' if figure.name.startswith("cost_") or figure.name in _WIDE_FIGURES else ""
+    return (
+        f'<figure{wide} id="fig-{escape(figure.name)}"><img alt="{escape(figure.title)}" '
+        f'src="data:image/png;base64,{encoded}"><figcaption><b>{escape(figure.title)}.</b> '
+        f"{escape(figure.caption)}</figcaption></figure>"
+    )
+
+
+def render_html(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> str:
+    """The report page as one HTML string with every figure inlined."""
+    groups = {
+        "scaling": ("Scaling with data and compute", [f for f in analysis.figures if f.name.startswith("scaling_")]),
+        "cost": ("Accuracy vs cost", [f for f in analysis.figures if f.name.startswith("cost_")]),
+        "permutation": ("Permutation study", [f for f in analysis.figures if f.name == "permutation_study"]),
+        "weights": ("Learned weights", [f for f in analysis.figures if f.name in ("stem_filters", "token_mixing")]),
+    }
+    sections, nav = [], []
+    for anchor, (title, figures) in groups.items():
+        if not figures:
+            continue
+        body = "".join(map(_figure_html, figures))
+        fits = _fit_table(analysis) if anchor == "scaling" else ""
+        sections.append(f'<section id="{anchor}"><h2>{title}</h2><div class="figures">{body}</div>{fits}</section>')
+        nav.append(f'<a href="#{anchor}">{title}</a>')
+    if analysis.notes:
+        items = "".join(f"<li>{escape(note)}</li>" for note in analysis.notes)
+        sections.append(f'<section id="notes"><h2>Notes</h2><ul class="notes">{items}</ul></section>')
+        nav.append('<a href="#notes">Notes</a>')
+    nav.append('<a href="#trials-section">Trials</a>')
+    finished = sum(t.status == "FINISHED" for t in sweep.trials)
+    tags = sweep.parent_tags
+    provenance = " · ".join(
+        f"{label} <code>{escape(tags[key][:12])}</code>"
+        for label, key in (("spec", "mixer.spec_hash"), ("commit", "mixer.git_commit"))
+        if tags.get(key)
+    )
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parent_link = run_url(mlflow_url, sweep.experiment_id, sweep.parent_run_id)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sweep {escape(sweep.name)} · mixer report</title><style>{_STYLESHEET}</style></head>
+<body><main>
+<h1>Sweep <code>{escape(sweep.name)}</code></h1>
+<p class="meta">experiment <b>{escape(sweep.experiment_name)}</b>
+ · <a href="{escape(parent_link)}">sweep run in MLflow</a> · {len(sweep.trials)} trials ({finished} finished) · {provenance + " · " if provenance else ""}generated {generated}</p>
+<nav>{"".join(nav)}</nav>
+{"".join(sections)}
+<section id="trials-section"><h2>Trials</h2><p class="meta">Click a column to sort; a trial id opens its MLflow run.</p>
+{_trial_table(sweep, analysis, mlflow_url)}</section>
+</main><script>{_SORT_SCRIPT}</script></body></html>
+"""
+
+
+def summary(sweep: SweepRuns, analysis: SweepAnalysis, out_dir: Path, mlflow_url: str) -> dict[str, Any]:
+    """The report as one JSON-ready document (what `mixer report --json` prints)."""
+    return {
+        "sweep": sweep.name,
+        "experiment": sweep.experiment_name,
+        "experiment_id": sweep.experiment_id,
+        "parent_run_id": sweep.parent_run_id,
+        "parent_run_url": run_url(mlflow_url, sweep.experiment_id, sweep.parent_run_id),
+        "tracking_uri": sweep.tracking_uri,
+        "report": str(out_dir / REPORT_FILE),
+        "figures": [str(out_dir / "figures" / f"{figure.name}.png") for figure in analysis.figures],
+        "metrics": analysis.metrics,
+        "fits": [fit.to_dict() for fit in analysis.fits],
+        "notes": analysis.notes,
+        "weights_trial": analysis.weights_trial,
+        "trials": trial_rows(sweep, analysis.metrics),
+    }
+
+
+def write_report(sweep: SweepRuns, analysis: SweepAnalysis, out_dir: Path, mlflow_url: str) -> dict[str, Any]:
+    """Write report.html, figures/*.png and summary.json into `out_dir`; return the summary."""
+    figures_dir = out_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for figure in analysis.figures:
+        (figures_dir / f"{figure.name}.png").write_bytes(figure.png)
+    (out_dir / REPORT_FILE).write_text(render_html(sweep, analysis, mlflow_url), encoding="utf-8")
+    document = summary(sweep, analysis, out_dir, mlflow_url)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
+    return document
+
+
+def log_report(sweep: SweepRuns, out_dir: Path) -> str:
+    """Log the report folder as artifacts of the sweep's parent run; return the artifacts' URI."""
+    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    client.log_artifacts(sweep.parent_run_id, str(out_dir), artifact_path=ARTIFACT_PATH)
+    return f"{client.get_run(sweep.parent_run_id).info.artifact_uri}/{ARTIFACT_PATH}"
