@@ -1,0 +1,236 @@
+"""The cloud definitions in cluster/: Ray cluster-launcher YAMLs pass Ray's own validation, KubeRay manifests
+carry the fields KubeRay requires, the MLflow server definition parses with MLflow's own CLI and auth-config
+reader, and nothing is exposed outside its cluster by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from mlflow.cli import server as mlflow_server_command
+from ray._private.accelerators.tpu import TPUAcceleratorManager
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.scripts.scripts import start as ray_start_command
+
+from sweeps.spec import load_spec
+
+CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+LAUNCHER_YAMLS = sorted((CLUSTER / "launcher").glob("*.yaml"))
+RAY_START_OPTIONS = {option for param in ray_start_command.params for option in param.opts}
+PUBLIC_SERVICE_TYPES = {"NodePort", "LoadBalancer"}
+
+
+def load_documents(path: Path) -> list[dict]:
+    """Every YAML document of a manifest file (empty documents dropped)."""
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def ray_start_invocations(command: str) -> list[list[str]]:
+    """The argument lists of every `ray start` in a shell command line (up to the next `;`, `&&`, `|`, ...)."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = list(lexer)
+    invocations = []
+    for index in range(len(words) - 1):
+        if words[index : index + 2] == ["ray", "start"]:
+            arguments = []
+            for word in words[index + 2 :]:
+                if set(word) <= set(";&|()<>"):
+                    break
+                arguments.append(word)
+            invocations.append(arguments)
+    return invocations
+
+
+def option_names(arguments: list[str]) -> set[str]:
+    """`--port=6379 --head` -> {"--port", "--head"}."""
+    return {argument.split("=", 1)[0] for argument in arguments if argument.startswith("--")}
+
+
+# ------------------------------------------------------------------------------------- ray up launcher YAMLs
+
+
+def test_there_are_launcher_yamls_for_aws_gcp_gpus_and_a_tpu_pod():
+    assert {path.name for path in LAUNCHER_YAMLS} == {"aws-gpu.yaml", "gcp-gpu.yaml", "gcp-tpu-pod.yaml"}
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda path: path.name)
+def test_launcher_yaml_passes_ray_validation(path):
+    # What `ray up` does before touching the cloud: merge the provider's defaults, then validate.
+    config = prepare_config(yaml.safe_load(path.read_text()))
+    validate_config(config)
+    assert config["head_node_type"] in config["available_node_types"]
+
+
+def test_ray_validation_rejects_a_broken_launcher_yaml():
+    config = prepare_config(yaml.safe_load(LAUNCHER_YAMLS[0].read_text()))
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["head"]["min_workers"] = "one"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(broken)
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda path: path.name)
+def test_launcher_yaml_starts_ray_with_real_options_token_auth_and_a_loopback_dashboard(path):
+    config = yaml.safe_load(path.read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [(command, args) for command in config[key] for args in ray_start_invocations(command)]
+        assert starts, f"{path.name}: {key} never runs `ray start`"
+        for command, arguments in starts:
+            unknown = option_names(arguments) - RAY_START_OPTIONS
+            assert not unknown, f"{path.name}: {key}: not `ray start` options: {unknown}"
+            assert "RAY_AUTH_MODE=token" in command, f"{path.name}: {key} starts Ray without token auth"
+    head_arguments = [args for command in config["head_start_ray_commands"] for args in ray_start_invocations(command)]
+    assert all("--dashboard-host=127.0.0.1" in arguments for arguments in head_arguments)
+    # Every node needs the token the local `ray get-auth-token --generate` wrote.
+    assert any(local.endswith(".ray/auth_token") for local in config["file_mounts"].values())
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda path: path.name)
+def test_launcher_yaml_installs_the_project_it_syncs_and_runs_mlflow_on_the_head(path):
+    config = yaml.safe_load(path.read_text())
+    project = next(remote for remote, local in config["file_mounts"].items() if local == ".")
+    assert any(f"-e {project}" in command for command in config["setup_commands"])
+    # The head's MLflow server keeps artifacts in the cloud's object store.
+    mlflow_commands = [command for command in config["head_start_ray_commands"] if "head-mlflow.sh" in command]
+    assert len(mlflow_commands) == 1
+    script, artifacts_uri = shlex.split(mlflow_commands[0])[1:]
+    assert script == f"{project}/cluster/launcher/head-mlflow.sh"
+    assert (CLUSTER / "launcher" / "head-mlflow.sh").is_file()
+    assert artifacts_uri.split("://")[0] == ("s3" if config["provider"]["type"] == "aws" else "gs")
+
+
+def test_tpu_pod_yaml_asks_for_a_multi_host_slice_ray_recognises():
+    config = yaml.safe_load((CLUSTER / "launcher" / "gcp-tpu-pod.yaml").read_text())
+    tpu_types = [node for node in config["available_node_types"].values() if "acceleratorType" in node["node_config"]]
+    assert len(tpu_types) == 1
+    accelerator = tpu_types[0]["node_config"]["acceleratorType"]
+    assert TPUAcceleratorManager.is_valid_tpu_accelerator_type(accelerator)
+    # v4 counts cores: 2 per chip, 4 chips per host, so v4-16 is two hosts.
+    assert int(accelerator.split("-")[1]) // 2 > 4
+
+
+# ------------------------------------------------------------------------------------------ KubeRay manifests
+
+
+def check_ray_cluster_spec(spec: dict, where: str) -> None:
+    """The fields KubeRay's RayCluster CRD requires, and values it accepts (rayStartParams are strings)."""
+    head = spec["headGroupSpec"]
+    groups = [("headGroupSpec", head)] + [
+        (f"workerGroupSpecs[{index}]", group) for index, group in enumerate(spec.get("workerGroupSpecs", []))
+    ]
+    for name, group in groups:
+        params = group["rayStartParams"]
+        assert all(isinstance(value, str) for value in params.values()), f"{where}: {name}.rayStartParams not strings"
+        unknown = {f"--{key}" for key in params} - RAY_START_OPTIONS
+        assert not unknown, f"{where}: {name}.rayStartParams: not `ray start` options: {unknown}"
+        containers = group["template"]["spec"]["containers"]
+        assert containers and all(container["name"] and container["image"] for container in containers)
+        mounts = {mount["mountPath"] for container in containers for mount in container.get("volumeMounts", [])}
+        assert "/mnt/shared" in mounts, f"{where}: {name} lacks the shared storage checkpoints need"
+    assert head.get("serviceType", "ClusterIP") not in PUBLIC_SERVICE_TYPES and not head.get("enableIngress")
+    assert spec["workerGroupSpecs"], f"{where}: no worker groups"
+    for group in spec["workerGroupSpecs"]:
+        assert group["groupName"]
+        assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+
+
+def test_raycluster_manifest_has_what_kuberay_requires():
+    (cluster,) = load_documents(CLUSTER / "kuberay" / "raycluster.yaml")
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert cluster["metadata"]["name"]
+    check_ray_cluster_spec(cluster["spec"], "raycluster.yaml")
+
+
+def test_rayjob_runs_a_sweep_spec_on_the_same_cluster_spec():
+    (job,) = load_documents(CLUSTER / "kuberay" / "rayjob.yaml")
+    (cluster,) = load_documents(CLUSTER / "kuberay" / "raycluster.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["metadata"]["name"]
+    spec = job["spec"]
+    check_ray_cluster_spec(spec["rayClusterSpec"], "rayjob.yaml")
+    assert spec["rayClusterSpec"] == cluster["spec"], "rayjob.yaml and raycluster.yaml describe different clusters"
+    assert spec["shutdownAfterJobFinishes"] is True
+    entrypoint = shlex.split(spec["entrypoint"])
+    assert entrypoint[:3] == ["mixer", "sweep", "run"]
+    # The spec ships in the image's working directory and is valid with the job's overrides; checkpoints go
+    # to the shared volume.
+    overrides = [entrypoint[index + 1] for index, word in enumerate(entrypoint) if word == "--set"]
+    sweep = load_spec(CLUSTER.parent / entrypoint[3], overrides)
+    assert sweep.storage_path == "/mnt/shared/ray_results" and sweep.resources.use_gpu
+
+
+def test_shared_storage_claim_is_read_write_many_and_named_by_the_ray_pods():
+    (claim,) = load_documents(CLUSTER / "kuberay" / "shared-storage.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in claim["spec"]["accessModes"]
+    (cluster,) = load_documents(CLUSTER / "kuberay" / "raycluster.yaml")
+    claims = {volume["persistentVolumeClaim"]["claimName"] for volume in cluster["spec"]["headGroupSpec"]["template"]
+              ["spec"]["volumes"] if "persistentVolumeClaim" in volume}
+    assert claims == {claim["metadata"]["name"]}
+
+
+# --------------------------------------------------------------------------------- MLflow tracking server
+
+
+def mlflow_documents() -> list[dict]:
+    kustomization = yaml.safe_load((CLUSTER / "mlflow" / "kustomization.yaml").read_text())
+    return [document for name in kustomization["resources"] for document in load_documents(CLUSTER / "mlflow" / name)]
+
+
+def mlflow_container() -> dict:
+    (deployment,) = [document for document in mlflow_documents() if document["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_mlflow_server_arguments_parse_with_mlflow_own_cli():
+    container = mlflow_container()
+    assert container["command"] == ["mlflow"] and container["args"][0] == "server"
+    options = mlflow_server_command.make_context("server", list(container["args"][1:])).params
+    assert options["backend_store_uri"].startswith("postgresql")
+    assert options["artifacts_destination"].split("://")[0] in {"s3", "gs"}
+    assert options["app_name"] == "basic-auth"
+    # The service name Ray pods use must be an allowed Host header.
+    assert "mlflow.mlflow.svc.cluster.local:*" in options["allowed_hosts"].split(",")
+
+
+def test_mlflow_auth_config_is_read_by_mlflow_and_holds_no_secret(tmp_path, monkeypatch):
+    from mlflow.server.auth.config import read_auth_config
+    from mlflow.server.auth.permissions import get_permission
+
+    (config_map,) = [document for document in mlflow_documents() if document["metadata"]["name"] == "mlflow-auth"]
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text(config_map["data"]["basic_auth.ini"])
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(ini))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    auth = read_auth_config()
+    assert auth.database_uri.startswith("postgresql") and get_permission(auth.default_permission)
+    assert auth.admin_password is None  # it comes from the mlflow-secrets Secret
+    env = {variable["name"]: variable for variable in mlflow_container()["env"]}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == f"/etc/mlflow/{ini.name}"
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "PGPASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-secrets"
+
+
+def test_mlflow_kustomization_names_existing_files_and_its_image():
+    kustomization = yaml.safe_load((CLUSTER / "mlflow" / "kustomization.yaml").read_text())
+    assert all((CLUSTER / "mlflow" / name).is_file() for name in kustomization["resources"])
+    assert {image["name"] for image in kustomization["images"]} == {mlflow_container()["image"]}
+
+
+# --------------------------------------------------------------------------------------- nothing is public
+
+
+def test_no_kubernetes_service_or_ingress_is_public():
+    documents = [document for path in CLUSTER.rglob("*.yaml") if "launcher" not in path.parts
+                 for document in load_documents(path)]
+    kinds = {document.get("kind") for document in documents}
+    assert "Service" in kinds and "Ingress" not in kinds
+    for document in documents:
+        if document.get("kind") == "Service":
+            assert document["spec"].get("type", "ClusterIP") not in PUBLIC_SERVICE_TYPES, document["metadata"]
