@@ -1,0 +1,215 @@
+"""`mixer sweep validate|run|resume|ls|bench`: plan, run and inspect sweeps.
+
+Spec errors exit with status 2 before Ray starts or MLflow is touched. Progress goes to stderr; results to
+stdout (a table, or one JSON document with `--json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeps.cli.output import add_json_flag, emit_json, format_table
+from sweeps.spec import SpecError, load_spec
+
+EXIT_BAD_SPEC = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `validate`, `run`, `resume`, `ls` and `bench` subcommands."""
+    subparsers = parser.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND", required=True)
+
+    validate = subparsers.add_parser("validate", help="check a spec and print its plan without starting Ray")
+    _add_spec_arguments(validate)
+    validate.set_defaults(run_sweep_command=validate_command)
+
+    run = subparsers.add_parser("run", help="run a sweep (local Ray, or the cluster at --address / RAY_ADDRESS)")
+    _add_spec_arguments(run)
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start Ray locally)")
+    run.set_defaults(run_sweep_command=run_command)
+
+    resume = subparsers.add_parser("resume", help="finish a sweep whose driver died; finished trials are kept")
+    resume.add_argument("name", help="the sweep's name (the spec's `name`)")
+    resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start Ray locally)")
+    add_json_flag(resume)
+    resume.set_defaults(run_sweep_command=resume_command)
+
+    list_parser = subparsers.add_parser("ls", help="list the sweeps in the MLflow store and their trials' states")
+    add_json_flag(list_parser)
+    list_parser.set_defaults(run_sweep_command=ls_command)
+
+    bench = subparsers.add_parser(
+        "bench", help="engine efficiency: K trials through Ray Tune/Train vs. the same training run directly"
+    )
+    _add_spec_arguments(bench)
+    bench.add_argument("--trials", type=int, default=3, help="number of identical trials K (default 3)")
+    bench.set_defaults(run_sweep_command=bench_command)
+
+
+def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", type=Path, help="sweep spec (YAML)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a spec key, e.g. --set base.train.epochs=2 (repeatable)",
+    )
+    add_json_flag(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch to the sweep subcommand; a bad spec is exit status 2."""
+    try:
+        return args.run_sweep_command(args)
+    except SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_SPEC
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    """Print the expanded plan: trials, axes, parameters and GMACs per variant, total training FLOPs."""
+    from sweeps.plan import format_plan, plan_sweep
+
+    plan = plan_sweep(load_spec(args.spec, args.overrides))
+    if args.json:
+        emit_json(plan)
+    else:
+        print(format_plan(plan))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the sweep on Ray; print a results table and where to look in MLflow."""
+    from sweeps.plan import format_plan, plan_sweep
+
+    spec = load_spec(args.spec, args.overrides)
+    plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        _check_local_resources(spec)  # before starting anything
+    print(format_plan(plan), file=sys.stderr)
+    from sweeps import engine
+
+    engine.init_ray(args.address)
+    _check_cluster_resources(spec)
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's forwarded worker output; stdout is for results
+        result = engine.run_sweep(spec, args.spec, total_trials=plan["trial_count"])
+    _print_result(result, args.json)
+    return 0 if all(trial.status != "ERROR" for trial in result.trials) else 1
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    """Restore the sweep's Tuner and finish its unfinished trials."""
+    from sweeps import engine
+
+    try:
+        context, directory = engine.find_resumable(args.name)
+    except LookupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    engine.init_ray(args.address)
+    with contextlib.redirect_stdout(sys.stderr):
+        result = engine.resume_sweep(context, directory)
+    _print_result(result, args.json)
+    return 0 if all(trial.status != "ERROR" for trial in result.trials) else 1
+
+
+def ls_command(args: argparse.Namespace) -> int:
+    """List the sweeps recorded in the MLflow store."""
+    from sweeps import tracking
+
+    sweeps = tracking.list_sweeps(tracking.tracking_uri())
+    if args.json:
+        emit_json(sweeps)
+        return 0
+    rows = [
+        {
+            "sweep": sweep["name"],
+            "experiment": sweep["experiment"],
+            "status": sweep["status"],
+            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep["start_time"] / 1000)),
+            "trials": sweep["trials"],
+            "states": " ".join(f"{state.lower()}={count}" for state, count in sorted(sweep["trial_states"].items())),
+        }
+        for sweep in sweeps
+    ]
+    print(format_table(rows))
+    return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """K identical one-worker trials through the engine vs. the same `train()` calls in this process."""
+    spec = load_spec(args.spec, args.overrides)
+    if args.trials < 1:
+        raise SpecError(f"--trials must be >= 1, got {args.trials}")
+    from sweeps import engine_bench
+
+    with contextlib.redirect_stdout(sys.stderr):
+        figures = engine_bench.measure(spec, args.spec, args.trials)
+    if args.json:
+        emit_json(figures)
+    else:
+        print(format_table([figures]))
+    return 0
+
+
+def _check_local_resources(spec) -> None:
+    from sweeps.spec import check_resources
+
+    available = {"CPU": float(os.cpu_count() or 1), "GPU": 0.0}
+    if spec.resources.use_gpu:
+        import torch
+
+        available["GPU"] = float(torch.cuda.device_count())
+    check_resources(spec, available)
+
+
+def _check_cluster_resources(spec) -> None:
+    import ray
+
+    from sweeps.spec import check_resources
+
+    check_resources(spec, ray.cluster_resources())
+
+
+def _print_result(result, as_json: bool) -> None:
+    document = _result_document(result)
+    if as_json:
+        emit_json(document)
+        return
+    print(format_table(_result_rows(result)))
+    print(f"\nbest trial: {result.best_trial_id or '-'} ({result.objective[0]})")
+    print(f"MLflow: {result.mlflow_ui_command}   (experiment run {result.parent_run_id})")
+    if result.optuna_storage:
+        print(f"Optuna: optuna-dashboard {result.optuna_storage}")
+    print(f"Tune state: {result.experiment_dir}")
+
+
+def _result_rows(result) -> list[dict[str, Any]]:
+    shown_metrics = [*result.objective, "epoch", "step", "wall_seconds"]
+    rows = []
+    for trial in result.trials:
+        row: dict[str, Any] = {"trial": trial.trial_id, "status": trial.status}
+        row.update(trial.params)
+        row.update({name: trial.metrics.get(name) for name in dict.fromkeys(shown_metrics)})
+        rows.append(row)
+    return rows
+
+
+def _result_document(result) -> dict[str, Any]:
+    return {
+        "name": result.name,
+        "tracking_uri": result.tracking_uri,
+        "mlflow_ui": result.mlflow_ui_command,
+        "parent_run_id": result.parent_run_id,
+        "experiment_dir": result.experiment_dir,
+        "optuna_storage": result.optuna_storage,
+        "objective": result.objective,
+        "best_trial_id": result.best_trial_id,
+        "trials": [
+            {"trial_id": t.trial_id, "status": t.status, "params": t.params, "metrics": t.metrics}
+            for t in result.trials
+        ],
+    }

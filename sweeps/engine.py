@@ -1,0 +1,391 @@
+"""The sweep engine: Ray Tune chooses trials (grid, random or Optuna; FIFO or ASHA), each trial is one Ray Train
+`TorchTrainer` running `sweeps.worker.train_worker` on its workers, and MLflow records a run per trial.
+
+The trial function is short and flat: config -> TorchTrainer -> fit(); metrics reach Tune through
+`TuneReportCallback`. The driver-side `SweepCallback` prints progress and closes the trials' MLflow runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import ray.train
+import ray.tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeps import tracking
+from sweeps.spec import Distribution, SweepSpec, build_run_config, spec_hash, validate_spec
+from sweeps.worker import TrialTracking, train_worker
+
+# Ray Train polls its workers every 2 s by default; a trial's fit() then ends up to 2 s after its last report
+# (propagated by Ray Train from the trial's process to its controller and workers). Tune's new console output
+# prints tables whatever `verbose` says; the legacy one is silent at verbose=0 and our callback reports progress.
+TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AIR_NEW_OUTPUT": "0"}
+# A trial only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an empty resource
+# request, and any CPU held here would be missing for the workers, so the trial asks for one byte of memory.
+TRIAL_DRIVER_RESOURCES = {"memory": 1}
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of one sweep needs besides its own parameters."""
+
+    spec: SweepSpec
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    train_storage_path: str  # where each trial's Ray Train run keeps its checkpoints (shared storage on a cluster)
+
+
+@dataclass
+class TrialSummary:
+    """One row of the results table."""
+
+    trial_id: str
+    status: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+
+
+@dataclass
+class SweepResult:
+    """The outcome of `run_sweep`/`resume_sweep`: every trial, the best one, and where to look in MLflow."""
+
+    name: str
+    experiment_dir: str
+    tracking_uri: str
+    parent_run_id: str
+    objective: list[str]
+    trials: list[TrialSummary] = field(default_factory=list)
+    best_trial_id: str | None = None
+    optuna_storage: str | None = None
+
+    @property
+    def mlflow_ui_command(self) -> str:
+        return tracking.ui_command(self.tracking_uri)
+
+
+def run_trial(params: dict[str, Any], context: SweepContext) -> None:
+    """One Tune trial: a Ray Train run of the trial's config on the spec's workers, named by the trial id."""
+    for name, value in TRAIN_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    spec = context.spec
+    trial_id = ray.tune.get_context().get_trial_id()
+    run_config = build_run_config(spec, params)
+    resources = spec.resources
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "run_config": run_config.model_dump(mode="json"),
+            "tracking": TrialTracking(
+                context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name, trial_id
+            ),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers_per_trial,
+            use_gpu=resources.use_gpu,
+            resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=trial_id,  # the same name on retry and restore, so Ray Train resumes from the trial's checkpoint
+            storage_path=context.train_storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.checkpoint.num_to_keep,
+                checkpoint_score_attribute=spec.checkpoint.score_attribute,
+                checkpoint_score_order=spec.checkpoint.score_order,
+            ),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def objective_metrics(spec: SweepSpec) -> tuple[list[str], list[str]]:
+    """The objective's metric names and modes (`max`/`min`), one or two of each."""
+    return [objective.metric for objective in spec.objective], [objective.mode for objective in spec.objective]
+
+
+def optuna_storage_url(tracking_uri: str) -> str:
+    """The Optuna study storage beside the MLflow store: `optuna.db` next to a SQLite `mlflow.db`."""
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).parent / 'optuna.db'}"
+    return f"sqlite:///{Path.cwd().resolve() / 'optuna.db'}"
+
+
+def _tune_domain(distribution: Distribution) -> Any:
+    """A spec search distribution as a Tune search domain (random searcher); bounds are inclusive."""
+    if distribution.type == "categorical":
+        return ray.tune.choice(list(distribution.choices))
+    if distribution.type == "int":
+        low, high = int(distribution.low), int(distribution.high)
+        if distribution.log:
+            return ray.tune.lograndint(low, high + 1)  # Tune's randint upper bounds are exclusive
+        return ray.tune.qrandint(low, high, int(distribution.step or 1))  # qrandint's is inclusive
+    if distribution.log:
+        return ray.tune.loguniform(distribution.low, distribution.high)
+    if distribution.step:
+        return ray.tune.quniform(distribution.low, distribution.high, distribution.step)
+    return ray.tune.uniform(distribution.low, distribution.high)
+
+
+def _optuna_distribution(distribution: Distribution) -> optuna.distributions.BaseDistribution:
+    """A spec search distribution as an Optuna distribution."""
+    if distribution.type == "categorical":
+        return optuna.distributions.CategoricalDistribution(list(distribution.choices))
+    if distribution.type == "int":
+        step = int(distribution.step or 1)
+        return optuna.distributions.IntDistribution(
+            int(distribution.low), int(distribution.high), log=distribution.log, step=step
+        )
+    return optuna.distributions.FloatDistribution(
+        distribution.low, distribution.high, log=distribution.log, step=distribution.step
+    )
+
+
+def _search(
+    spec: SweepSpec, study_storage: str, study_name: str, max_concurrent: int
+) -> tuple[dict[str, Any], Any]:
+    """Tune's param space and search algorithm for the spec's searcher. Keys are dotted config paths."""
+    metrics, modes = objective_metrics(spec)
+    if spec.searcher.startswith("optuna"):
+        space = {key: optuna.distributions.CategoricalDistribution(list(values)) for key, values in spec.grid.items()}
+        space.update({key: _optuna_distribution(dist) for key, dist in spec.search.items()})
+        sampler_class = optuna.samplers.NSGAIISampler if spec.searcher == "optuna-nsga2" else optuna.samplers.TPESampler
+        optuna_search = OptunaSearch(
+            space=space,
+            metric=metrics if len(metrics) > 1 else metrics[0],
+            mode=modes if len(modes) > 1 else modes[0],
+            sampler=sampler_class(seed=spec.seed),
+            study_name=study_name,
+            storage=optuna.storages.RDBStorage(study_storage),
+        )
+        return {}, ConcurrencyLimiter(optuna_search, max_concurrent=max_concurrent)
+    param_space = {key: ray.tune.grid_search(list(values)) for key, values in spec.grid.items()}
+    param_space.update({key: _tune_domain(dist) for key, dist in spec.search.items()})
+    return param_space, BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent)
+
+
+def _scheduler(spec: SweepSpec):
+    """FIFO, or ASHA stopping trials on the (single) objective at the spec's rungs."""
+    scheduler = spec.scheduler
+    if scheduler.type != "asha":
+        return FIFOScheduler()
+    metrics, modes = objective_metrics(spec)
+    return ASHAScheduler(
+        time_attr=scheduler.time_attr,
+        metric=metrics[0],
+        mode=modes[0],
+        max_t=scheduler.max_t,
+        grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor,
+    )
+
+
+class SweepCallback(ray.tune.Callback):
+    """Driver-side: progress on stderr (trials running/finished, best so far) and closing trials' MLflow runs.
+
+    Tune pickles its callbacks into the experiment state, so a restored sweep gets this one back.
+    """
+
+    def __init__(self, context: SweepContext, total_trials: int | None):
+        self.context = context
+        self.metric, self.mode = (values[0] for values in objective_metrics(context.spec))
+        self.total_trials = total_trials
+        self.running: set[str] = set()
+        self.finished: set[str] = set()
+        self.best: tuple[float, str] | None = None
+        self.started_at = time.time()
+
+    def _say(self, message: str) -> None:
+        elapsed = time.time() - self.started_at
+        total = "?" if self.total_trials is None else self.total_trials
+        best = "-" if self.best is None else f"{self.best[0]:.4g} ({self.best[1]})"
+        print(
+            f"[{elapsed:6.0f}s] {message} | running {len(self.running)}, finished {len(self.finished)}/{total},"
+            f" best {self.metric} {best}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._say(f"trial {trial.trial_id} started {_format_params(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if value is not None and (self.best is None or _better(value, self.best[0], self.mode)):
+            self.best = (float(value), trial.trial_id)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._close(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "FAILED")
+
+    def _close(self, trial, status: str) -> None:
+        self.running.discard(trial.trial_id)
+        self.finished.add(trial.trial_id)
+        result = trial.last_result or {}
+        context = self.context
+        run = tracking.find_trial_run(
+            context.tracking_uri, context.experiment_id, context.parent_run_id, trial.trial_id
+        )
+        if run is not None:
+            checkpoint = result.get(CHECKPOINT_PATH_KEY)
+            tags = {tracking.TAG_CHECKPOINT: checkpoint} if checkpoint else {}
+            tracking.finish_run(context.tracking_uri, run.info.run_id, status, tags)
+        value = result.get(self.metric)
+        shown = "-" if value is None else f"{value:.4g}"
+        self._say(f"trial {trial.trial_id} {status.lower()} {self.metric}={shown}")
+
+
+def _better(value: float, than: float, mode: str) -> bool:
+    return value > than if mode == "max" else value < than
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in params.items())
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to the cluster at `address` (or `RAY_ADDRESS`), else start Ray on this machine.
+
+    Reuses an already connected session, so trials never pay for a second `ray.init`.
+    """
+    for name, value in TRAIN_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+
+
+def experiment_dir(spec: SweepSpec) -> str:
+    """Where Tune keeps the sweep's state: `<storage_path>/<name>` (an absolute path or a URL)."""
+    return f"{spec.resolved_storage_path()}/{spec.name}"
+
+
+def _max_concurrent_trials(spec: SweepSpec) -> int:
+    """The spec's limit, else as many trials as the cluster's CPUs (GPUs) hold at once (trials hold 0 CPU)."""
+    resources = spec.resources
+    if resources.max_concurrent_trials:
+        return resources.max_concurrent_trials
+    available = ray.cluster_resources()
+    fits = available.get("CPU", 1) // max(resources.workers_per_trial * resources.cpus_per_worker, 1e-9)
+    if resources.use_gpu and resources.gpus_per_worker:
+        fits = min(fits, available.get("GPU", 0) // (resources.workers_per_trial * resources.gpus_per_worker))
+    return max(int(fits), 1)
+
+
+def _trainable(context: SweepContext):
+    return ray.tune.with_resources(ray.tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES)
+
+
+def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = None) -> SweepResult:
+    """Run a whole sweep on the connected Ray cluster (call `init_ray` first); log it to MLflow."""
+    uri = tracking.tracking_uri()
+    directory = experiment_dir(spec)
+    # What was written and overridden (defaults stay implicit), with the storage made absolute for `resume`.
+    resolved = {**spec.model_dump(mode="json", exclude_unset=True), "storage_path": spec.resolved_storage_path()}
+    parent_run_id = tracking.start_sweep_run(
+        uri, spec.experiment, spec.name, spec_hash(spec), spec_path, resolved, directory
+    )
+    experiment_id = tracking.ensure_experiment(tracking.MlflowClient(uri), spec.experiment)
+    context = SweepContext(spec, uri, experiment_id, parent_run_id, f"{directory}/train")
+    study_storage = optuna_storage_url(uri)
+    param_space, searcher = _search(
+        spec, study_storage, f"{spec.name}-{parent_run_id[:8]}", _max_concurrent_trials(spec)
+    )
+    tuner = ray.tune.Tuner(
+        _trainable(context),
+        param_space=param_space,
+        tune_config=ray.tune.TuneConfig(  # the searcher and ASHA carry the objective themselves
+            search_alg=searcher,
+            scheduler=_scheduler(spec),
+            num_samples=spec.num_samples,
+            reuse_actors=True,  # a finished trial's process drives the next trial: no new process per trial
+        ),
+        run_config=ray.tune.RunConfig(
+            name=spec.name,
+            storage_path=spec.resolved_storage_path(),
+            callbacks=[SweepCallback(context, total_trials)],
+            verbose=0,
+        ),
+    )
+    return _finish(context, _fit(tuner, context))
+
+
+def _fit(tuner: ray.tune.Tuner, context: SweepContext):
+    """`tuner.fit()`; if the sweep itself fails, its parent run is marked FAILED before the error propagates."""
+    try:
+        return tuner.fit()
+    except BaseException:
+        tracking.finish_run(context.tracking_uri, context.parent_run_id, "FAILED")
+        raise
+
+
+def find_resumable(name: str) -> tuple[SweepContext, str]:
+    """The context and Tune state directory of sweep `name`, read back from its MLflow parent run.
+
+    Raises `LookupError` when the MLflow store has no such sweep or Tune kept no state for it.
+    """
+    uri = tracking.tracking_uri()
+    parent = tracking.find_sweep_run(uri, name)
+    if parent is None:
+        raise LookupError(f"no sweep named {name!r} in {uri}")
+    directory = parent.data.tags[tracking.TAG_EXPERIMENT_DIR]
+    if not ray.tune.Tuner.can_restore(directory):
+        raise LookupError(f"sweep {name!r}: no Tune state to restore at {directory}")
+    source = f"sweep {name} (MLflow run {parent.info.run_id})"
+    spec = validate_spec(tracking.load_resolved_spec(uri, parent.info.run_id), source)
+    return SweepContext(spec, uri, parent.info.experiment_id, parent.info.run_id, f"{directory}/train"), directory
+
+
+def resume_sweep(context: SweepContext, directory: str) -> SweepResult:
+    """Finish a sweep after its driver died: `Tuner.restore` runs only the unfinished trials again."""
+    tracking.MlflowClient(context.tracking_uri).update_run(context.parent_run_id, status="RUNNING")
+    tuner = ray.tune.Tuner.restore(
+        directory, trainable=_trainable(context), resume_unfinished=True, resume_errored=True
+    )
+    return _finish(context, _fit(tuner, context))
+
+
+def _finish(context: SweepContext, results) -> SweepResult:
+    """Close the parent run and summarise every trial."""
+    spec = context.spec
+    metrics, modes = objective_metrics(spec)
+    summary = SweepResult(
+        name=spec.name,
+        experiment_dir=experiment_dir(spec),
+        tracking_uri=context.tracking_uri,
+        parent_run_id=context.parent_run_id,
+        objective=metrics,
+        optuna_storage=optuna_storage_url(context.tracking_uri) if spec.searcher.startswith("optuna") else None,
+    )
+    best_value = None
+    for result in results:
+        reported = {key: value for key, value in result.metrics.items() if isinstance(value, (int, float))}
+        trial_id = result.metrics.get("trial_id") or Path(result.path).name
+        status = "ERROR" if result.error else "TERMINATED"
+        summary.trials.append(TrialSummary(trial_id, status, dict(result.config), reported))
+        value = reported.get(metrics[0])
+        if value is not None and (best_value is None or _better(value, best_value, modes[0])):
+            best_value, summary.best_trial_id = value, trial_id
+    failed = any(trial.status == "ERROR" for trial in summary.trials)
+    tracking.finish_run(context.tracking_uri, context.parent_run_id, "FAILED" if failed else "FINISHED")
+    return summary

@@ -1,0 +1,247 @@
+"""MLflow for sweeps: a parent run per sweep, a child run per trial, keyed so that retries continue their run.
+
+The schema (read back by `dashboards/`): parent run tags `mixer.sweep`, `mixer.role=sweep`, `mixer.spec_hash`,
+`mixer.git_commit`; child run tags `mlflow.parentRunId`, `mixer.sweep`, `mixer.role=trial`, `mixer.trial_id`,
+`mixer.model`, `mixer.patch_size`, `mixer.data_fraction`, `mixer.params`, `mixer.gmacs`, `mixer.permutation` and,
+at the end, `mixer.checkpoint`; params are the flattened trial config; metrics carry the training step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from mixer_core.config import RunConfig
+from mixer_core.model import VARIANTS
+
+TAG_SWEEP = "mixer.sweep"
+TAG_ROLE = "mixer.role"
+TAG_TRIAL_ID = "mixer.trial_id"
+TAG_SPEC_HASH = "mixer.spec_hash"
+TAG_GIT_COMMIT = "mixer.git_commit"
+TAG_CHECKPOINT = "mixer.checkpoint"
+TAG_EXPERIMENT_DIR = "mixer.experiment_dir"  # where Tune keeps the sweep's state; `mixer sweep resume` reads it
+TAG_PARENT = "mlflow.parentRunId"
+RESOLVED_SPEC_ARTIFACT = "resolved_spec.json"
+# MLflow's log_batch limits (1000 metrics, 100 params, 100 tags per call).
+_BATCH_PARAMS = 100
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else an absolute `sqlite:///<cwd>/mlflow.db` (MLflow 3 refuses ./mlruns)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store."""
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created (artifacts under `<cwd>/mlartifacts` for a local store) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if client.tracking_uri.startswith("sqlite:"):
+        artifact_location = (Path.cwd().resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def git_commit(directory: Path) -> str:
+    """The git commit of `directory`, or '' outside a repository (or before the first commit)."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def start_sweep_run(
+    uri: str,
+    experiment: str,
+    sweep_name: str,
+    spec_hash: str,
+    spec_path: Path,
+    resolved_spec: dict[str, Any],
+    experiment_dir: str,
+) -> str:
+    """Create the sweep's parent run; returns its run id.
+
+    Artifacts: the spec file as written, and the resolved spec (overrides applied) that `mixer sweep resume`
+    reads back.
+    """
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, experiment)
+    tags = {
+        TAG_SWEEP: sweep_name,
+        TAG_ROLE: "sweep",
+        TAG_SPEC_HASH: spec_hash,
+        TAG_GIT_COMMIT: git_commit(spec_path.resolve().parent),
+        TAG_EXPERIMENT_DIR: experiment_dir,
+    }
+    run = client.create_run(experiment_id, tags=tags, run_name=sweep_name)
+    client.log_artifact(run.info.run_id, str(spec_path))
+    client.log_dict(run.info.run_id, resolved_spec, RESOLVED_SPEC_ARTIFACT)
+    return run.info.run_id
+
+
+def load_resolved_spec(uri: str, run_id: str) -> dict[str, Any]:
+    """The resolved spec a sweep's parent run was started with."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = MlflowClient(uri).download_artifacts(run_id, RESOLVED_SPEC_ARTIFACT, directory)
+        return json.loads(Path(path).read_text())
+
+
+def find_sweep_run(uri: str, sweep_name: str):
+    """The latest parent run of sweep `sweep_name` in any experiment, or None."""
+    client = MlflowClient(uri)
+    experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    if not experiment_ids:
+        return None
+    runs = client.search_runs(
+        experiment_ids,
+        filter_string=f"tags.`{TAG_ROLE}` = 'sweep' AND tags.`{TAG_SWEEP}` = '{sweep_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def list_sweeps(uri: str) -> list[dict[str, Any]]:
+    """Every sweep in the store, newest first: name, experiment, status, start time and its trials' states."""
+    client = MlflowClient(uri)
+    experiments = {experiment.experiment_id: experiment.name for experiment in client.search_experiments()}
+    if not experiments:
+        return []
+    parents = client.search_runs(
+        list(experiments), filter_string=f"tags.`{TAG_ROLE}` = 'sweep'", order_by=["attributes.start_time DESC"]
+    )
+    sweeps = []
+    for parent in parents:
+        trials = trial_runs(uri, parent.info.experiment_id, parent.info.run_id)
+        states: dict[str, int] = {}
+        for trial in trials:
+            states[trial.info.status] = states.get(trial.info.status, 0) + 1
+        sweeps.append(
+            {
+                "name": parent.data.tags.get(TAG_SWEEP),
+                "experiment": experiments[parent.info.experiment_id],
+                "status": parent.info.status,
+                "run_id": parent.info.run_id,
+                "start_time": parent.info.start_time,
+                "trials": len(trials),
+                "trial_states": states,
+            }
+        )
+    return sweeps
+
+
+def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
+    """The child runs of a sweep's parent run."""
+    return MlflowClient(uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=10000
+    )
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 0.1}}` -> `{"train.lr": 0.1}` (the MLflow params of a trial)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def finish_run(uri: str, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
+    """Set final tags and the terminal status (`FINISHED`, `FAILED`, `KILLED`) of a run."""
+    client = MlflowClient(uri)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status)
+
+
+def find_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str):
+    """The child run of trial `trial_id` under `parent_run_id`, or None."""
+    runs = MlflowClient(uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' AND tags.`{TAG_TRIAL_ID}` = '{trial_id}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+class TrialRun:
+    """The MLflow run of one trial, created on first use and continued by retries and restores.
+
+    Steps already logged (by an attempt that died after logging but before its checkpoint) are skipped per
+    metric key, so a continued run never holds the same step twice.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep_name: str,
+        trial_id: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any],
+    ):
+        self.client = MlflowClient(uri)
+        existing = find_trial_run(uri, experiment_id, parent_run_id, trial_id)
+        self.last_step: dict[str, int] = {}
+        if existing is None:
+            all_tags = {TAG_PARENT: parent_run_id, TAG_SWEEP: sweep_name, TAG_ROLE: "trial", TAG_TRIAL_ID: trial_id}
+            all_tags.update({key: str(value) for key, value in tags.items()})
+            run = self.client.create_run(experiment_id, tags=all_tags, run_name=trial_id)
+            self.run_id = run.info.run_id
+            items = [Param(key, str(value)) for key, value in params.items()]
+            for start in range(0, len(items), _BATCH_PARAMS):
+                self.client.log_batch(self.run_id, params=items[start : start + _BATCH_PARAMS])
+        else:
+            self.run_id = existing.info.run_id
+            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            for key in existing.data.metrics:
+                self.last_step[key] = max(metric.step for metric in self.client.get_metric_history(self.run_id, key))
+
+    def log(self, metrics: Mapping[str, float], step: int, tags: Mapping[str, Any] = ()) -> None:
+        """Log finite numeric `metrics` at `step` (keys already logged at or after `step` are skipped), and tags."""
+        timestamp = int(time.time() * 1000)
+        fresh = [
+            Metric(key, float(value), timestamp, step)
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and math.isfinite(value) and step > self.last_step.get(key, -1)
+        ]
+        tag_items = [RunTag(key, str(value)) for key, value in dict(tags).items()]
+        if fresh or tag_items:
+            self.client.log_batch(self.run_id, metrics=fresh, tags=tag_items)
+        for metric in fresh:
+            self.last_step[metric.key] = step
+
+
+def trial_tags(config: RunConfig) -> dict[str, str]:
+    """The schema's per-trial tags known before training: model, patch size, data fraction, permutation."""
+    timm_model = config.model.timm_model
+    variant = VARIANTS.get(config.model.variant)
+    return {
+        "mixer.model": timm_model or config.model.variant,
+        "mixer.patch_size": "" if timm_model or variant is None else str(variant.patch_size),
+        "mixer.data_fraction": str(config.data.fraction),
+        "mixer.permutation": config.data.permutation,
+    }

@@ -1,0 +1,79 @@
+"""End-to-end sweeps on a real local Ray: `mixer sweep run` for a grid and for Optuna + ASHA, read back from
+a real MLflow store and Optuna study; `mixer sweep ls`."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from sweeps import tracking
+from sweeps.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, dict]:
+    """Run `mixer ARGV --json` in this process; returns the exit status and the one JSON document printed."""
+    status = main([*argv, "--json"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def test_grid_sweep_logs_parent_and_trial_runs(ray_address, mlflow_store, tiny_spec, capsys):
+    spec = tiny_spec("grid", grid={"train.lr": [0.001, 0.003]})
+    status, result = run_cli(capsys, "sweep", "run", str(spec), "--address", ray_address)
+    assert status == 0
+    assert result["mlflow_ui"] == f"mlflow ui --backend-store-uri {mlflow_store}"
+    assert sorted(trial["params"]["train.lr"] for trial in result["trials"]) == [0.001, 0.003]
+    assert all(trial["status"] == "TERMINATED" for trial in result["trials"])
+    best = max(result["trials"], key=lambda trial: trial["metrics"]["val_top1"])
+    assert result["best_trial_id"] == best["trial_id"]
+
+    client = MlflowClient(mlflow_store)
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mixer.sweep"] == "grid" and parent.data.tags["mixer.role"] == "sweep"
+    trials = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    assert sorted(run.data.tags["mixer.trial_id"] for run in trials) == sorted(t["trial_id"] for t in result["trials"])
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mixer.model"] == "Ti/4" and run.data.tags["mixer.patch_size"] == "4"
+        assert run.data.tags["mixer.data_fraction"] == "0.5"
+        assert float(run.data.tags["mixer.gmacs"]) > 0 and float(run.data.tags["mixer.params"]) > 0
+        assert run.data.params["train.lr"] in ("0.001", "0.003")
+        assert run.data.params["model.variant"] == "Ti/4"
+        steps = [metric.step for metric in client.get_metric_history(run.info.run_id, "val_top1")]
+        assert len(steps) == 2 and steps == sorted(set(steps))  # one evaluation per epoch, explicit steps
+        losses = client.get_metric_history(run.info.run_id, "train_loss")
+        assert len(losses) > 2  # progress reports reach MLflow too
+        assert 0.0 <= run.data.metrics["test_top1"] <= 1.0
+        assert run.data.metrics["step"] == steps[-1]
+        assert run.data.tags["mixer.checkpoint"].startswith(result["experiment_dir"])
+
+    status, listed = run_cli(capsys, "sweep", "ls")
+    assert status == 0
+    assert [(s["name"], s["trials"], s["trial_states"]) for s in listed] == [("grid", 2, {"FINISHED": 2})]
+
+
+def test_optuna_asha_sweep_keeps_its_study_beside_mlflow(ray_address, mlflow_store, tiny_spec, tmp_path, capsys):
+    spec = tiny_spec(
+        "tpe",
+        searcher="optuna-tpe",
+        search={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        scheduler={"type": "asha", "grace_period": 1, "max_t": 2, "reduction_factor": 2},
+        num_samples=2,
+        seed=3,
+    )
+    status, result = run_cli(capsys, "sweep", "run", str(spec), "--address", ray_address)
+    assert status == 0
+    assert result["optuna_storage"] == f"sqlite:///{tmp_path / 'optuna.db'}"
+    (summary,) = optuna.study.get_all_study_summaries(result["optuna_storage"])
+    study = optuna.load_study(study_name=summary.study_name, storage=result["optuna_storage"])
+    assert summary.study_name.startswith("tpe-")
+    lrs = sorted(trial.params["train.lr"] for trial in study.trials)
+    assert len(lrs) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in study.trials)
+    assert sorted(t["params"]["train.lr"] for t in result["trials"]) == lrs
+
+    parent = MlflowClient(mlflow_store).get_run(result["parent_run_id"])
+    trials = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    assert sorted(float(run.data.params["train.lr"]) for run in trials) == lrs
