@@ -233,6 +233,11 @@ class SweepCallback(ray.tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._close(trial, "FAILED")
+        # Workers' logs stay off the driver's terminal (`init_ray`), so the failure is shown here, in one line,
+        # with the file that holds the whole traceback.
+        error = str(trial.get_error() or "unknown error").strip().splitlines()
+        print(f"  {trial.trial_id}: {error[-1] if error else 'unknown error'} (traceback: {trial.error_file})",
+              file=sys.stderr, flush=True)
 
     def _close(self, trial, status: str) -> None:
         self.running.discard(trial.trial_id)
@@ -269,10 +274,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # Ray Train's workers and controllers log every checkpoint and report; `SweepCallback` prints the progress
+    # a person reads, and failures with their traceback file, so their logs stay in Ray's log folder.
     if address:
-        ray.init(address=address, logging_level="WARNING")
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
 
 
 def experiment_dir(spec: SweepSpec) -> str:

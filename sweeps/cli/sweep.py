@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mixer_core import metrics
 from sweeps.cli.output import add_json_flag, emit_json, format_table
 from sweeps.spec import SpecError, load_spec
 
@@ -185,10 +186,11 @@ def _print_result(result, as_json: bool) -> None:
     if result.optuna_storage:
         print(f"Optuna: optuna-dashboard {result.optuna_storage}")
     print(f"Tune state: {result.experiment_dir}")
+    print(f"Report: mixer report {result.name}")
 
 
 def _result_rows(result) -> list[dict[str, Any]]:
-    shown_metrics = [*result.objective, "epoch", "step", "wall_seconds"]
+    shown_metrics = [*result.objective, metrics.TEST_TOP1, metrics.TRAIN_SIZE, metrics.EPOCH, metrics.WALL_SECONDS]
     rows = []
     for trial in result.trials:
         row: dict[str, Any] = {"trial": trial.trial_id, "status": trial.status}
