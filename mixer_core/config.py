@@ -162,6 +162,24 @@ def parse_override(override: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
+def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:
+    """`config` with its relative local paths (`data.path`, `train.init_from`) made absolute against `base_dir`.
+
+    URLs (`s3://...`) and absolute paths are kept. A sweep resolves against the directory the user ran it from,
+    since trials run in processes whose working directory is Ray's, not the user's.
+    """
+
+    def absolute(path: str | None) -> str | None:
+        if path is None or "://" in path or Path(path).is_absolute():
+            return path
+        return str((Path(base_dir) / path).resolve())
+
+    return config.model_copy(update={
+        "data": config.data.model_copy(update={"path": absolute(config.data.path)}),
+        "train": config.train.model_copy(update={"init_from": absolute(config.train.init_from)}),
+    })
+
+
 def set_by_path(data: dict[str, Any], dotted_key: str, value: Any) -> None:
     """Set `data[a][b][c] = value` for `a.b.c`, creating intermediate mappings."""
     *parents, leaf = dotted_key.split(".")

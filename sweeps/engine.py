@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from mixer_core.config import resolve_paths
 from sweeps import tracking
 from sweeps.spec import Distribution, SweepSpec, build_run_config, spec_hash, validate_spec
 from sweeps.worker import TrialTracking, train_worker
@@ -46,6 +47,7 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     train_storage_path: str  # where each trial's Ray Train run keeps its checkpoints (shared storage on a cluster)
+    working_dir: str = field(default_factory=lambda: str(Path.cwd()))  # relative config paths are read from here
 
 
 @dataclass
@@ -82,7 +84,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         os.environ.setdefault(name, value)
     spec = context.spec
     trial_id = ray.tune.get_context().get_trial_id()
-    run_config = build_run_config(spec, params)
+    run_config = resolve_paths(build_run_config(spec, params), context.working_dir)
     resources = spec.resources
     trainer = TorchTrainer(
         train_worker,
@@ -235,9 +237,7 @@ class SweepCallback(ray.tune.Callback):
         self._close(trial, "FAILED")
         # Workers' logs stay off the driver's terminal (`init_ray`), so the failure is shown here, in one line,
         # with the file that holds the whole traceback.
-        error = str(trial.get_error() or "unknown error").strip().splitlines()
-        print(f"  {trial.trial_id}: {error[-1] if error else 'unknown error'} (traceback: {trial.error_file})",
-              file=sys.stderr, flush=True)
+        print(f"  {trial.trial_id}: {_error_summary(trial)} (traceback: {trial.error_file})", file=sys.stderr, flush=True)
 
     def _close(self, trial, status: str) -> None:
         self.running.discard(trial.trial_id)
@@ -254,6 +254,14 @@ class SweepCallback(ray.tune.Callback):
         value = result.get(self.metric)
         shown = "-" if value is None else f"{value:.4g}"
         self._say(f"trial {trial.trial_id} {status.lower()} {self.metric}={shown}")
+
+
+def _error_summary(trial) -> str:
+    """The last line of a failed trial's traceback: the exception and its message."""
+    path = trial.error_file
+    text = Path(path).read_text() if path and Path(path).is_file() else str(trial.get_error() or "")
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def _better(value: float, than: float, mode: str) -> bool:

@@ -4,6 +4,7 @@ a real MLflow store and Optuna study; `mixer sweep ls`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -54,9 +55,15 @@ def test_grid_sweep_logs_parent_and_trial_runs(ray_address, mlflow_store, tiny_s
     assert [(s["name"], s["trials"], s["trial_states"]) for s in listed] == [("grid", 2, {"FINISHED": 2})]
 
 
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
+
+
 def test_optuna_asha_sweep_keeps_its_study_beside_mlflow(ray_address, mlflow_store, tiny_spec, tmp_path, capsys):
+    # The data path is relative to where the sweep is run from, which is not the trials' working directory.
+    (tmp_path / "mnist").symlink_to(MNIST)
     spec = tiny_spec(
         "tpe",
+        base={"data": {"name": "mnist_idx", "path": "mnist", "fraction": 0.05}},
         searcher="optuna-tpe",
         search={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
         scheduler={"type": "asha", "grace_period": 1, "max_t": 2, "reduction_factor": 2},
