@@ -10,7 +10,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from sweeps.tracking import TAG_CHECKPOINT, TAG_PARENT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_ID, tracking_uri
+from sweeps.tracking import TAG_CHECKPOINT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_ID, tracking_uri, trial_runs
 
 
 class SweepNotFound(LookupError):
@@ -135,9 +135,7 @@ def load_sweep(name: str, *, uri: str | None = None, experiment: str | None = No
             + f"; sweeps recorded there: {', '.join(known) or 'none'}"
         )
     parent = max(parents, key=lambda run: run.info.start_time or 0)
-    children = _search_all(
-        client, [parent.info.experiment_id], f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'"
-    )
+    children = trial_runs(uri, parent.info.experiment_id, parent.info.run_id)
     trials = sorted(
         (_trial_from_run(run) for run in children if run.data.tags.get(TAG_ROLE, "trial") == "trial"),
         key=lambda trial: (trial.model, trial.permutation, trial.data_fraction or 0.0, trial.trial_id),
