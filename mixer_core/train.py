@@ -54,7 +54,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from mixer_core import metrics as m
@@ -69,8 +68,8 @@ from mixer_core.checkpoint import (
     save_checkpoint,
     seed_everything,
 )
-from mixer_core.config import AugmentConfig, DataConfig, RunConfig
-from mixer_core.data import DataSplits, build_mixup, build_splits, make_loader
+from mixer_core.config import RunConfig
+from mixer_core.data import build_mixup, build_splits, make_loader
 from mixer_core.device import autocast, resolve_device
 from mixer_core.evaluate import evaluate_fewshot, evaluate_top1
 from mixer_core.losses import classification_loss
@@ -111,14 +110,6 @@ def _derived_seed(*entropy: int) -> int:
 def _every(epochs: float | None, steps_per_epoch: int) -> int | None:
     """An interval in epochs as a whole number of steps (at least one); None stays None."""
     return None if epochs is None else max(1, round(epochs * steps_per_epoch))
-
-
-def _fewshot_train_split(data_cfg: DataConfig, splits: DataSplits, seed: int) -> Dataset:
-    """The training split without augmentation (mixup is applied to batches, not in the dataset)."""
-    plain = AugmentConfig(mixup=data_cfg.augment.mixup)
-    if data_cfg.augment == plain:
-        return splits.train
-    return build_splits(data_cfg.model_copy(update={"augment": plain}), seed=seed).train
 
 
 def train(
@@ -252,7 +243,7 @@ def train(
             if len(splits.test):
                 report[m.TEST_TOP1], _ = evaluate_top1(model, splits.test, loss_kind=train_cfg.loss, **evaluate)
             if final and config.eval.fewshot_shots and len(splits.test):
-                fewshot_train = _fewshot_train_split(data_cfg, splits, train_cfg.seed)
+                fewshot_train = splits.train.without_augmentation()  # mixup acts on batches, not here
                 fewshot = evaluate_fewshot(model, fewshot_train, splits.test, splits.num_classes,
                                            shots=config.eval.fewshot_shots, seeds=config.eval.fewshot_seeds,
                                            l2=config.eval.fewshot_l2, **evaluate)
