@@ -10,7 +10,7 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from sweeps.tracking import TAG_CHECKPOINT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_ID, tracking_uri, trial_runs
+from sweeps.tracking import TAG_CHECKPOINT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_ID, find_sweep_run, tracking_uri, trial_runs
 
 
 class SweepNotFound(LookupError):
@@ -125,8 +125,8 @@ def load_sweep(name: str, *, uri: str | None = None, experiment: str | None = No
         raise SweepNotFound(f"{uri}: no MLflow store here; run the sweep from this folder or set MLFLOW_TRACKING_URI")
     client = MlflowClient(tracking_uri=uri)
     experiment_ids = _experiment_ids(client, experiment, uri)
-    parents = _search_all(client, experiment_ids, f"tags.`{TAG_ROLE}` = 'sweep' AND tags.`{TAG_SWEEP}` = '{name}'")
-    if not parents:
+    parent = find_sweep_run(uri, name, experiment_ids)
+    if parent is None:
         every_sweep = _search_all(client, experiment_ids, f"tags.`{TAG_ROLE}` = 'sweep'")
         known = sorted({run.data.tags[TAG_SWEEP] for run in every_sweep})
         raise SweepNotFound(
@@ -134,7 +134,6 @@ def load_sweep(name: str, *, uri: str | None = None, experiment: str | None = No
             + (f" in experiment {experiment!r}" if experiment else "")
             + f"; sweeps recorded there: {', '.join(known) or 'none'}"
         )
-    parent = max(parents, key=lambda run: run.info.start_time or 0)
     children = trial_runs(uri, parent.info.experiment_id, parent.info.run_id)
     trials = sorted(
         (_trial_from_run(run) for run in children if run.data.tags.get(TAG_ROLE, "trial") == "trial"),

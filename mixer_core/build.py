@@ -17,7 +17,8 @@ from torch import nn
 from mixer_core.checkpoint import load_checkpoint
 from mixer_core.config import ModelConfig
 from mixer_core.flops import analytic_macs, measured_macs
-from mixer_core.model import VARIANTS, MlpMixer, create_mixer, load_timm_state_dict, resize_token_mixing
+from mixer_core.model import MlpMixer, create_mixer, load_timm_state_dict, resize_token_mixing
+from mixer_core.variants import VARIANTS
 
 
 def build_model(

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixer_core.model import VARIANTS, MlpMixer, count_parameters, create_mixer
+from mixer_core.model import MlpMixer, count_parameters, create_mixer
+from mixer_core.variants import VARIANTS
 
 LAYER_NORM_OPS_PER_ELEMENT = 5  # fvcore's count: mean, variance, normalise, scale, shift
 

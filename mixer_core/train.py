@@ -73,7 +73,8 @@ from mixer_core.data import build_mixup, build_splits, make_loader
 from mixer_core.device import autocast, resolve_device
 from mixer_core.evaluate import evaluate_fewshot, evaluate_top1
 from mixer_core.losses import classification_loss
-from mixer_core.model import VARIANTS, count_parameters
+from mixer_core.model import count_parameters
+from mixer_core.variants import VARIANTS
 from mixer_core.optim import build_optimizer, build_schedule, total_steps
 
 ReportCallback = Callable[[dict[str, float], Path | None], None]

@@ -1,8 +1,6 @@
 """The sweep engine: Ray Tune chooses trials (grid, random or Optuna; FIFO or ASHA), each trial is one Ray Train
-`TorchTrainer` running `sweeps.worker.train_worker` on its workers, and MLflow records a run per trial.
-
-The trial function is short and flat: config -> TorchTrainer -> fit(); metrics reach Tune through
-`TuneReportCallback`. The driver-side `SweepCallback` prints progress and closes the trials' MLflow runs.
+`TorchTrainer` (`sweeps.trial.run_trial`) running `sweeps.worker.train_worker` on its workers, and MLflow records
+a run per trial. The driver-side `SweepCallback` prints progress and closes the trials' MLflow runs.
 """
 
 from __future__ import annotations
@@ -16,38 +14,15 @@ from typing import Any
 
 import optuna
 import ray
-import ray.train
 import ray.tune
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from mixer_core.config import resolve_paths
 from sweeps import tracking
-from sweeps.spec import Distribution, SweepSpec, build_run_config, spec_hash, validate_spec
-from sweeps.worker import TrialTracking, train_worker
-
-# Ray Train polls its workers every 2 s by default; a trial's fit() then ends up to 2 s after its last report
-# (propagated by Ray Train from the trial's process to its controller and workers). Tune's new console output
-# prints tables whatever `verbose` says; the legacy one is silent at verbose=0 and our callback reports progress.
-TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AIR_NEW_OUTPUT": "0"}
-# A trial only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an empty resource
-# request, and any CPU held here would be missing for the workers, so the trial asks for one byte of memory.
-TRIAL_DRIVER_RESOURCES = {"memory": 1}
-
-
-@dataclass(frozen=True)
-class SweepContext:
-    """What every trial of one sweep needs besides its own parameters."""
-
-    spec: SweepSpec
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    train_storage_path: str  # where each trial's Ray Train run keeps its checkpoints (shared storage on a cluster)
-    working_dir: str = field(default_factory=lambda: str(Path.cwd()))  # relative config paths are read from here
+from sweeps.spec import Distribution, SweepSpec, spec_hash, validate_spec
+from sweeps.trial import TRAIN_ENV_DEFAULTS, TRIAL_DRIVER_RESOURCES, SweepContext, run_trial
 
 
 @dataclass
@@ -76,42 +51,6 @@ class SweepResult:
     @property
     def mlflow_ui_command(self) -> str:
         return tracking.ui_command(self.tracking_uri)
-
-
-def run_trial(params: dict[str, Any], context: SweepContext) -> None:
-    """One Tune trial: a Ray Train run of the trial's config on the spec's workers, named by the trial id."""
-    for name, value in TRAIN_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    spec = context.spec
-    trial_id = ray.tune.get_context().get_trial_id()
-    run_config = resolve_paths(build_run_config(spec, params), context.working_dir)
-    resources = spec.resources
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "run_config": run_config.model_dump(mode="json"),
-            "tracking": TrialTracking(
-                context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name, trial_id
-            ),
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=resources.workers_per_trial,
-            use_gpu=resources.use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=trial_id,  # the same name on retry and restore, so Ray Train resumes from the trial's checkpoint
-            storage_path=context.train_storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=spec.checkpoint.num_to_keep,
-                checkpoint_score_attribute=spec.checkpoint.score_attribute,
-                checkpoint_score_order=spec.checkpoint.score_order,
-            ),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
-    trainer.fit()
 
 
 def objective_metrics(spec: SweepSpec) -> tuple[list[str], list[str]]:
@@ -287,6 +226,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     else:
+        # Ray Train watches for nodes being drained (spot preemption) with one more actor per trial; a Ray started
+        # here has no node to lose, so trials skip it.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
 
 

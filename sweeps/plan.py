@@ -24,7 +24,8 @@ from mixer_core.config import DataConfig, RunConfig
 from mixer_core.data.parquet import MANIFEST
 from mixer_core.data.sources import SYNTHETIC_IMAGE_SIZE
 from mixer_core.data.synthetic import CHANNELS as SYNTHETIC_CHANNELS
-from mixer_core.model import VARIANTS, count_parameters
+from mixer_core.model import count_parameters
+from mixer_core.variants import VARIANTS
 from sweeps.cli.output import format_table
 from sweeps.spec import OPTUNA_SEARCHERS, SpecError, SweepSpec, build_run_config
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from mixer_core import metrics
 from mixer_core.config import ConfigError, RunConfig, parse_override, set_by_path
-from mixer_core.model import VARIANTS
+from mixer_core.variants import VARIANTS
 
 SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")
 OPTUNA_SEARCHERS = ("optuna-tpe", "optuna-nsga2")

@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from mixer_core.config import RunConfig
-from mixer_core.model import VARIANTS
+from mixer_core.variants import VARIANTS
 
 TAG_SWEEP = "mixer.sweep"
 TAG_ROLE = "mixer.role"
@@ -105,10 +105,11 @@ def load_resolved_spec(uri: str, run_id: str) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
 
 
-def find_sweep_run(uri: str, sweep_name: str):
-    """The latest parent run of sweep `sweep_name` in any experiment, or None."""
+def find_sweep_run(uri: str, sweep_name: str, experiment_ids: list[str] | None = None):
+    """The latest parent run of sweep `sweep_name` in `experiment_ids` (default: every experiment), or None."""
     client = MlflowClient(uri)
-    experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
+    if experiment_ids is None:
+        experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
     if not experiment_ids:
         return None
     runs = client.search_runs(

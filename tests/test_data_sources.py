@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from mixer_core.config import DataConfig
@@ -32,6 +33,15 @@ def mnist_parquet(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("parquet") / "mnist"
     write_parquet(load_source(DataConfig(name="mnist_idx", path=str(MNIST))), str(dest), shard_size=3000)
     return dest
+
+
+def test_digits_are_scikit_learns_digits_scaled_to_bytes():
+    source = load_source(DataConfig(name="digits"))
+    reference = load_digits()
+    assert source.train.images.shape == (1797, 1, 8, 8)
+    expected = torch.as_tensor(np.round(reference.images * (255 / 16)), dtype=torch.uint8).unsqueeze(1)
+    assert torch.equal(source.train.images, expected)
+    assert torch.equal(source.train.labels, torch.as_tensor(reference.target))
 
 
 def test_parquet_copy_matches_its_source_example_for_example(mnist_parquet):

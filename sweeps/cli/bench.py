@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mixer_core.bench import DTYPES, MODES, BenchSettings, run_bench
-from mixer_core.model import VARIANTS
+from mixer_core.variants import VARIANTS
 from sweeps.cli.output import add_json_flag, emit_json, format_table
 
 
