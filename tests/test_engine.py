@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps import tracking
@@ -84,3 +85,17 @@ def test_optuna_asha_sweep_keeps_its_study_beside_mlflow(ray_address, mlflow_sto
     parent = MlflowClient(mlflow_store).get_run(result["parent_run_id"])
     trials = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
     assert sorted(float(run.data.params["train.lr"]) for run in trials) == lrs
+
+
+def test_sweep_bench_runs_the_same_trials_directly_and_through_the_engine(ray_address, mlflow_store, tiny_spec,
+                                                                          capsys):
+    spec = tiny_spec("bench", grid={"train.lr": [0.001, 0.003]}, num_samples=1)
+    status, figures = run_cli(capsys, "sweep", "bench", str(spec), "--trials", "2")
+    assert status == 0
+    assert figures["trials"] == 2 and figures["failed_trials"] == 0
+    direct, engine = figures["direct_seconds"], figures["engine_seconds"]
+    assert figures["efficiency"] == pytest.approx(direct / engine)
+    assert figures["startup_seconds_per_trial"] == pytest.approx((engine - direct) / 2)
+    assert 0 < figures["efficiency"] < 1  # a trial's processes, imports and MLflow run are never free
+    assert figures["fit_to_training_seconds"] > 0 and figures["sweep_overhead_seconds"] > 0
+    assert not Path("mlflow.db").exists()  # the bench logs to a scratch store, not the user's

@@ -152,7 +152,8 @@ def bench_command(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(figures)
     else:
-        print(format_table([figures]))
+        meanings = engine_bench.FIGURE_MEANINGS
+        print(format_table([{"figure": name, "value": value, "what": meanings[name]} for name, value in figures.items()]))
     return 0
 
 
