@@ -2,9 +2,9 @@
 
 efficiency = direct seconds / engine seconds; start-up per trial = (engine - direct) / K, split into each trial's
 way from its start to its first training step (Ray Train's processes, imports, data, model, the MLflow run) and
-the sweep's own overhead. Both sides train with
-one worker of the spec's CPUs (the direct side sets torch's thread count to match), one trial at a time, and
-log to a throwaway MLflow store (created before timing) so the engine pays its real tracking cost.
+the sweep's own overhead. Both sides train with one worker of the spec's CPUs (the direct side sets torch's thread
+count to match), one trial at a time, and log to a throwaway MLflow store (created before timing) so the engine
+pays its real tracking cost.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     TrialTracking as a dict).
 
     Both are plain data because Ray Train's controller unpickles the loop config too: a class from this module
-    would make every controller import torch, timm and `mixer_core` (about 1.5 s per trial on 2 cores).
+    would make every controller import torch, timm and `mixer_core` (about 2 s per trial on 2 cores).
     """
     # Imported here, not above: each trial's process imports this module only to hand `train_worker` to Ray
     # Train, and needs neither torch's training stack nor timm.
