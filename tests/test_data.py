@@ -11,13 +11,13 @@ from mixer_core.config import DataConfig
 from mixer_core.data import DataError, build_mixup, build_splits, make_loader
 from mixer_core.data.fractions import carve
 from mixer_core.data.permutations import apply_permutation, permutation_index
+from shipped_data import MNIST
 
-MNIST = "/work/shared/data/mnist-t10k"
 
 
 @pytest.fixture(scope="module")
 def mnist_splits():
-    return build_splits(DataConfig(name="mnist_idx", path=MNIST))
+    return build_splits(DataConfig(name="mnist_idx", path=str(MNIST)))
 
 
 def test_digits_splits_are_disjoint_normalised_and_cover_the_source():
@@ -39,7 +39,7 @@ def test_mnist_idx_gives_the_real_test_set_split_and_resized(mnist_splits):
     assert mnist_splits.image_shape == (1, 28, 28)
     image, label = mnist_splits.test[0]
     assert image.shape == (1, 28, 28) and 0 <= label < 10
-    resized = build_splits(DataConfig(name="mnist_idx", path=MNIST, image_size=32))
+    resized = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=32))
     assert resized.image_shape == (1, 32, 32) and resized.test[0][0].shape == (1, 32, 32)
     assert resized.test.keys == mnist_splits.test.keys  # resizing never changes which examples are where
 
@@ -63,7 +63,7 @@ def test_fraction_subsets_are_nested_exact_and_reproducible(trial):
 
 
 def test_train_fractions_are_nested_and_leave_val_and_test_alone(mnist_splits):
-    by_fraction = {f: build_splits(DataConfig(name="mnist_idx", path=MNIST, fraction=f)) for f in (0.03, 0.1, 0.3)}
+    by_fraction = {f: build_splits(DataConfig(name="mnist_idx", path=str(MNIST), fraction=f)) for f in (0.03, 0.1, 0.3)}
     by_fraction[1.0] = mnist_splits
     train_keys = {f: set(splits.train.keys) for f, splits in by_fraction.items()}
     assert train_keys[0.03] < train_keys[0.1] < train_keys[0.3] < train_keys[1.0]
@@ -73,11 +73,11 @@ def test_train_fractions_are_nested_and_leave_val_and_test_alone(mnist_splits):
 
 
 def test_permutations_are_fixed_and_keep_the_pixels():
-    base = build_splits(DataConfig(name="mnist_idx", path=MNIST, image_size=32))
+    base = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=32))
     original = torch.stack([base.test[i][0] for i in range(4)])
     patch = 8
     for kind in ("patches", "pixels_within_patches", "pixels"):
-        cfg = DataConfig(name="mnist_idx", path=MNIST, image_size=32, permutation=kind, permutation_patch_size=patch)
+        cfg = DataConfig(name="mnist_idx", path=str(MNIST), image_size=32, permutation=kind, permutation_patch_size=patch)
         splits = build_splits(cfg)
         index = permutation_index(kind, 32, 32, patch, seed=0)
         permuted = torch.stack([splits.test[i][0] for i in range(4)])

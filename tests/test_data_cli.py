@@ -7,8 +7,8 @@ import json
 import yaml
 
 from sweeps.cli import main
+from shipped_data import MNIST
 
-MNIST = "/work/shared/data/mnist-t10k"
 
 
 def _json(capsys, argv):

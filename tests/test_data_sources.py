@@ -20,8 +20,8 @@ from mixer_core.data import DataError, build_splits
 from mixer_core.data.parquet import encode_png, write_parquet
 from mixer_core.data.sources import load_source
 from mixer_core.data.synthetic import generate_synthetic
+from shipped_data import MNIST
 
-MNIST = Path("/work/shared/data/mnist-t10k")
 
 
 def _batch(dataset, count=None):

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import tracking
 from sweeps.cli import main
+from shipped_data import MNIST
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, dict]:
@@ -56,7 +57,6 @@ def test_grid_sweep_logs_parent_and_trial_runs(ray_address, mlflow_store, tiny_s
     assert [(s["name"], s["trials"], s["trial_states"]) for s in listed] == [("grid", 2, {"FINISHED": 2})]
 
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
 
 
 def test_optuna_asha_sweep_keeps_its_study_beside_mlflow(ray_address, mlflow_store, tiny_spec, tmp_path, capsys):

@@ -35,7 +35,7 @@ def test_bad_override_is_one_message_naming_the_key(monkeypatch, capsys):
     assert "sweeps/train_digits.yaml: train.lr:" in captured.err
 
 
-def test_train_mnist_config_reads_the_shared_mnist_files_from_the_repo_root(monkeypatch, capsys):
+def test_train_mnist_config_reads_the_shipped_mnist_files_from_the_repo_root(monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     config = load_config("sweeps/train_mnist.yaml")
     assert config.model.variant == "Ti/7" and config.data.name == "mnist_idx"

@@ -1,7 +1,7 @@
 """`mixer data`: inspect a dataset, convert it to Parquet shards, and measure its loader's throughput.
 
 SRC is a dataset name (`digits`, `mnist_idx`, ...) or a YAML run config / sweep spec whose `data` section is
-used; `--set key=value` then sets data fields, e.g. `mixer data info mnist_idx --set path=../shared/data/mnist-t10k`.
+used; `--set key=value` then sets data fields, e.g. `mixer data info mnist_idx --set path=data/mnist-t10k`.
 """
 
 from __future__ import annotations
