@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # Position and size of the run.
 STEP = "step"  # optimizer steps taken
+TOTAL_STEPS = "total_steps"  # optimizer steps the run is planned for; a run stopped early has step < total_steps
 EPOCH = "epoch"  # examples_seen / train_size, fractional
 EXAMPLES_SEEN = "examples_seen"  # training examples seen, all ranks together
 TRAIN_SIZE = "train_size"  # training examples after the data fraction
@@ -28,8 +29,8 @@ WALL_SECONDS = "wall_seconds"  # since the run started, summed over resumes
 PARAMS = "params"
 GMACS = "gmacs"  # forward multiply-accumulates per image, in units of 1e9
 
-TRAIN_METRICS = (STEP, EPOCH, EXAMPLES_SEEN, TRAIN_SIZE, TRAIN_LOSS, LR, IMAGES_PER_SEC, TRAIN_FLOPS,
-                 WALL_SECONDS, PARAMS, GMACS)
+TRAIN_METRICS = (STEP, TOTAL_STEPS, EPOCH, EXAMPLES_SEEN, TRAIN_SIZE, TRAIN_LOSS, LR, IMAGES_PER_SEC,
+                 TRAIN_FLOPS, WALL_SECONDS, PARAMS, GMACS)
 EVAL_METRICS = (VAL_TOP1, VAL_LOSS, TEST_TOP1)
 
 
@@ -41,6 +42,11 @@ def fewshot_top1(shots: int) -> str:
 def all_metric_names(fewshot_shots: list[int] | tuple[int, ...] = ()) -> list[str]:
     """Every metric name a run with these few-shot shots can report, in reporting order."""
     return [*TRAIN_METRICS, *EVAL_METRICS, *(fewshot_top1(k) for k in fewshot_shots)]
+
+
+def stopped_early(metrics: dict[str, float]) -> bool:
+    """Whether a run's last report came before its planned last step (a scheduler or a stop condition ended it)."""
+    return metrics.get(STEP, 0.0) < metrics.get(TOTAL_STEPS, 0.0)
 
 
 def is_eval_report(metrics: dict[str, float]) -> bool:

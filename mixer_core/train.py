@@ -7,7 +7,7 @@ Reports. `on_report(metrics, checkpoint_dir)` is called on every rank at the sam
 every worker to report), with metric names from `mixer_core.metrics`:
 
 - a *progress report* every `train.log_every_steps` optimizer steps carries the training metrics
-  `step, epoch, examples_seen, train_size, train_loss, lr, images_per_sec, train_flops, wall_seconds,
+  `step, total_steps, epoch, examples_seen, train_size, train_loss, lr, images_per_sec, train_flops, wall_seconds,
   params, gmacs`; `checkpoint_dir` is None.
 - an *evaluation report* every `train.eval_every_epochs` epochs, and always after the last step, carries the
   training metrics plus `val_top1`, `val_loss` (when the validation split is not empty) and `test_top1`
@@ -169,7 +169,8 @@ def train(
     mixup = build_mixup(data_cfg, splits.num_classes)
 
     macs = forward_macs(model, splits.image_shape)
-    constants = {m.TRAIN_SIZE: float(splits.train_size), m.PARAMS: float(count_parameters(model)), m.GMACS: macs / 1e9}
+    constants = {m.TRAIN_SIZE: float(splits.train_size), m.TOTAL_STEPS: float(num_steps),
+                 m.PARAMS: float(count_parameters(model)), m.GMACS: macs / 1e9}
     position, rng_state = Position(), None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, map_location=device)

@@ -1,13 +1,18 @@
-"""The sweep engine: Ray Tune chooses trials (grid, random or Optuna; FIFO or ASHA), each trial is one Ray Train
-`TorchTrainer` (`sweeps.trial.run_trial`) running `sweeps.worker.train_worker` on its workers, and MLflow records
-a run per trial. The driver-side `SweepCallback` prints progress and closes the trials' MLflow runs.
+"""The sweep engine: Ray Tune chooses trials (grid, random or Optuna; FIFO or ASHA), each trial trains in its own
+reused Tune process (one worker) or through a Ray Train `TorchTrainer` (several workers; `sweeps.trial`), and
+MLflow records a run per trial. The driver-side `SweepCallback` prints progress and closes the trials' MLflow
+runs: FINISHED, FINISHED with `mixer.stopped_early` when the scheduler stopped it, FAILED, or KILLED when the
+sweep was interrupted (Ctrl-C, SIGTERM) and is left for `mixer sweep resume`.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +21,18 @@ import optuna
 import ray
 import ray.tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from mixer_core import metrics as metric_names
 from sweeps import tracking
 from sweeps.spec import Distribution, SweepSpec, spec_hash, validate_spec
-from sweeps.trial import TRAIN_ENV_DEFAULTS, TRIAL_DRIVER_RESOURCES, SweepContext, run_trial
+from sweeps.trial import RAY_ENV_DEFAULTS, SweepContext, run_trial, runs_in_trial_process, trial_resources
+
+# Tune's status of trials it has not started (or has paused); left so at the end, the sweep was interrupted.
+_NOT_STARTED = ("PENDING", "PAUSED")
 
 
 @dataclass
@@ -47,6 +57,7 @@ class SweepResult:
     trials: list[TrialSummary] = field(default_factory=list)
     best_trial_id: str | None = None
     optuna_storage: str | None = None
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: `mixer sweep resume NAME` finishes it
 
     @property
     def mlflow_ui_command(self) -> str:
@@ -104,7 +115,7 @@ def _search(
         space = {key: optuna.distributions.CategoricalDistribution(list(values)) for key, values in spec.grid.items()}
         space.update({key: _optuna_distribution(dist) for key, dist in spec.search.items()})
         sampler_class = optuna.samplers.NSGAIISampler if spec.searcher == "optuna-nsga2" else optuna.samplers.TPESampler
-        optuna_search = OptunaSearch(
+        optuna_search = _PruningOptunaSearch(
             space=space,
             metric=metrics if len(metrics) > 1 else metrics[0],
             mode=modes if len(modes) > 1 else modes[0],
@@ -116,6 +127,26 @@ def _search(
     param_space = {key: ray.tune.grid_search(list(values)) for key, values in spec.grid.items()}
     param_space.update({key: _tune_domain(dist) for key, dist in spec.search.items()})
     return param_space, BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent)
+
+
+class _PruningOptunaSearch(OptunaSearch):
+    """Ray's `OptunaSearch`, except that a trial the scheduler stopped early is told to Optuna as PRUNED.
+
+    Ray's tells it COMPLETE with the value of its last rung, so TPE would rank an under-trained configuration as
+    if it had finished. PRUNED keeps the intermediate values (one per evaluation, the one it was stopped at
+    included, which Tune does not pass to `on_trial_result`), and TPE compares pruned trials by the step they
+    reached, like with like.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if error or not result or not metric_names.stopped_early(result) or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        optuna_trial = self._ot_trials[trial_id]
+        if isinstance(self.metric, str) and self.metric in result:
+            optuna_trial.report(result[self.metric], result[TRAINING_ITERATION])
+        self._ot_study.tell(optuna_trial, state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
 
 
 def _scheduler(spec: SweepSpec):
@@ -146,8 +177,15 @@ class SweepCallback(ray.tune.Callback):
         self.total_trials = total_trials
         self.running: set[str] = set()
         self.finished: set[str] = set()
+        self.stopped_early: set[str] = set()
+        self.interrupted: list[str] = []  # trials left unfinished when the sweep stopped
+        self.sweep_cut_short = False  # Ctrl-C or SIGTERM ended the sweep before all its trials
         self.best: tuple[float, str] | None = None
         self.started_at = time.time()
+
+    def setup(self, **info):
+        # A restored sweep unpickles this callback as it was when the driver stopped: start its run afresh.
+        self.running, self.interrupted, self.sweep_cut_short, self.started_at = set(), [], False, time.time()
 
     def _say(self, message: str) -> None:
         elapsed = time.time() - self.started_at
@@ -170,29 +208,50 @@ class SweepCallback(ray.tune.Callback):
             self.best = (float(value), trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._close(trial, "FINISHED")
+        result = trial.last_result or {}
+        if metric_names.stopped_early(result):
+            step = int(result[metric_names.STEP])
+            self.stopped_early.add(trial.trial_id)
+            self._close(trial, "FINISHED", f"stopped early at step {step}", tracking.stopped_early_tags(step))
+        else:
+            self._close(trial, "FINISHED", "finished")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._close(trial, "FAILED")
+        self._close(trial, "FAILED", "failed")
         # Workers' logs stay off the driver's terminal (`init_ray`), so the failure is shown here, in one line,
         # with the file that holds the whole traceback.
         print(f"  {trial.trial_id}: {_error_summary(trial)} (traceback: {trial.error_file})", file=sys.stderr, flush=True)
 
-    def _close(self, trial, status: str) -> None:
+    def on_experiment_end(self, trials, **info):
+        # Tune ends its loop early only when interrupted (it then marks the running trials TERMINATED while it
+        # stops them): those and the ones it had not started are left for `mixer sweep resume`.
+        for trial in trials:
+            if trial.trial_id in self.running:
+                self.interrupted.append(trial.trial_id)
+                self._close(trial, "KILLED", "interrupted")
+            elif trial.status in _NOT_STARTED:
+                self.interrupted.append(trial.trial_id)
+        self.sweep_cut_short = bool(self.interrupted) or (
+            self.total_trials is not None and len(trials) < self.total_trials
+        )
+
+    def _close(self, trial, status: str, outcome: str, tags: dict[str, str] | None = None) -> None:
         self.running.discard(trial.trial_id)
-        self.finished.add(trial.trial_id)
+        if status != "KILLED":  # an interrupted trial runs again on resume
+            self.finished.add(trial.trial_id)
         result = trial.last_result or {}
         context = self.context
         run = tracking.find_trial_run(
             context.tracking_uri, context.experiment_id, context.parent_run_id, trial.trial_id
         )
         if run is not None:
-            checkpoint = result.get(CHECKPOINT_PATH_KEY)
-            tags = {tracking.TAG_CHECKPOINT: checkpoint} if checkpoint else {}
-            tracking.finish_run(context.tracking_uri, run.info.run_id, status, tags)
+            # Ray Train's runs name their checkpoint in the result; Tune's own trials hold it themselves.
+            checkpoint = result.get(CHECKPOINT_PATH_KEY) or (trial.checkpoint.path if trial.checkpoint else None)
+            all_tags = {**({tracking.TAG_CHECKPOINT: checkpoint} if checkpoint else {}), **(tags or {})}
+            tracking.finish_run(context.tracking_uri, run.info.run_id, status, all_tags)
         value = result.get(self.metric)
         shown = "-" if value is None else f"{value:.4g}"
-        self._say(f"trial {trial.trial_id} {status.lower()} {self.metric}={shown}")
+        self._say(f"trial {trial.trial_id} {outcome} {self.metric}={shown}")
 
 
 def _error_summary(trial) -> str:
@@ -201,6 +260,15 @@ def _error_summary(trial) -> str:
     text = Path(path).read_text() if path and Path(path).is_file() else str(trial.get_error() or "")
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"
+
+
+def _summary_status(trial_id: str, error, callback: SweepCallback) -> str:
+    """A trial's state in the results table: Tune's ERROR and TERMINATED, or STOPPED (early) or INTERRUPTED."""
+    if error:
+        return "ERROR"
+    if trial_id in callback.interrupted:
+        return "INTERRUPTED"
+    return "STOPPED" if trial_id in callback.stopped_early else "TERMINATED"
 
 
 def _better(value: float, than: float, mode: str) -> bool:
@@ -216,7 +284,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     Reuses an already connected session, so trials never pay for a second `ray.init`.
     """
-    for name, value in TRAIN_ENV_DEFAULTS.items():
+    for name, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if ray.is_initialized():
         return
@@ -250,7 +318,28 @@ def _max_concurrent_trials(spec: SweepSpec) -> int:
 
 
 def _trainable(context: SweepContext):
-    return ray.tune.with_resources(ray.tune.with_parameters(run_trial, context=context), TRIAL_DRIVER_RESOURCES)
+    return ray.tune.with_resources(ray.tune.with_parameters(run_trial, context=context), trial_resources(context.spec))
+
+
+def _tune_run_config(spec: SweepSpec, callback: SweepCallback) -> ray.tune.RunConfig:
+    """Where Tune keeps the sweep, and how it retries and checkpoints the trials that train in its processes.
+
+    Trials of several workers leave both to Ray Train (`sweeps.trial`), so Tune neither retries them a second
+    time nor keeps checkpoints of its own for them.
+    """
+    in_trial_process = runs_in_trial_process(spec)
+    return ray.tune.RunConfig(
+        name=spec.name,
+        storage_path=spec.resolved_storage_path(),
+        callbacks=[callback],
+        verbose=0,
+        failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures if in_trial_process else 0),
+        checkpoint_config=ray.tune.CheckpointConfig(
+            num_to_keep=spec.checkpoint.num_to_keep,
+            checkpoint_score_attribute=spec.checkpoint.score_attribute if in_trial_process else None,
+            checkpoint_score_order=spec.checkpoint.score_order,
+        ),
+    )
 
 
 def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = None) -> SweepResult:
@@ -268,6 +357,7 @@ def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = No
     param_space, searcher = _search(
         spec, study_storage, f"{spec.name}-{parent_run_id[:8]}", _max_concurrent_trials(spec)
     )
+    callback = SweepCallback(context, total_trials)
     tuner = ray.tune.Tuner(
         _trainable(context),
         param_space=param_space,
@@ -275,22 +365,41 @@ def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = No
             search_alg=searcher,
             scheduler=_scheduler(spec),
             num_samples=spec.num_samples,
-            reuse_actors=True,  # a finished trial's process drives the next trial: no new process per trial
+            reuse_actors=True,  # a finished trial's process runs the next trial: torch and timm stay imported
         ),
-        run_config=ray.tune.RunConfig(
-            name=spec.name,
-            storage_path=spec.resolved_storage_path(),
-            callbacks=[SweepCallback(context, total_trials)],
-            verbose=0,
-        ),
+        run_config=_tune_run_config(spec, callback),
     )
-    return _finish(context, _fit(tuner, context))
+    return _finish(context, _fit(tuner, context), callback)
+
+
+@contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM (what schedulers and `kill` send) ends the sweep the way Ctrl-C does: Tune catches only SIGINT."""
+    if sys.platform == "win32" or not _in_main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _fit(tuner: ray.tune.Tuner, context: SweepContext):
-    """`tuner.fit()`; if the sweep itself fails, its parent run is marked FAILED before the error propagates."""
+    """`tuner.fit()`. If the sweep fails, its parent run is marked FAILED before the error propagates; a second
+    Ctrl-C (which Tune does not catch) marks it and its running trials KILLED, resumable."""
     try:
-        return tuner.fit()
+        with _sigterm_as_sigint():
+            return tuner.fit()
+    except KeyboardInterrupt:
+        tracking.kill_running_runs(context.tracking_uri, context.experiment_id, context.parent_run_id)
+        raise
     except BaseException:
         tracking.finish_run(context.tracking_uri, context.parent_run_id, "FAILED")
         raise
@@ -319,11 +428,17 @@ def resume_sweep(context: SweepContext, directory: str) -> SweepResult:
     tuner = ray.tune.Tuner.restore(
         directory, trainable=_trainable(context), resume_unfinished=True, resume_errored=True
     )
-    return _finish(context, _fit(tuner, context))
+    return _finish(context, _fit(tuner, context), _restored_callback(tuner))
 
 
-def _finish(context: SweepContext, results) -> SweepResult:
-    """Close the parent run and summarise every trial."""
+def _restored_callback(tuner: ray.tune.Tuner) -> SweepCallback:
+    """The `SweepCallback` Tune unpickled from the sweep's state (its progress counts start where they were)."""
+    callbacks = tuner._local_tuner.get_run_config().callbacks  # Tune keeps no public handle on restored callbacks
+    return next(callback for callback in callbacks if isinstance(callback, SweepCallback))
+
+
+def _finish(context: SweepContext, results, callback: SweepCallback) -> SweepResult:
+    """Close the parent run (KILLED when interrupted, FAILED when a trial failed) and summarise every trial."""
     spec = context.spec
     metrics, modes = objective_metrics(spec)
     summary = SweepResult(
@@ -333,16 +448,20 @@ def _finish(context: SweepContext, results) -> SweepResult:
         parent_run_id=context.parent_run_id,
         objective=metrics,
         optuna_storage=optuna_storage_url(context.tracking_uri) if spec.searcher.startswith("optuna") else None,
+        interrupted=callback.sweep_cut_short,
     )
     best_value = None
     for result in results:
         reported = {key: value for key, value in result.metrics.items() if isinstance(value, (int, float))}
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
-        status = "ERROR" if result.error else "TERMINATED"
+        status = _summary_status(trial_id, result.error, callback)
         summary.trials.append(TrialSummary(trial_id, status, dict(result.config), reported))
         value = reported.get(metrics[0])
         if value is not None and (best_value is None or _better(value, best_value, modes[0])):
             best_value, summary.best_trial_id = value, trial_id
-    failed = any(trial.status == "ERROR" for trial in summary.trials)
-    tracking.finish_run(context.tracking_uri, context.parent_run_id, "FAILED" if failed else "FINISHED")
+    if summary.interrupted:
+        status = "KILLED"
+    else:
+        status = "FAILED" if any(trial.status == "ERROR" for trial in summary.trials) else "FINISHED"
+    tracking.finish_run(context.tracking_uri, context.parent_run_id, status)
     return summary

@@ -3,7 +3,8 @@
 The schema (read back by `dashboards/`): parent run tags `mixer.sweep`, `mixer.role=sweep`, `mixer.spec_hash`,
 `mixer.git_commit`; child run tags `mlflow.parentRunId`, `mixer.sweep`, `mixer.role=trial`, `mixer.trial_id`,
 `mixer.model`, `mixer.patch_size`, `mixer.data_fraction`, `mixer.params`, `mixer.gmacs`, `mixer.permutation` and,
-at the end, `mixer.checkpoint`; params are the flattened trial config; metrics carry the training step.
+at the end, `mixer.checkpoint` (and `mixer.stopped_early`, `mixer.stopped_at_step` on a trial the scheduler stopped);
+params are the flattened trial config; metrics carry the training step.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ TAG_TRIAL_ID = "mixer.trial_id"
 TAG_SPEC_HASH = "mixer.spec_hash"
 TAG_GIT_COMMIT = "mixer.git_commit"
 TAG_CHECKPOINT = "mixer.checkpoint"
+TAG_STOPPED_EARLY = "mixer.stopped_early"  # "true" on a trial the scheduler (ASHA) stopped before its last step
+TAG_STOPPED_AT_STEP = "mixer.stopped_at_step"
 TAG_EXPERIMENT_DIR = "mixer.experiment_dir"  # where Tune keeps the sweep's state; `mixer sweep resume` reads it
 TAG_PARENT = "mlflow.parentRunId"
 RESOLVED_SPEC_ARTIFACT = "resolved_spec.json"
@@ -175,6 +178,19 @@ def finish_run(uri: str, run_id: str, status: str, tags: Mapping[str, str] | Non
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, status)
+
+
+def stopped_early_tags(step: int) -> dict[str, str]:
+    """The tags of a trial the scheduler stopped at `step`, before its planned last step."""
+    return {TAG_STOPPED_EARLY: "true", TAG_STOPPED_AT_STEP: str(step)}
+
+
+def kill_running_runs(uri: str, experiment_id: str, parent_run_id: str) -> None:
+    """Mark a sweep's parent run and its still running trial runs KILLED (an interrupted, resumable sweep)."""
+    for run in trial_runs(uri, experiment_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            finish_run(uri, run.info.run_id, "KILLED")
+    finish_run(uri, parent_run_id, "KILLED")
 
 
 def find_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str):

@@ -1,9 +1,15 @@
-"""What runs in each Tune trial's process: one Ray Train `TorchTrainer` of the trial's config, then `fit()`.
+"""What runs in each Tune trial's process: the trial's config, then one of two launchers of `sweeps.worker`.
 
-The flow is short and flat: config -> TorchTrainer -> fit(); metrics reach Tune through `TuneReportCallback`.
+- One worker (`workers_per_trial: 1`): the worker function runs right here, in the trial's own process, which
+  holds the worker's CPUs and GPUs and which Tune reuses for the next trial (`reuse_actors`). torch, timm and
+  MLflow are imported once per process, not once per trial; checkpoints and retries go through Tune
+  (`ray.tune.report(..., checkpoint=...)`, Tune's `FailureConfig`). This is Ray's documented pattern for tuning
+  single-worker training.
+- Several workers: a Ray Train `TorchTrainer` runs `train_worker` on each (DDP, possibly across nodes), and its
+  results reach Tune through `TuneReportCallback`; Ray Train retries lost workers from the trial's checkpoint.
+
 This module is what a trial's process imports (Tune unpickles `run_trial` by reference), so it stays clear of
-the driver's searchers and MLflow, and `sweeps.worker` defers the training stack to the workers: the first
-trial of a sweep starts about 2 s sooner for it.
+the driver's searchers and MLflow.
 """
 
 from __future__ import annotations
@@ -15,20 +21,25 @@ from typing import Any
 
 import ray.train
 import ray.tune
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from mixer_core.config import resolve_paths
 from sweeps.spec import SweepSpec, build_run_config
-from sweeps.worker import TrialTracking, train_worker
+from sweeps.worker import TrialTracking, run_worker, train_worker
 
 # Ray Train polls its workers every 2 s by default; a trial's fit() then ends up to 2 s after its last report
 # (propagated by Ray Train from the trial's process to its controller and workers). Tune's new console output
 # prints tables whatever `verbose` says; the legacy one is silent at verbose=0 and our callback reports progress.
-TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_AIR_NEW_OUTPUT": "0"}
-# A trial only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an empty resource
-# request, and any CPU held here would be missing for the workers, so the trial asks for one byte of memory.
-TRIAL_DRIVER_RESOURCES = {"memory": 1}
+# Tune snapshots the sweep's state whenever a trial has checkpointed `num_to_keep` times since the last snapshot
+# (so no snapshot names a deleted checkpoint) and warns each time it does so within 5 s: with one checkpoint
+# kept, that is every evaluation of a short trial, which is intended here.
+RAY_ENV_DEFAULTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+# A trial of several workers only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an
+# empty resource request, and any CPU held here would be missing for the workers, so it asks for one byte.
+TRAIN_DRIVER_RESOURCES = {"memory": 1}
 
 
 @dataclass(frozen=True)
@@ -43,22 +54,51 @@ class SweepContext:
     working_dir: str = field(default_factory=lambda: str(Path.cwd()))  # relative config paths are read from here
 
 
+def runs_in_trial_process(spec: SweepSpec) -> bool:
+    """Whether the spec's trials train in Tune's own trial process (one worker) rather than through Ray Train."""
+    return spec.resources.workers_per_trial == 1
+
+
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What Tune reserves for each trial's process: the worker's CPUs and GPUs when it trains there itself."""
+    if not runs_in_trial_process(spec):
+        return TRAIN_DRIVER_RESOURCES
+    resources = spec.resources
+    return {"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker if resources.use_gpu else 0}
+
+
+def _report_to_tune(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    ray.tune.report(metrics, checkpoint=checkpoint)
+
+
 def run_trial(params: dict[str, Any], context: SweepContext) -> None:
-    """One Tune trial: a Ray Train run of the trial's config on the spec's workers, named by the trial id."""
-    for name, value in TRAIN_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    """One Tune trial of the config `params` picks; its runs (MLflow, Ray Train) are named by the trial id."""
     spec = context.spec
     trial_id = ray.tune.get_context().get_trial_id()
     run_config = resolve_paths(build_run_config(spec, params), context.working_dir)
-    resources = spec.resources
+    loop_config = {
+        "run_config": run_config.model_dump(mode="json"),
+        "tracking": asdict(
+            TrialTracking(context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name, trial_id)
+        ),
+    }
+    if runs_in_trial_process(spec):
+        run_worker(loop_config, _report_to_tune, ray.tune.get_checkpoint(), world_rank=0)
+        return
+    _fit_with_ray_train(loop_config, context, trial_id)
+
+
+def _fit_with_ray_train(loop_config: dict[str, Any], context: SweepContext, trial_id: str) -> None:
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    for name, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    spec, resources = context.spec, context.spec.resources
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={
-            "run_config": run_config.model_dump(mode="json"),
-            "tracking": asdict(
-                TrialTracking(context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name, trial_id)
-            ),
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial,
             use_gpu=resources.use_gpu,

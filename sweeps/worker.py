@@ -1,12 +1,16 @@
-"""What every Ray Train worker of a trial runs: the `mixer_core` training loop, reporting to Ray Train.
+"""What trains a trial: the `mixer_core` training loop, reporting to Ray, with rank 0 logging to MLflow.
 
-Rank 0 also logs to the trial's MLflow run (Ray's MLflow helpers do not work with Train V2). A retried or
-restored worker resumes from `ray.train.get_checkpoint()` and continues the same MLflow run.
+One worker function, two launchers (`sweeps.trial`): a one-worker trial runs `run_worker` in its own Tune
+process, which Tune reuses for the next trial, and reports through `ray.tune`; a trial of several DDP workers
+runs `train_worker` on each Ray Train worker and reports through `ray.train`. Either way a retried or restored
+trial resumes from its last reported checkpoint and continues the same MLflow run (Ray's MLflow helpers do not
+work with Train V2).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,9 @@ import ray.train
 
 from mixer_core import metrics as metric_names
 from mixer_core.config import RunConfig, parse_config
+
+# Hands one report to Ray: the metrics, and the checkpoint directory written with them (or None).
+RayReport = Callable[[dict[str, float], Path | None], None]
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class TrialTracking:
 
 def open_trial_run(tracking: TrialTracking, config: RunConfig):
     """The trial's MLflow run (`sweeps.tracking.TrialRun`), created or continued."""
-    # Imported here: MLflow takes seconds to import and open its store, which `train_worker` overlaps with
+    # Imported here: MLflow takes seconds to import and open its store, which `run_worker` overlaps with
     # building the data and model instead of paying before training starts.
     from sweeps.tracking import TrialRun, flatten, trial_tags
 
@@ -46,39 +53,54 @@ def open_trial_run(tracking: TrialTracking, config: RunConfig):
     )
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """The per-worker loop: `loop_config` holds `run_config` (a RunConfig as a dict) and `tracking` (a
-    TrialTracking as a dict).
+def run_worker(
+    loop_config: dict[str, Any], report_to_ray: RayReport, checkpoint: ray.train.Checkpoint | None, world_rank: int
+) -> None:
+    """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict) and `tracking` (a
+    TrialTracking as a dict); `checkpoint` is the one to resume from (None for a fresh start).
 
-    Both are plain data because Ray Train's controller unpickles the loop config too: a class from this module
-    would make every controller import torch, timm and `mixer_core` (about 2 s per trial on 2 cores).
+    Only evaluation reports reach Ray: they carry the objective, and one Tune iteration per evaluation is what
+    ASHA's `training_iteration` budget counts. Every report goes to MLflow from rank 0. When Tune stops the trial
+    (ASHA, a stop condition, Ctrl-C), `report_to_ray` does not return: the trial's thread exits there.
     """
-    # Imported here, not above: each trial's process imports this module only to hand `train_worker` to Ray
-    # Train, and needs neither torch's training stack nor timm.
+    # Imported here, not above: a trial of several workers imports this module only to hand `train_worker` to
+    # Ray Train, and needs neither torch's training stack nor timm in that process.
     from mixer_core.train import train
 
     tracking = TrialTracking(**loop_config["tracking"])
     config = parse_config(loop_config["run_config"], source=f"trial {tracking.trial_id}")
-    trial_run: Future | None = None
-    if ray.train.get_context().get_world_rank() == 0:
-        trial_run = ThreadPoolExecutor(max_workers=1).submit(open_trial_run, tracking, config)
+    with ThreadPoolExecutor(max_workers=1) as background, tempfile.TemporaryDirectory(prefix="mixer-trial-") as work:
+        trial_run: Future | None = background.submit(open_trial_run, tracking, config) if world_rank == 0 else None
 
-    def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        if trial_run is not None:
-            size_tags = {
-                f"mixer.{name}": metrics[name] for name in (metric_names.PARAMS, metric_names.GMACS) if name in metrics
-            }
-            trial_run.result().log(metrics, step=int(metrics[metric_names.STEP]), tags=size_tags)
-        # Only evaluation reports reach Tune: they carry the objective, and one Tune iteration per evaluation
-        # is what ASHA's `training_iteration` budget counts. Progress reports go to MLflow only.
-        if metric_names.is_eval_report(metrics):
-            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            ray.train.report(metrics, checkpoint=checkpoint)
+        def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+            if trial_run is not None:
+                size_tags = {
+                    f"mixer.{name}": metrics[name]
+                    for name in (metric_names.PARAMS, metric_names.GMACS)
+                    if name in metrics
+                }
+                trial_run.result().log(metrics, step=int(metrics[metric_names.STEP]), tags=size_tags)
+            if metric_names.is_eval_report(metrics):
+                report_to_ray(metrics, checkpoint_dir)
 
-    with tempfile.TemporaryDirectory(prefix="mixer-trial-") as work_dir:
-        checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            train(config, on_report, work_dir=Path(work_dir))
+            train(config, on_report, work_dir=Path(work))
             return
         with checkpoint.as_directory() as resume_dir:
-            train(config, on_report, resume_from=Path(resume_dir), work_dir=Path(work_dir))
+            train(config, on_report, resume_from=Path(resume_dir), work_dir=Path(work))
+
+
+def _report_to_ray_train(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+    checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """The Ray Train launcher's per-worker loop (trials of several DDP workers).
+
+    `loop_config` is plain data because Ray Train's controller unpickles it too: a class from this module would
+    make every controller import torch, timm and `mixer_core` (about 2 s per trial on 2 cores).
+    """
+    run_worker(
+        loop_config, _report_to_ray_train, ray.train.get_checkpoint(), ray.train.get_context().get_world_rank()
+    )

@@ -99,3 +99,59 @@ def test_sweep_bench_runs_the_same_trials_directly_and_through_the_engine(ray_ad
     assert 0 < figures["efficiency"] < 1  # a trial's processes, imports and MLflow run are never free
     assert figures["fit_to_training_seconds"] > 0 and figures["sweep_overhead_seconds"] > 0
     assert not Path("mlflow.db").exists()  # the bench logs to a scratch store, not the user's
+
+
+def live_actor_classes() -> list[str]:
+    """Class names of this Ray's live actors (the GCS actor table; the state API needs the dashboard, which the
+    tests' Ray does not start)."""
+    import ray._private.state
+
+    return [actor["ActorClassName"] for actor in ray._private.state.actors().values() if actor["State"] == "ALIVE"]
+
+
+def test_asha_stops_poor_trials_midway_and_optuna_records_them_as_pruned(ray_address, mlflow_store, tiny_spec,
+                                                                         capsys):
+    # lr 1e-6 barely moves a Ti/4 in 4 epochs: ASHA (rungs at 1 and 2 evaluations) stops such a trial once trials
+    # with lr 3e-3 have set the rung's bar. TPE's random start-up draws with seed 6 are 3e-3, 3e-3, 1e-6, 3e-3, 1e-6
+    # (identical configs train identically, so a repeat of the first draw would tie the bar, not fall below it).
+    spec = tiny_spec(
+        "asha",
+        base={"train": {"epochs": 4}},
+        searcher="optuna-tpe",
+        search={"train.lr": {"type": "categorical", "choices": [0.003, 1.0e-6]}},
+        scheduler={"type": "asha", "grace_period": 1, "max_t": 4, "reduction_factor": 2},
+        num_samples=5,
+        seed=6,
+    )
+    status, result = run_cli(capsys, "sweep", "run", str(spec), "--address", ray_address)
+    assert status == 0
+    by_status: dict[str, list[dict]] = {}
+    for trial in result["trials"]:
+        by_status.setdefault(trial["status"], []).append(trial)
+    assert set(by_status) == {"TERMINATED", "STOPPED"}, by_status.keys()
+    assert all(trial["metrics"]["step"] < trial["metrics"]["total_steps"] for trial in by_status["STOPPED"])
+
+    parent = MlflowClient(mlflow_store).get_run(result["parent_run_id"])
+    runs = {run.data.tags["mixer.trial_id"]: run for run in
+            tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)}
+    assert len(runs) == 5 and all(run.info.status == "FINISHED" for run in runs.values())
+    for trial in by_status["STOPPED"]:
+        run = runs[trial["trial_id"]]
+        assert run.data.tags["mixer.stopped_early"] == "true"
+        assert int(run.data.tags["mixer.stopped_at_step"]) == trial["metrics"]["step"]
+        assert len(MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "val_top1")) < 4
+    for trial in by_status["TERMINATED"]:
+        assert "mixer.stopped_early" not in runs[trial["trial_id"]].data.tags
+
+    # Optuna learns a stopped trial as PRUNED with its intermediate values, not as COMPLETE at its early value.
+    (summary,) = optuna.study.get_all_study_summaries(result["optuna_storage"])
+    study = optuna.load_study(study_name=summary.study_name, storage=result["optuna_storage"])
+    states = sorted(trial.state.name for trial in study.trials)
+    assert states == sorted(["PRUNED"] * len(by_status["STOPPED"]) + ["COMPLETE"] * len(by_status["TERMINATED"]))
+    stopped_at = {trial["params"]["train.lr"]: trial["metrics"]["training_iteration"] for trial in by_status["STOPPED"]}
+    for trial in study.trials:
+        if trial.state.name == "PRUNED":  # every evaluation up to the one it was stopped at
+            assert sorted(trial.intermediate_values) == list(range(1, stopped_at[trial.params["train.lr"]] + 1))
+
+    # Nothing of the sweep is left holding the CPUs: no trial process, no Ray Train worker or controller.
+    assert not {"ImplicitFunc", "RayTrainWorker", "TrainController"} & set(live_actor_classes())

@@ -1,5 +1,6 @@
-"""Fault tolerance for real: a Ray Train worker killed mid-trial, and a sweep driver killed mid-sweep then
-`mixer sweep resume`d. Either way each trial keeps one MLflow run whose steps are never logged twice."""
+"""Fault tolerance for real: a trial's training process killed mid-trial (for both launchers), a sweep driver
+killed mid-sweep, and a sweep stopped with Ctrl-C, then `mixer sweep resume`d. Each trial keeps one MLflow run
+whose steps are never logged twice."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
@@ -35,9 +37,9 @@ def evaluations(uri: str, run_id: str) -> list[int]:
     return [metric.step for metric in MlflowClient(uri).get_metric_history(run_id, "val_top1")]
 
 
-def wait_for(condition, what: str):
-    """Poll `condition()` until it returns something truthy; fail after WAIT_SECONDS."""
-    deadline = time.monotonic() + WAIT_SECONDS
+def wait_for(condition, what: str, seconds: float = WAIT_SECONDS):
+    """Poll `condition()` until it returns something truthy; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = condition()
         if value:
@@ -46,8 +48,8 @@ def wait_for(condition, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def train_worker_pids() -> list[int]:
-    """PIDs of the Ray Train workers of this session's Ray (descendants of its raylet, found in /proc)."""
+def training_pids(title: str) -> list[int]:
+    """PIDs of this session's Ray processes whose title starts with `title` (descendants of its raylet)."""
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
     parents = {}
     for entry in Path("/proc").iterdir():
@@ -64,13 +66,13 @@ def train_worker_pids() -> list[int]:
                 return True
         return False
 
-    def title(pid: int) -> str:
+    def process_title(pid: int) -> str:
         try:
             return (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             return ""
 
-    return [pid for pid in parents if descends_from_raylet(pid) and title(pid).startswith("ray::RayTrainWorker")]
+    return [pid for pid in parents if descends_from_raylet(pid) and process_title(pid).startswith(title)]
 
 
 def assert_one_complete_run_per_trial(uri: str, sweep: str, trials: int) -> list:
@@ -86,24 +88,35 @@ def assert_one_complete_run_per_trial(uri: str, sweep: str, trials: int) -> list
     return runs
 
 
-def test_killed_worker_is_retried_into_the_same_mlflow_run(ray_address, mlflow_store, tiny_spec, capsys):
-    spec = tiny_spec("retry", max_failures=1, base={"train": {"epochs": EPOCHS}, "data": {"fraction": 1.0}})
+# One worker trains in the trial's own Tune process; several are Ray Train workers beside it.
+TRAINING_PROCESS = {1: "ray::ImplicitFunc", 2: "ray::RayTrainWorker"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_training_process_is_retried_into_the_same_mlflow_run(ray_address, mlflow_store, tiny_spec, capsys,
+                                                                     workers):
+    spec = tiny_spec(
+        "retry",
+        max_failures=1,
+        base={"train": {"epochs": EPOCHS}, "data": {"fraction": 1.0}},
+        resources={"workers_per_trial": workers, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+    )
     killed: list[tuple[int, int]] = []  # (pid, evaluations logged when it was killed)
 
-    def kill_worker_after_first_evaluation():
+    def kill_training_after_first_evaluation():
         run = wait_for(lambda: next((r for r in trial_runs_of(mlflow_store, "retry")
                                      if evaluations(mlflow_store, r.info.run_id)), None), "a first evaluation")
-        for pid in train_worker_pids():  # the trial's one worker (and any of an earlier test still exiting)
+        for pid in training_pids(TRAINING_PROCESS[workers]):  # the trial's (and any of an earlier test exiting)
             os.kill(pid, signal.SIGKILL)
             killed.append((pid, len(evaluations(mlflow_store, run.info.run_id))))
 
-    killer = threading.Thread(target=kill_worker_after_first_evaluation, daemon=True)
+    killer = threading.Thread(target=kill_training_after_first_evaluation, daemon=True)
     killer.start()
     status = main(["sweep", "run", str(spec), "--address", ray_address, "--json"])
     killer.join(timeout=5)
     result = json.loads(capsys.readouterr().out)
 
-    assert killed and killed[0][1] < EPOCHS  # the worker died before the trial's last evaluation
+    assert killed and killed[0][1] < EPOCHS  # the process died before the trial's last evaluation
     assert status == 0 and [trial["status"] for trial in result["trials"]] == ["TERMINATED"]
     assert result["trials"][0]["metrics"]["epoch"] >= EPOCHS - 0.1
     assert_one_complete_run_per_trial(mlflow_store, "retry", trials=1)
@@ -145,4 +158,45 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
     assert set(runs) == {finished.info.run_id, running.info.run_id}  # the unfinished trial continued its run
     assert evaluations(mlflow_store, finished.info.run_id) == finished_history
     assert runs[finished.info.run_id].info.end_time == finished.info.end_time  # trial 1 was not run again
+    assert MlflowClient(mlflow_store).get_run(result["parent_run_id"]).info.status == "FINISHED"
+
+
+def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_address, mlflow_store, tiny_spec, tmp_path, capsys):
+    spec = tiny_spec(
+        "ctrlc", grid={"train.lr": [0.001, 0.003, 0.01]}, base={"train": {"epochs": EPOCHS}, "data": {"fraction": 1.0}}
+    )
+    mixer = str(Path(sys.executable).with_name("mixer"))
+    driver = subprocess.Popen(
+        [mixer, "sweep", "run", str(spec), "--address", ray_address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: any(evaluations(mlflow_store, run.info.run_id) for run in trial_runs_of(mlflow_store, "ctrlc")),
+                 "a first evaluation")
+        interrupted_at = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=30)
+        stopped_after = time.monotonic() - interrupted_at
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, err
+    assert stopped_after < 30
+    assert "mixer sweep resume ctrlc" in err
+    # The interrupted trial's run and the sweep's are KILLED, and no training process of the sweep is left.
+    parent = tracking.find_sweep_run(mlflow_store, "ctrlc")
+    assert parent.info.status == "KILLED"
+    runs_before = {run.info.run_id: run for run in trial_runs_of(mlflow_store, "ctrlc")}
+    assert "RUNNING" not in {run.info.status for run in runs_before.values()}
+    assert "KILLED" in {run.info.status for run in runs_before.values()}
+    wait_for(lambda: not training_pids("ray::ImplicitFunc"), "the trial processes to exit", seconds=10)
+
+    status = main(["sweep", "resume", "ctrlc", "--address", ray_address, "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert [trial["status"] for trial in result["trials"]] == ["TERMINATED"] * 3
+    runs = {run.info.run_id: run for run in assert_one_complete_run_per_trial(mlflow_store, "ctrlc", trials=3)}
+    assert set(runs_before) <= set(runs)  # the interrupted trial continued its own run
+    for run_id, before in runs_before.items():
+        if before.info.status == "FINISHED":
+            assert runs[run_id].info.end_time == before.info.end_time  # finished trials were not run again
     assert MlflowClient(mlflow_store).get_run(result["parent_run_id"]).info.status == "FINISHED"

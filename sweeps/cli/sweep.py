@@ -19,6 +19,7 @@ from sweeps.cli.output import add_json_flag, emit_json, format_table
 from sweeps.spec import SpecError, load_spec
 
 EXIT_BAD_SPEC = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for a program ended by Ctrl-C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,10 +96,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     engine.init_ray(args.address)
     _check_cluster_resources(spec)
-    with contextlib.redirect_stdout(sys.stderr):  # Ray's forwarded worker output; stdout is for results
+    with _interruptible(spec.name), contextlib.redirect_stdout(sys.stderr):  # stdout is for results
         result = engine.run_sweep(spec, args.spec, total_trials=plan["trial_count"])
     _print_result(result, args.json)
-    return 0 if all(trial.status != "ERROR" for trial in result.trials) else 1
+    return _exit_status(result)
 
 
 def resume_command(args: argparse.Namespace) -> int:
@@ -111,9 +112,31 @@ def resume_command(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_SPEC
     engine.init_ray(args.address)
-    with contextlib.redirect_stdout(sys.stderr):
+    with _interruptible(args.name), contextlib.redirect_stdout(sys.stderr):
         result = engine.resume_sweep(context, directory)
     _print_result(result, args.json)
+    return _exit_status(result)
+
+
+@contextlib.contextmanager
+def _interruptible(name: str):
+    """Turn a second Ctrl-C into the same message and exit status as the first."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(_resume_hint(name), file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _resume_hint(name: str) -> str:
+    return f"sweep {name} interrupted: its unfinished trials are kept; finish it with: mixer sweep resume {name}"
+
+
+def _exit_status(result) -> int:
+    """0 when every trial ended well, 1 when one failed, 130 when the sweep was interrupted (after the hint)."""
+    if result.interrupted:
+        print(_resume_hint(result.name), file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     return 0 if all(trial.status != "ERROR" for trial in result.trials) else 1
 
 
