@@ -81,6 +81,14 @@ BAD_SPECS = {
     "unknown variant in base": (_set("base.model:variant", "B/61"), "base.model.variant", "B/16"),
     "unknown variant in grid": (_set("grid:model.variant", ["Ti/4", "Tl/4"]), "grid.model.variant[1]", "Ti/4"),
     "unknown dataset": (_set("base.data:name", "digit"), "base.data.name", "digits"),
+    "dataset without its path": (_set("base.data:name", "mnist_idx"), "base.data", None),
+    "steps and examples in base": (_set("base:train", {"steps": 10, "examples": 640}), "base.train", None),
+    "steps axis over an examples base": (
+        lambda data: (_set("base.train:examples", 640)(data), _set("grid:train.steps", [10])(data)),
+        "grid.train.steps[0]",
+        None,
+    ),
+    "patches that do not tile data.image_size": (_set("base.data:image_size", 10), "base", None),
     "unknown grid key": (_set("grid:train.lrr", [0.1]), "grid.train.lrr", "train.lr"),
     "grid key without its section": (_set("grid:lr", [0.1]), "grid.lr", "train.lr"),
     "grid over a section": (_set("grid:data.augment", [{}]), "grid.data.augment", None),
@@ -326,6 +334,17 @@ def test_sweep_validate_command_prints_the_plan_or_exits_2(
     assert main(["sweep", "validate", str(path), "--set", "base.train.lrr=1", "--set", "model.variant=Ti/4"]) == 2
     assert f"{path}: --set base.train.lrr: unknown config key 'train.lrr'; did you mean 'train.lr'?" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # nothing started, nothing written
+
+
+def test_sweep_validate_refuses_steps_with_examples_as_mixer_train_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = write_spec(tmp_path, GOOD)
+    assert main(["sweep", "validate", str(path), "--set", "train.steps=10", "--set", "train.examples=640"]) == 2
+    assert f"{path}: base.train: steps and examples are both set" in capsys.readouterr().err
+    both_axes = {**GOOD, "grid": {"train.steps": [10], "train.examples": [640]}}  # each fine alone, not together
+    assert main(["sweep", "validate", str(write_spec(tmp_path, both_axes))]) == 2
+    assert f"{path}: train: steps and examples are both set" in capsys.readouterr().err
 
 
 def test_base_prefixed_overrides_pin_too(tmp_path: Path) -> None:
