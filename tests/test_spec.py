@@ -68,6 +68,14 @@ def _replace(**fields):
     return lambda data: data.update(fields)
 
 
+def _both(*mutations):
+    def mutate(data: dict) -> None:
+        for mutation in mutations:
+            mutation(data)
+
+    return mutate
+
+
 # (mutation, key path the message must name, close match it must suggest or None)
 BAD_SPECS = {
     "unknown top-level key": (_replace(serch={}), "serch", "search"),
@@ -84,9 +92,7 @@ BAD_SPECS = {
     "dataset without its path": (_set("base.data:name", "mnist_idx"), "base.data", None),
     "steps and examples in base": (_set("base:train", {"steps": 10, "examples": 640}), "base.train", None),
     "steps axis over an examples base": (
-        lambda data: (_set("base.train:examples", 640)(data), _set("grid:train.steps", [10])(data)),
-        "grid.train.steps[0]",
-        None,
+        _both(_set("base.train:examples", 640), _set("grid:train.steps", [10])), "grid.train.steps[0]", None
     ),
     "patches that do not tile data.image_size": (_set("base.data:image_size", 10), "base", None),
     "unknown grid key": (_set("grid:train.lrr", [0.1]), "grid.train.lrr", "train.lr"),
