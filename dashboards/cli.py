@@ -10,7 +10,7 @@ from pathlib import Path
 from dashboards.analysis import analyse_sweep
 from dashboards.report import log_report, write_report
 from dashboards.runs import SweepNotFound, load_sweep
-from sweeps.cli.output import add_json_flag, emit_json, format_table
+from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
 from sweeps.tracking import tracking_uri
 
 
@@ -41,16 +41,20 @@ def _interval(bounds: list[float] | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the report; exit status 1 with one message on stderr when the sweep or its data is missing."""
+    """Build the report; one message on stderr and exit status 2 when there is no such sweep, 1 when its data
+    cannot be analysed."""
     uri = args.tracking_uri or tracking_uri()
+    _progress(f"reading sweep {args.sweep!r} from {uri}")
     try:
-        _progress(f"reading sweep {args.sweep!r} from {uri}")
         sweep = load_sweep(args.sweep, uri=uri, experiment=args.experiment)
-        _progress(f"{len(sweep.trials)} trials under parent run {sweep.parent_run_id}")
+    except (SweepNotFound, ValueError) as problem:  # no such sweep, or a name no sweep can have
+        return refuse("report", problem)
+    _progress(f"{len(sweep.trials)} trials under parent run {sweep.parent_run_id}")
+    try:
         analysis = analyse_sweep(
             sweep, metric=args.metric, n_bootstrap=args.bootstrap, weights_trial=args.weights_trial, progress=_progress
         )
-    except (SweepNotFound, ValueError) as problem:
+    except ValueError as problem:
         print(f"mixer report: {problem}", file=sys.stderr)
         return 1
     out_dir = (args.out or Path("reports") / args.sweep).resolve()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mixer_core.checkpoint import load_checkpoint
-from mixer_core.config import ModelConfig
+from mixer_core.config import ModelConfig, patch_size_problem
 from mixer_core.flops import analytic_macs, measured_macs
 from mixer_core.model import MlpMixer, create_mixer, load_timm_state_dict, resize_token_mixing
 from mixer_core.variants import VARIANTS
@@ -43,6 +43,9 @@ def build_model(
         return timm.create_model(cfg.timm_model, pretrained=False, **kwargs)
     if height != width:
         raise ValueError(f"a Mixer needs square images; data gives {height}x{width} (set data.image_size)")
+    problem = patch_size_problem(cfg, height)
+    if problem:
+        raise ValueError(problem)
     if init_from is not None:
         return load_pretrained(cfg, num_classes, image_shape, Path(init_from))
     return _create(cfg, num_classes, height, channels)

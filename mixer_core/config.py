@@ -2,15 +2,26 @@
 
 A config is data: a YAML mapping with the sections `model`, `data`, `train` and `eval`. Unknown keys and
 wrong types are errors that name the key path, so a typo never silently falls back to a default.
+
+Every rule about a run config lives here, as a validator of these models, so `mixer train`, `mixer data`,
+`mixer sweep validate`, the sweep plan and every trial refuse the same configs with the same messages. This
+module also holds the one `--set KEY=VALUE` parser and the one formatter of validation errors (with a close
+match for typos), which the sweep spec uses too.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mixer_core.variants import VARIANTS
 
 DATASET_NAMES = (
     "digits",
@@ -24,6 +35,8 @@ DATASET_NAMES = (
     "synthetic",
 )
 PERMUTATIONS = ("none", "patches", "pixels_within_patches", "pixels")
+SOURCES_WITHOUT_PATH = ("digits", "synthetic")  # every other source reads its files from data.path
+ModelT = typing.TypeVar("ModelT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -39,6 +52,13 @@ class ModelConfig(_Section):
     stoch_depth: float = Field(0.0, ge=0.0, lt=1.0)
     gelu_approximate: Literal["none", "tanh"] = "none"
     head_bias_init: float = 0.0
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, variant: str) -> str:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown Mixer variant {variant!r}{suggestion(variant, list(VARIANTS))}")
+        return variant
 
 
 class AugmentConfig(_Section):
@@ -71,6 +91,12 @@ class DataConfig(_Section):
     synthetic_classes: int = Field(10, gt=1)
     synthetic_difficulty: float = Field(0.5, ge=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _path_for_sources_that_read_files(self) -> DataConfig:
+        if self.path is None and self.name not in SOURCES_WITHOUT_PATH:
+            raise ValueError(f"name {self.name} reads its files from path; set data.path (a folder, glob or URL)")
+        return self
+
 
 class TrainConfig(_Section):
     """The optimisation recipe: `pretrain` (Adam, linear schedule) or `finetune` (SGD momentum, cosine)."""
@@ -93,6 +119,14 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(50, gt=0)
     checkpoint_every_epochs: float | None = Field(1.0, gt=0.0)
     init_from: str | None = None  # our checkpoint or a timm Mixer state dict (fine-tuning)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> TrainConfig:
+        if self.steps is not None and self.examples is not None:
+            raise ValueError("steps and examples are both set; a budget is one of them (set the other to null)")
+        if self.epochs is None and self.steps is None and self.examples is None:
+            raise ValueError("epochs, steps and examples are all unset; set one of them")
+        return self
 
 
 class EvalConfig(_Section):
@@ -118,48 +152,107 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
+    @model_validator(mode="after")
+    def _patches_tile_the_image(self) -> RunConfig:
+        problem = self.data.image_size and patch_size_problem(self.model, self.data.image_size)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def patch_size_problem(model: ModelConfig, image_size: int) -> str | None:
+    """Why `model` cannot take square images of `image_size` pixels (its patches do not tile them), or None.
+
+    `RunConfig` checks `data.image_size` with this; the sweep plan checks a source's native size, which only
+    the data layer knows.
+    """
+    patch_size = VARIANTS[model.variant].patch_size
+    if model.timm_model or image_size % patch_size == 0:
+        return None
+    return (
+        f"model.variant {model.variant} needs an image size divisible by its patch size {patch_size}, got "
+        f"{image_size}x{image_size} (set data.image_size to a multiple of {patch_size})"
+    )
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the source and the key path."""
 
 
-def format_validation_error(error: ValidationError, source: str, prefix: str = "") -> str:
-    """One readable line per problem: `source: key.path: message`."""
-    lines = []
-    for problem in error.errors():
-        path = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
-        lines.append(f"{source}: {path or '<root>'}: {problem['msg']}")
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_mapping(path: str | Path, kind: str) -> dict[str, Any]:
+    """The YAML mapping in `path`; `ConfigError` naming the file when it is missing, not YAML or not a mapping.
+
+    `kind` names what the file should be in the message (`config`, `sweep spec`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {kind} file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:  # an empty file: every default
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_as(model: type[ModelT], data: Any, source: str, prefix: str = "") -> ModelT:
+    """Validate `data` into `model`; raise `ConfigError` with one line per problem (see `format_validation_error`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source, model, data, prefix)) from None
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
     """Validate a mapping into a `RunConfig`; raise `ConfigError` naming every wrong key path."""
-    try:
-        return RunConfig.model_validate(data or {})
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
+    return parse_as(RunConfig, data or {}, source)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config and apply `key.path=value` overrides (values parsed as YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    data = data.get("base", data)  # a sweep spec's base config is a run config too
+    """Read a YAML run config, or a sweep spec's `base:`, and apply `--set` overrides (see `apply_override`)."""
+    data = read_mapping(path, "config")
+    data = data.get("base", data) or {}  # a sweep spec's base config is a run config too
     for override in overrides:
-        set_by_path(data, *parse_override(override))
+        try:
+            apply_override(data, override)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
     return parse_config(data, str(path))
 
 
+# ---------------------------------------------------------------------------------------------- overrides
+
+
 def parse_override(override: str) -> tuple[str, Any]:
-    """Split `train.lr=0.01` into (`train.lr`, 0.01), the value read as YAML."""
+    """Split a `--set` value `train.lr=0.01` into (`train.lr`, 0.01), the value read as YAML."""
     key, sep, value = override.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {override!r}: expected key.path=value")
-    return key.strip(), yaml.safe_load(value)
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {key.strip()}: the value is not valid YAML: {error}") from None
+
+
+def apply_override(data: dict[str, Any], override: str) -> str:
+    """Set one `--set` override on a run-config mapping and return its key path.
+
+    The key is a run-config path (`train.lr=0.01`, `data.path=data/mnist-t10k`); `base.train.lr`, as a sweep
+    spec spells it, is the same key. An unknown key is a `ConfigError` with a close match.
+    """
+    key, value = parse_override(override)
+    config_key = key.removeprefix("base.")
+    problem = key_path_problem(config_key)
+    if problem:
+        raise ConfigError(f"--set {key}: {problem}")
+    set_by_path(data, config_key, value)
+    return config_key
 
 
 def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:
@@ -188,3 +281,130 @@ def set_by_path(data: dict[str, Any], dotted_key: str, value: Any) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"{dotted_key}: {part} is not a mapping")
     data[leaf] = value
+
+
+# ---------------------------------------------------------------------------------------------- key paths
+
+
+def config_fields() -> dict[str, Any]:
+    """Every settable run-config key path (`model.variant`, `data.augment.mixup`, `train.lr`, ...) and its type."""
+    return _leaf_fields(RunConfig)
+
+
+def key_path_problem(key: str) -> str | None:
+    """Why `key` is not a settable run-config key path (unknown, with a close match, or a section), or None."""
+    leaves = list(config_fields())
+    if key in leaves:
+        return None
+    inside = [path for path in leaves if path.startswith(key + ".")]
+    if inside:
+        return f"is a section, not a setting; name one of {', '.join(inside)}"
+    return f"unknown config key {key!r}{suggestion(key, leaves)}"
+
+
+def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
+    leaves = {}
+    for name, field in model.model_fields.items():
+        section = _as_model(field.annotation)
+        if section is not None:
+            leaves.update(_leaf_fields(section, f"{prefix}{name}."))
+        else:
+            leaves[f"{prefix}{name}"] = field.annotation
+    return leaves
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds, looking inside `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((m for m in map(_as_model, typing.get_args(annotation)) if m is not None), None)
+    return None
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The model at a pydantic error location under `root`, stepping through lists and dicts."""
+    annotation: Any = root
+    for part in loc:
+        model = _as_model(annotation)
+        if model is not None and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+        elif typing.get_origin(annotation) in (list, dict):
+            annotation = typing.get_args(annotation)[-1]
+        else:
+            return None
+    return _as_model(annotation)
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+def suggestion(word: str, candidates: list[str]) -> str:
+    """`; did you mean 'x'?` for the closest candidate, or for one ending in `.word` (a missing section); or ``.
+
+    Equally close spellings go to the one whose characters are nearest, so `Ti/5` suggests `Ti/4`, not `Ti/7`.
+    """
+    word = str(word)
+    similarity = {candidate: difflib.SequenceMatcher(None, word, candidate).ratio() for candidate in candidates}
+    best = max(similarity.values(), default=0.0)
+    matches = [candidate for candidate, ratio in similarity.items() if ratio == best and ratio >= 0.6]
+    matches.sort(key=lambda candidate: [abs(ord(a) - ord(b)) for a, b in zip(word, candidate)])
+    matches = matches or [c for c in candidates if c.endswith(f".{word}")][:1]
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def format_validation_error(
+    error: ValidationError, source: str, model: type[BaseModel], data: Any, prefix: str = ""
+) -> str:
+    """One line per problem, `source: key.path: message`, for `error` from validating `data` into `model`.
+
+    Key paths start at `prefix` and follow what the user wrote; messages add the offending value and, for an
+    unknown key or choice, the closest known one.
+    """
+    lines = []
+    for key_path, message in validation_problems(error, model, data, prefix):
+        lines.append(f"{source}: {key_path}: {message}" if key_path else f"{source}: {message}")
+    return "\n".join(lines)
+
+
+def validation_problems(
+    error: ValidationError, model: type[BaseModel], data: Any, prefix: str = ""
+) -> list[tuple[str, str]]:
+    """(key path, message) for every problem of `error` (see `format_validation_error`)."""
+    return [(_key_path(prefix, problem["loc"], data), _describe(problem, model)) for problem in error.errors()]
+
+
+def _key_path(prefix: str, loc: tuple, data: Any) -> str:
+    """`a.b[2].c` for a location; a list index the user did not write (one item given for a list) is left out."""
+    path, written = prefix, data
+    for part in loc:
+        if isinstance(part, int) and not isinstance(written, list):
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{part}"
+        if isinstance(written, dict):
+            written = written.get(part)
+        elif isinstance(written, list) and isinstance(part, int) and part < len(written):
+            written = written[part]
+        else:
+            written = None
+    return path
+
+
+def _describe(problem: dict, model: type[BaseModel]) -> str:
+    """Pydantic's message, with the offending value and a close match where one helps."""
+    kind, loc, given = problem["type"], problem["loc"], problem.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        known = list(parent.model_fields) if parent else []
+        return f"unknown key {loc[-1]!r}{suggestion(str(loc[-1]), known)}"
+    message = problem["msg"].removeprefix("Value error, ")
+    if kind == "value_error":  # our validators' messages name the value themselves
+        return message
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", problem["ctx"]["expected"])
+        return f"{message}, got {given!r}{suggestion(str(given), choices)}"
+    if kind == "missing":
+        return message.lower()
+    if not isinstance(given, (dict, list)) or kind.endswith("_type"):
+        return f"{message}, got {given!r}"
+    return message

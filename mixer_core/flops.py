@@ -20,6 +20,12 @@ from mixer_core.model import MlpMixer, count_parameters, create_mixer
 from mixer_core.variants import VARIANTS
 
 LAYER_NORM_OPS_PER_ELEMENT = 5  # fvcore's count: mean, variance, normalise, scale, shift
+TRAIN_FLOPS_PER_MAC = 6  # forward + backward ≈ 3 forward passes, 2 FLOPs per multiply-accumulate (paper Figure 2)
+
+
+def training_flops(forward_macs: float, examples: float) -> float:
+    """FLOPs of training on `examples` examples of a model with `forward_macs` MACs per example."""
+    return TRAIN_FLOPS_PER_MAC * forward_macs * examples
 
 
 def analytic_macs(model: MlpMixer, *, count_layer_norm: bool = False) -> int:

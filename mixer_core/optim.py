@@ -67,12 +67,8 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int, global_batch_size: int) 
     paper's JFT subset study (3/10/30/100% for 233/70/23/7 epochs); otherwise `train.epochs` passes over the
     training split.
     """
-    if cfg.steps is not None and cfg.examples is not None:
-        raise ValueError("train.steps and train.examples are both set; budget mode takes one of them")
     if cfg.steps is not None:
         return cfg.steps
     if cfg.examples is not None:
         return math.ceil(cfg.examples / global_batch_size)
-    if cfg.epochs is None:
-        raise ValueError("train.epochs, train.steps and train.examples are all unset; set one of them")
     return max(1, math.ceil(cfg.epochs * steps_per_epoch))

@@ -72,6 +72,7 @@ from mixer_core.config import RunConfig
 from mixer_core.data import build_mixup, build_splits, make_loader
 from mixer_core.device import autocast, resolve_device
 from mixer_core.evaluate import evaluate_fewshot, evaluate_top1
+from mixer_core.flops import training_flops
 from mixer_core.losses import classification_loss
 from mixer_core.model import count_parameters
 from mixer_core.variants import VARIANTS
@@ -213,7 +214,7 @@ def train(
             m.EPOCH: position.examples_seen / splits.train_size,
             m.EXAMPLES_SEEN: float(position.examples_seen),
             m.LR: last_lr,
-            m.TRAIN_FLOPS: 6.0 * macs * position.examples_seen,
+            m.TRAIN_FLOPS: training_flops(macs, position.examples_seen),
             m.WALL_SECONDS: time.perf_counter() - run_started,
             **constants,
         }

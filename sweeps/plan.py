@@ -1,54 +1,26 @@
 """The expanded plan of a sweep, without starting Ray: its trials, axes, model sizes and training cost.
 
 `mixer sweep validate` prints it. Model sizes come from building each model on PyTorch's meta device (no memory,
-no initialisation time, so L/16 costs nothing); dataset sizes from their definition, IDX headers or Parquet
-manifests, never from reading images.
-Training FLOPs follow the paper's convention: 3 × 2 × forward MACs per example seen (Figure 2).
+no initialisation time, so L/16 costs nothing); dataset sizes and the training split from the data layer
+(`mixer_core.data.facts`), never from reading images. Training FLOPs are `mixer_core.flops.training_flops`.
 """
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 import math
-import struct
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mixer_core.build import build_model, forward_macs, model_name
-from mixer_core.config import DataConfig, RunConfig
-from mixer_core.data.parquet import MANIFEST
-from mixer_core.data.sources import SYNTHETIC_IMAGE_SIZE
-from mixer_core.data.synthetic import CHANNELS as SYNTHETIC_CHANNELS
+from mixer_core.config import RunConfig, patch_size_problem
+from mixer_core.data.facts import dataset_facts, estimated_train_size
+from mixer_core.flops import training_flops
 from mixer_core.model import count_parameters
-from mixer_core.variants import VARIANTS
 from sweeps.cli.output import format_table
 from sweeps.spec import OPTUNA_SEARCHERS, SpecError, SweepSpec, build_run_config
-
-TRAIN_FLOPS_PER_MAC = 6  # forward + backward ≈ 3 forward passes, 2 FLOPs per multiply-accumulate
-
-
-@dataclass(frozen=True)
-class DatasetFacts:
-    """What the plan knows of a dataset before loading it; None where only its files can tell."""
-
-    image_shape: tuple[int, int, int] | None  # native (C, H, W)
-    num_classes: int | None
-    pool_size: int | None  # training examples before test/validation are carved
-    has_test_split: bool  # otherwise data.test_fraction is carved from the pool
-
-
-_BUILT_IN = {  # sources whose size is fixed
-    "digits": DatasetFacts((1, 8, 8), 10, 1797, False),
-    "mnist": DatasetFacts((1, 28, 28), 10, 60000, True),
-    "fashion_mnist": DatasetFacts((1, 28, 28), 10, 60000, True),
-    "cifar10": DatasetFacts((3, 32, 32), 10, 50000, True),
-    "cifar100": DatasetFacts((3, 32, 32), 100, 50000, True),
-}
 # Keys that change what a trial costs; the plan bounds a search by the extremes of these only.
 _COST_KEYS = (
     "model.variant",
@@ -103,7 +75,7 @@ def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
             if cost is None or examples is None:
                 unknown.add(config.data.name)
                 continue
-            worst = max(worst, TRAIN_FLOPS_PER_MAC * cost.gmacs * 1e9 * examples)
+            worst = max(worst, training_flops(cost.gmacs * 1e9, examples))
         total_flops += worst * spec.num_samples
     note = "upper bound: every trial at its most costly setting" if spec.search or optuna else "all trials"
     if unknown:
@@ -129,44 +101,6 @@ def estimated_examples(config: RunConfig) -> int | None:
         return config.train.steps * config.data.batch_size
     size = estimated_train_size(config.data)
     return None if size is None else math.ceil(config.train.epochs * size)
-
-
-def estimated_train_size(data: DataConfig) -> int | None:
-    """Training examples after carving test/validation and applying the fraction (as `build_splits` does)."""
-    facts = dataset_facts(data)
-    if facts.pool_size is None:
-        return None
-    pool = facts.pool_size if facts.has_test_split else facts.pool_size * (1 - data.test_fraction)
-    return round(pool * (1 - data.val_fraction) * data.fraction)
-
-
-def dataset_facts(data: DataConfig) -> DatasetFacts:
-    """Shape, classes and size of `data` from its definition, IDX headers or Parquet manifest (no images read)."""
-    if data.name in _BUILT_IN:
-        return _BUILT_IN[data.name]
-    if data.name == "synthetic":
-        shape = (SYNTHETIC_CHANNELS, SYNTHETIC_IMAGE_SIZE, SYNTHETIC_IMAGE_SIZE)
-        return DatasetFacts(shape, data.synthetic_classes, data.synthetic_examples, False)
-    folder = Path(data.path or "").expanduser()
-    if data.name == "mnist_idx":
-        counts = {label.name.split("-labels-idx1-ubyte")[0]: _idx_count(label) for label in folder.glob("*-labels-idx1-ubyte*")}
-        train = [count for prefix, count in counts.items() if prefix != "t10k"] or list(counts.values())
-        return DatasetFacts((1, 28, 28), 10, train[0] if train else None, len(counts) > 1)
-    if data.name == "parquet":
-        manifest_path = (folder.parent if any(c in str(folder) for c in "*?[") else folder) / MANIFEST
-        if "://" not in str(data.path) and manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
-            splits = manifest.get("splits", {})
-            return DatasetFacts(
-                tuple(manifest["image_shape"]), manifest.get("num_classes"), splits.get("train", {}).get("count"), "test" in splits
-            )
-    return DatasetFacts(None, None, None, False)
-
-
-def _idx_count(path: Path) -> int:
-    """The item count in an IDX file's header (magic, then big-endian sizes), read without the data."""
-    with (gzip.open(path) if path.suffix == ".gz" else path.open("rb")) as handle:
-        return struct.unpack(">ii", handle.read(8))[1]
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -228,13 +162,11 @@ def _model_cost(spec: SweepSpec, config: RunConfig, cache: dict[tuple, ModelCost
     key = (name, (channels, height, width), facts.num_classes or 0)
     if key in cache:
         return cache[key]
-    if not config.model.timm_model and height % VARIANTS[name].patch_size:
+    problem = patch_size_problem(config.model, height)
+    if problem:
         axes = {"grid": spec.grid, "search": spec.search}
         where = next((f"{kind}.model.variant" for kind, keys in axes.items() if "model.variant" in keys), "base.model.variant")
-        raise SpecError(
-            f"{spec.source}: {where}: {name} needs an input size divisible by its patch size "
-            f"{VARIANTS[name].patch_size}, but {config.data.name} images are {height}x{width} (set data.image_size)"
-        )
+        raise SpecError(f"{spec.source}: {where}: {config.data.name} images: {problem}")
     with torch.device("meta"):  # sizes only: no memory, no initialisation time
         model = build_model(config.model, facts.num_classes or 0, key[1])
         cache[key] = ModelCost(name, key[1], key[2], count_parameters(model), forward_macs(model, key[1]) / 1e9)

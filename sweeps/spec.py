@@ -1,28 +1,37 @@
 """The sweep spec: a YAML file naming a base run config, what to vary, how to search and on what resources.
 
 A spec is checked completely before anything starts: unknown keys, wrong types, empty grid axes, values a
-run config would refuse, unknown variants, searcher/objective/scheduler combinations that cannot work, and
-(with `check_resources`) resources the cluster lacks. Every problem becomes one line of a `SpecError` that
-names the spec file and the key path (`sweeps/x.yaml: grid.train.lr[2]: ...`), with a close match for typos.
+run config would refuse (the rules of `mixer_core.config`, applied to the base and to every grid value and
+search bound), searcher/objective/scheduler combinations that cannot work, and (with `check_resources`)
+resources the cluster lacks. Every problem becomes one line of a `SpecError` that names the spec file and the
+key path (`sweeps/x.yaml: grid.train.lr[2]: ...`), with a close match for typos.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import re
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mixer_core import metrics
-from mixer_core.config import ConfigError, RunConfig, parse_override, set_by_path
-from mixer_core.variants import VARIANTS
+from mixer_core.config import (
+    ConfigError,
+    RunConfig,
+    apply_override,
+    config_fields,
+    format_validation_error,
+    key_path_problem,
+    parse_config,
+    parse_override,
+    read_mapping,
+    set_by_path,
+    suggestion,
+    validation_problems,
+)
 
 SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")
 OPTUNA_SEARCHERS = ("optuna-tpe", "optuna-nsga2")
@@ -194,17 +203,12 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
     sets the base config and pins the key: a grid axis or search dimension of the same key is dropped.
     """
     source = str(path)
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{source}: no such sweep spec file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SpecError(f"{source}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    for override in overrides:
-        _apply_override(data, override, source)
+        data = read_mapping(path, "sweep spec")
+        for override in overrides:
+            _apply_override(data, override)
+    except ConfigError as error:
+        raise SpecError(f"{source}: {error}") from None
     return validate_spec(data, source)
 
 
@@ -213,7 +217,7 @@ def validate_spec(data: dict[str, Any], source: str = "<spec>") -> SweepSpec:
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(_format_validation_error(error, source, data)) from None
+        raise SpecError(format_validation_error(error, source, SweepSpec, data)) from None
     spec._source = source
     problems = _semantic_problems(spec)
     if problems:
@@ -221,27 +225,19 @@ def validate_spec(data: dict[str, Any], source: str = "<spec>") -> SweepSpec:
     return spec
 
 
-def _apply_override(data: dict[str, Any], override: str, source: str) -> None:
-    try:
-        key, value = parse_override(override)
-    except ConfigError as error:
-        raise SpecError(f"{source}: --set {error}") from None
-    key = key.removeprefix("base.")  # `base.train.lr=...` and `train.lr=...` both set the base config
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    """Set a spec field (`num_samples=2`, `grid.data.fraction=[0.1, 1.0]`), or a base key (`base.train.lr=0.1`,
+    or bare `train.lr=0.1`) which pins it: a grid axis or search dimension of that key is dropped."""
+    key, value = parse_override(override)
     top, _, rest = key.partition(".")
     if top in ("grid", "search") and rest:
         data.setdefault(top, {})[rest] = value  # the axis name itself holds dots
-    elif top in SweepSpec.model_fields:
-        try:
-            set_by_path(data, key, value)
-        except ConfigError as error:
-            raise SpecError(f"{source}: --set {error}") from None
+    elif top in SweepSpec.model_fields and top != "base":
+        set_by_path(data, key, value)
     else:
+        config_key = apply_override(data.setdefault("base", {}), override)
         for axes in (data.get("grid") or {}, data.get("search") or {}):
-            axes.pop(key, None)
-        try:
-            set_by_path(data.setdefault("base", {}), key, value)
-        except ConfigError as error:
-            raise SpecError(f"{source}: --set base.{error}") from None
+            axes.pop(config_key, None)
 
 
 def build_run_config(spec: SweepSpec, params: dict[str, Any]) -> RunConfig:
@@ -250,9 +246,9 @@ def build_run_config(spec: SweepSpec, params: dict[str, Any]) -> RunConfig:
     for key, value in params.items():
         set_by_path(data, key, value)
     try:
-        return RunConfig.model_validate(data)
-    except ValidationError as error:
-        raise SpecError(_format_validation_error(error, spec.source, data, prefix="")) from None
+        return parse_config(data, spec.source)
+    except ConfigError as error:
+        raise SpecError(str(error)) from None
 
 
 def spec_hash(spec: SweepSpec | str | Path) -> str:
@@ -312,7 +308,6 @@ def _semantic_problems(spec: SweepSpec) -> list[tuple[str, str]]:
             problems += _value_problems(base, key, values, lambda i, key=key: f"grid.{key}[{i}]")
         for key, distribution in spec.search.items():
             problems += _distribution_problems(base, key, distribution)
-    problems += _variant_problems("base.model.variant", spec.base.model.variant)
     problems += _searcher_problems(spec)
     problems += _metric_problems(spec)
     if "://" in spec.storage_path:
@@ -323,14 +318,8 @@ def _semantic_problems(spec: SweepSpec) -> list[tuple[str, str]]:
 
 
 def _key_problems(section: str, key: str) -> list[tuple[str, str]]:
-    leaves = config_key_paths()
-    if key in leaves:
-        return []
-    sections = {path.rsplit(".", 1)[0] for path in leaves}
-    if key in sections:
-        inside = [path for path in leaves if path.startswith(key + ".")]
-        return [(f"{section}.{key}", f"is a section, not a setting; name one of {', '.join(inside)}")]
-    return [(f"{section}.{key}", f"unknown config key {key!r}{_suggestion(key, leaves)}")]
+    problem = key_path_problem(key)
+    return [(f"{section}.{key}", problem)] if problem else []
 
 
 def _value_problems(base: dict, key: str, values: list[Any], where) -> list[tuple[str, str]]:
@@ -341,9 +330,7 @@ def _value_problems(base: dict, key: str, values: list[Any], where) -> list[tupl
         try:
             RunConfig.model_validate(data)
         except ValidationError as error:
-            problems += [(where(i), _describe(problem)) for problem in error.errors()]
-        if key == "model.variant":
-            problems += _variant_problems(where(i), value)
+            problems += [(where(i), message) for _, message in validation_problems(error, RunConfig, data)]
     return problems
 
 
@@ -354,12 +341,6 @@ def _distribution_problems(base: dict, key: str, distribution: Distribution) -> 
         return _value_problems(base, key, distribution.choices, lambda i: f"search.{key}.choices[{i}]")
     bounds = ("low", "high")
     return _value_problems(base, key, distribution.endpoint_values(), lambda i: f"search.{key}.{bounds[i]}")
-
-
-def _variant_problems(key_path: str, variant: Any) -> list[tuple[str, str]]:
-    if not isinstance(variant, str) or variant in VARIANTS:
-        return []
-    return [(key_path, f"unknown Mixer variant {variant!r}{_suggestion(variant, list(VARIANTS))}")]
 
 
 def _searcher_problems(spec: SweepSpec) -> list[tuple[str, str]]:
@@ -384,105 +365,17 @@ def _metric_problems(spec: SweepSpec) -> list[tuple[str, str]]:
     for i, objective in enumerate(spec.objective):
         if objective.metric not in known:
             where = "objective.metric" if len(spec.objective) == 1 else f"objective[{i}].metric"
-            problems.append((where, f"unknown metric {objective.metric!r}{_suggestion(objective.metric, known)}"))
+            problems.append((where, f"unknown metric {objective.metric!r}{suggestion(objective.metric, known)}"))
     if len(spec.objective) == 2 and spec.objective[0].metric == spec.objective[1].metric:
         problems.append(("objective", f"the two objectives are the same metric {spec.objective[0].metric!r}"))
     attribute = spec.checkpoint.score_attribute
     if attribute not in known and attribute not in [objective.metric for objective in spec.objective]:
-        problems.append(("checkpoint.score_attribute", f"unknown metric {attribute!r}{_suggestion(attribute, known)}"))
+        problems.append(("checkpoint.score_attribute", f"unknown metric {attribute!r}{suggestion(attribute, known)}"))
     if spec.checkpoint.score_order is None:
         problems.append(("checkpoint.score_order", f"give max or min: {attribute!r} is not an objective"))
     return problems
 
 
-# ---------------------------------------------------------------------------------------------- run-config keys
-
-
-def config_key_paths() -> list[str]:
-    """Every settable run-config key path (`model.variant`, `data.augment.mixup`, `train.lr`, ...)."""
-    return list(_leaf_fields(RunConfig))
-
-
-def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
-    leaves = {}
-    for name, field in model.model_fields.items():
-        section = _as_model(field.annotation)
-        if section is not None:
-            leaves.update(_leaf_fields(section, f"{prefix}{name}."))
-        else:
-            leaves[f"{prefix}{name}"] = field.annotation
-    return leaves
-
-
 def _is_int_setting(key: str) -> bool:
-    annotation = _leaf_fields(RunConfig)[key]
+    annotation = config_fields()[key]
     return int in (typing.get_args(annotation) or (annotation,)) and float not in typing.get_args(annotation)
-
-
-def _as_model(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds, looking inside `X | None`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return next((m for m in map(_as_model, typing.get_args(annotation)) if m is not None), None)
-    return None
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The spec model at a pydantic error location, stepping through lists and dicts (grid/search)."""
-    annotation: Any = SweepSpec
-    for part in loc:
-        model = _as_model(annotation)
-        if model is not None and part in model.model_fields:
-            annotation = model.model_fields[part].annotation
-        elif typing.get_origin(annotation) in (list, dict):
-            annotation = typing.get_args(annotation)[-1]
-        else:
-            return None
-    return _as_model(annotation)
-
-
-# ---------------------------------------------------------------------------------------------- messages
-
-
-def _suggestion(word: str, candidates: list[str]) -> str:
-    """`; did you mean 'x'?` for the closest candidate, or for one ending in `.word` (a missing section)."""
-    matches = difflib.get_close_matches(str(word), candidates, n=1, cutoff=0.6)
-    matches = matches or [c for c in candidates if c.endswith(f".{word}")][:1]
-    return f"; did you mean {matches[0]!r}?" if matches else ""
-
-
-def _format_validation_error(error: ValidationError, source: str, data: Any, prefix: str = "") -> str:
-    lines = []
-    for problem in error.errors():
-        loc = problem["loc"]
-        if loc[:1] == ("objective",) and isinstance(data, dict) and isinstance(data.get("objective"), dict):
-            loc = ("objective", *loc[2:])  # the user wrote one objective, not a list: hide the list index
-        lines.append(f"{source}: {_key_path(prefix, loc)}: {_describe(problem)}")
-    return "\n".join(lines)
-
-
-def _key_path(prefix: str, loc: tuple) -> str:
-    path = prefix
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{part}"
-    return path or "<top level>"
-
-
-def _describe(problem: dict) -> str:
-    """Pydantic's message, with the offending value and a close match where one helps."""
-    kind, loc, given = problem["type"], problem["loc"], problem.get("input")
-    if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        known = list(parent.model_fields) if parent else []
-        return f"unknown key {loc[-1]!r}{_suggestion(str(loc[-1]), known)}"
-    message = problem["msg"].removeprefix("Value error, ")
-    if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", problem["ctx"]["expected"])
-        return f"{message}, got {given!r}{_suggestion(str(given), choices)}"
-    if kind == "missing":
-        return message.lower()
-    if not isinstance(given, (dict, list)) or kind.endswith("_type"):
-        return f"{message}, got {given!r}"
-    return message
-

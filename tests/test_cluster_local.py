@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ WORKER_PORTS = [
 ]
 SCRIPT_SECONDS = 300
 SWEEP_SECONDS = 480
+STATUS_SECONDS = 60  # a fresh head's first resource report
 # One trial with two DDP workers of one CPU each: the head and the added node have one CPU apiece, so Ray
 # must put one worker on each.
 TWO_WORKERS = {"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1}
@@ -127,15 +129,29 @@ def client_env(cluster: LocalCluster) -> dict[str, str]:
     return {**cluster.env, "RAY_AUTH_MODE": "token"}
 
 
+def ray_status_once_reported(cluster: LocalCluster) -> subprocess.CompletedProcess:
+    """`ray status` once the head has reported its resources, or its last answer at the deadline.
+
+    A head that has just started answers "No cluster status. It may take a few seconds..." until its first
+    resource report reaches the GCS.
+    """
+    deadline = time.monotonic() + STATUS_SECONDS
+    while True:
+        status = subprocess.run(
+            ["ray", "status", "--address", f"127.0.0.1:{RAY_PORT}"], env=client_env(cluster),
+            capture_output=True, text=True, timeout=120,
+        )
+        if (status.returncode == 0 and "No cluster status" not in status.stdout) or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
 def test_mlflow_and_the_ray_dashboard_answer_on_loopback_and_the_dashboard_needs_the_token(local_cluster):
     with urllib.request.urlopen(f"http://127.0.0.1:{MLFLOW_PORT}/health", timeout=30) as response:
         assert response.read().decode().strip() == "OK"
     assert http_status(f"http://127.0.0.1:{DASHBOARD_PORT}/api/version") == 401
     assert http_status(f"http://127.0.0.1:{DASHBOARD_PORT}/api/version", local_cluster.token) == 200
-    status = subprocess.run(
-        ["ray", "status", "--address", f"127.0.0.1:{RAY_PORT}"], env=client_env(local_cluster),
-        capture_output=True, text=True, timeout=120,
-    )
+    status = ray_status_once_reported(local_cluster)
     assert status.returncode == 0, status.stderr
     assert "node_head" in status.stdout
 

@@ -100,10 +100,10 @@ def test_permutation_axis_draws_the_permutation_study(store, capsys, tmp_path):
     assert {row["permutation"] for row in document["trials"]} == {"none", "patches", "pixels"}
 
 
-def test_unknown_sweep_and_unknown_metric_exit_1_with_one_message(store, capsys, tmp_path):
+def test_unknown_sweep_exits_2_and_unknown_metric_exits_1_with_one_message(store, capsys, tmp_path):
     uri, _ = store
     status, _, error = run_report(capsys, uri, "missing", tmp_path / "x")
-    assert status == 1 and "no sweep run tagged mixer.sweep='missing'" in error and "fractions" in error
+    assert status == 2 and "no sweep run tagged mixer.sweep='missing'" in error and "fractions" in error
     status, _, error = run_report(capsys, uri, "fractions", tmp_path / "x", "--metric", "fewshot_10shot_top1")
     assert status == 1 and "no finished trial of this sweep logged fewshot_10shot_top1" in error
 

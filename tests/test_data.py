@@ -9,6 +9,7 @@ import torch
 
 from mixer_core.config import DataConfig
 from mixer_core.data import DataError, build_mixup, build_splits, make_loader
+from mixer_core.data.facts import dataset_facts, estimated_train_size
 from mixer_core.data.fractions import carve
 from mixer_core.data.permutations import apply_permutation, permutation_index
 from shipped_data import MNIST
@@ -70,6 +71,14 @@ def test_train_fractions_are_nested_and_leave_val_and_test_alone(mnist_splits):
     for fraction, splits in by_fraction.items():
         assert splits.train_size == round(fraction * 7200)
         assert splits.val.keys == mnist_splits.val.keys and splits.test.keys == mnist_splits.test.keys
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.1, 0.001])
+@pytest.mark.parametrize("name", ["digits", "mnist_idx"])
+def test_the_training_size_known_before_loading_is_the_one_build_splits_makes(name, fraction):
+    cfg = DataConfig(name=name, path=str(MNIST) if name == "mnist_idx" else None, fraction=fraction, val_fraction=0.15)
+    assert dataset_facts(cfg).image_shape == build_splits(cfg).image_shape
+    assert estimated_train_size(cfg) == build_splits(cfg).train_size
 
 
 def test_permutations_are_fixed_and_keep_the_pixels():

@@ -7,7 +7,7 @@ import json
 import yaml
 
 from sweeps.cli import main
-from shipped_data import MNIST
+from shipped_data import MNIST, REPO_ROOT
 
 
 
@@ -17,7 +17,7 @@ def _json(capsys, argv):
 
 
 def test_info_reports_counts_classes_and_shape(capsys, tmp_path):
-    info = _json(capsys, ["data", "info", "mnist_idx", "--set", f"path={MNIST}", "--set", "fraction=0.1", "--json"])
+    info = _json(capsys, ["data", "info", "mnist_idx", "--set", f"data.path={MNIST}", "--set", "data.fraction=0.1", "--json"])
     assert info["splits"] == {"train": 720, "val": 800, "test": 2000} and info["train_size"] == 720
     assert info["image_shape"] == [1, 28, 28] and info["num_classes"] == 10
     config = tmp_path / "run.yaml"
@@ -33,19 +33,31 @@ def test_convert_writes_shards_that_read_back(capsys, tmp_path):
     manifest = _json(capsys, ["data", "convert", "digits", str(dest), "--shard-size", "1000", "--json"])
     assert manifest["splits"]["train"] == {"count": 1797, "shards": ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]}
     assert json.loads((dest / "manifest.json").read_text())["image_shape"] == [1, 8, 8]
-    info = _json(capsys, ["data", "info", "parquet", "--set", f"path={dest}", "--json"])
+    info = _json(capsys, ["data", "info", "parquet", "--set", f"data.path={dest}", "--json"])
     assert info["splits"] == {"train": 1294, "val": 144, "test": 359}
 
 
 def test_bench_prints_loader_throughput(capsys):
-    result = _json(capsys, ["data", "bench", "digits", "--set", "augment.flip=true", "--batches", "5", "--json"])
+    result = _json(capsys, ["data", "bench", "digits", "--set", "data.augment.flip=true", "--batches", "5", "--json"])
     assert result["images"] == 5 * 128 and result["images_per_sec"] > 0
 
 
 def test_bad_input_is_one_message_and_exit_status_2(capsys, tmp_path):
-    assert main(["data", "info", "mnist_idx", "--set", f"path={tmp_path}/none"]) == 2
+    assert main(["data", "info", "mnist_idx", "--set", f"data.path={tmp_path}/none"]) == 2
     assert f"{tmp_path}/none: no such file or folder" in capsys.readouterr().err
-    assert main(["data", "info", "digits", "--set", "fraction=2"]) == 2
-    assert "data.fraction" in capsys.readouterr().err
+    assert main(["data", "info", "digits", "--set", "data.fraction=2"]) == 2
+    assert "command line: data.fraction: Input should be less than or equal to 1" in capsys.readouterr().err
     assert main(["data", "info", "imagenet"]) == 2
     assert "neither a dataset name" in capsys.readouterr().err
+
+
+def test_set_takes_run_config_paths_as_mixer_train_does(capsys, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # the README's command, reading the shipped MNIST copy
+    info = _json(capsys, ["data", "info", "mnist_idx", "--set", "data.path=data/mnist-t10k", "--json"])
+    assert info["num_classes"] == 10 and sum(info["splits"].values()) == 10000
+    assert main(["data", "info", "mnist_idx", "--set", f"path={MNIST}"]) == 2
+    assert capsys.readouterr().err == "mixer data info: --set path: unknown config key 'path'; did you mean 'data.path'?\n"
+    assert main(["data", "info", "digits", "--set", "train.lr=0.1"]) == 2
+    assert "--set train.lr: mixer data sets data.* keys only" in capsys.readouterr().err
+    assert main(["data", "info", "mnist_idx"]) == 2
+    assert "command line: data: name mnist_idx reads its files from path; set data.path" in capsys.readouterr().err

@@ -68,6 +68,14 @@ def _replace(**fields):
     return lambda data: data.update(fields)
 
 
+def _both(*mutations):
+    def mutate(data: dict) -> None:
+        for mutation in mutations:
+            mutation(data)
+
+    return mutate
+
+
 # (mutation, key path the message must name, close match it must suggest or None)
 BAD_SPECS = {
     "unknown top-level key": (_replace(serch={}), "serch", "search"),
@@ -81,6 +89,12 @@ BAD_SPECS = {
     "unknown variant in base": (_set("base.model:variant", "B/61"), "base.model.variant", "B/16"),
     "unknown variant in grid": (_set("grid:model.variant", ["Ti/4", "Tl/4"]), "grid.model.variant[1]", "Ti/4"),
     "unknown dataset": (_set("base.data:name", "digit"), "base.data.name", "digits"),
+    "dataset without its path": (_set("base.data:name", "mnist_idx"), "base.data", None),
+    "steps and examples in base": (_set("base:train", {"steps": 10, "examples": 640}), "base.train", None),
+    "steps axis over an examples base": (
+        _both(_set("base.train:examples", 640), _set("grid:train.steps", [10])), "grid.train.steps[0]", None
+    ),
+    "patches that do not tile data.image_size": (_set("base.data:image_size", 10), "base", None),
     "unknown grid key": (_set("grid:train.lrr", [0.1]), "grid.train.lrr", "train.lr"),
     "grid key without its section": (_set("grid:lr", [0.1]), "grid.lr", "train.lr"),
     "grid over a section": (_set("grid:data.augment", [{}]), "grid.data.augment", None),
@@ -225,9 +239,9 @@ def test_overrides_set_spec_fields_or_pin_base_keys(tmp_path: Path) -> None:
     assert trial_count(spec) == 4
     assert spec.resources.cpus_per_worker == 0.5
     assert load_spec(path, ["grid.data.fraction=[0.1, 0.2, 0.3]"]).grid["data.fraction"] == [0.1, 0.2, 0.3]
-    with pytest.raises(SpecError, match=rf"{path}: base\.train\.lrr: unknown key 'lrr'; did you mean 'lr'\?"):
+    with pytest.raises(SpecError, match=rf"{path}: --set train.lrr: unknown config key 'train.lrr'; did you mean 'train.lr'\?"):
         load_spec(path, ["train.lrr=0.1"])
-    with pytest.raises(SpecError, match="expected key.path=value"):
+    with pytest.raises(SpecError, match=r"--set 'train.lr': expected KEY=VALUE"):
         load_spec(path, ["train.lr"])
 
 
@@ -308,7 +322,7 @@ def test_plan_rejects_a_variant_whose_patches_do_not_tile_the_images(tmp_path: P
     data = copy.deepcopy(GOOD)
     data["grid"]["model.variant"] = ["Ti/4", "Ti/7"]
     path = write_spec(tmp_path, data)
-    with pytest.raises(SpecError, match=rf"{path}: grid.model.variant: Ti/7 needs an input size divisible by"):
+    with pytest.raises(SpecError, match=rf"{path}: grid.model.variant: digits images: model.variant Ti/7 needs an image size divisible by its patch size 7, got 8x8"):
         plan_sweep(load_spec(path))
 
 
@@ -324,8 +338,19 @@ def test_sweep_validate_command_prints_the_plan_or_exits_2(
     assert main(["sweep", "validate", str(path)]) == 2
     assert f"{path}: grid.model.variant[1]: unknown Mixer variant 'Ti/5'; did you mean" in capsys.readouterr().err
     assert main(["sweep", "validate", str(path), "--set", "base.train.lrr=1", "--set", "model.variant=Ti/4"]) == 2
-    assert f"{path}: base.train.lrr: unknown key 'lrr'" in capsys.readouterr().err
+    assert f"{path}: --set base.train.lrr: unknown config key 'train.lrr'; did you mean 'train.lr'?" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # nothing started, nothing written
+
+
+def test_sweep_validate_refuses_steps_with_examples_as_mixer_train_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = write_spec(tmp_path, GOOD)
+    assert main(["sweep", "validate", str(path), "--set", "train.steps=10", "--set", "train.examples=640"]) == 2
+    assert f"{path}: base.train: steps and examples are both set" in capsys.readouterr().err
+    both_axes = {**GOOD, "grid": {"train.steps": [10], "train.examples": [640]}}  # each fine alone, not together
+    assert main(["sweep", "validate", str(write_spec(tmp_path, both_axes))]) == 2
+    assert f"{path}: train: steps and examples are both set" in capsys.readouterr().err
 
 
 def test_base_prefixed_overrides_pin_too(tmp_path: Path) -> None:

@@ -43,3 +43,32 @@ def test_train_mnist_config_reads_the_shipped_mnist_files_from_the_repo_root(mon
     assert main(["train", "sweeps/train_mnist.yaml", *budget]) == 0
     final = json.loads(capsys.readouterr().out)
     assert final[m.TRAIN_SIZE] > 6000 and final[m.EXAMPLES_SEEN] == 3 * 128
+
+
+def test_an_unknown_variant_is_one_message_with_a_close_match_and_exit_2(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["train", "sweeps/train_digits.yaml", "--set", "model.variant=Ti/5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "mixer train: sweeps/train_digits.yaml: model.variant: unknown Mixer variant 'Ti/5'; did you mean 'Ti/4'?\n"
+    )
+
+
+def test_steps_and_examples_together_are_refused_before_training(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["train", "sweeps/train_digits.yaml", "--set", "train.steps=5", "--set", "train.examples=640"]) == 2
+    assert "sweeps/train_digits.yaml: train: steps and examples are both set" in capsys.readouterr().err
+
+
+def test_an_unknown_key_suggests_the_key_path(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["train", "sweeps/train_digits.yaml", "--set", "trian.lr=0.1"]) == 2
+    assert "--set trian.lr: unknown config key 'trian.lr'; did you mean 'train.lr'?" in capsys.readouterr().err
+
+
+def test_base_prefixed_keys_set_the_run_config_as_in_a_sweep(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    budget = ["--set", "base.train.steps=2", "--set", "base.eval.fewshot_shots=[]", "--no-checkpoints", "--json"]
+    assert main(["train", "sweeps/quickstart.yaml", *budget]) == 0
+    assert json.loads(capsys.readouterr().out)[m.STEP] == 2

@@ -24,12 +24,16 @@ def key_hashes(keys: Sequence[str], salt: str) -> np.ndarray:
     )
 
 
+def carved_count(count: int, fraction: float, *, at_least_one: bool = False) -> int:
+    """How many of `count` examples `carve` chooses: round(fraction·count), at least one with `at_least_one`."""
+    return min(count, max(int(at_least_one and count > 0), round(fraction * count)))
+
+
 def carve(keys: Sequence[str], fraction: float, salt: str, *, at_least_one: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions 0..n-1 into (chosen, rest), both sorted; chosen holds the round(fraction·n) lowest hashes.
+    """Split positions 0..n-1 into (chosen, rest), both sorted; chosen holds the `carved_count` lowest hashes.
 
     `at_least_one` keeps a tiny training fraction from selecting nothing.
     """
-    count = len(keys)
-    size = min(count, max(int(at_least_one and count > 0), round(fraction * count)))
+    size = carved_count(len(keys), fraction, at_least_one=at_least_one)
     ranking = np.argsort(key_hashes(keys, salt), kind="stable")
     return np.sort(ranking[:size]), np.sort(ranking[size:])

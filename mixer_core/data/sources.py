@@ -27,8 +27,6 @@ IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
 
 
 def _require_path(cfg: DataConfig) -> Path:
-    if cfg.path is None:
-        raise DataError(f"data.name={cfg.name} needs data.path")
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (data.path for data.name={cfg.name})")
@@ -65,13 +63,21 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()  # writable for torch
 
 
-def load_mnist_idx(cfg: DataConfig, seed: int) -> Source:
-    """IDX pairs `<split>-images-idx3-ubyte[.gz]` + `<split>-labels-idx1-ubyte[.gz]` in data.path.
+def read_idx_count(path: Path) -> int:
+    """The item count in an IDX file's header (magic, then big-endian sizes), read without the data."""
+    try:
+        with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as handle:
+            return struct.unpack(">ii", handle.read(8))[1]
+    except (OSError, EOFError, struct.error) as error:
+        raise DataError(f"{path}: cannot read an IDX header ({error})") from None
+
+
+def idx_layout(folder: Path) -> tuple[dict[str, tuple[Path, Path]], str, str | None]:
+    """The IDX (images, labels) pairs in `folder` by prefix, the training prefix, and the test prefix or None.
 
     `train-*` is the training split and `t10k-*` the test split; a folder with only one pair (e.g. the MNIST
     test set) is used as training data and its test split is carved.
     """
-    folder = _require_path(cfg)
     pairs = {}
     for images_path in sorted(folder.glob("*-images-idx3-ubyte*")):
         prefix = images_path.name.split("-images-idx3-ubyte")[0]
@@ -85,6 +91,12 @@ def load_mnist_idx(cfg: DataConfig, seed: int) -> Source:
     train_prefixes = [prefix for prefix in pairs if prefix != test_prefix]
     if len(train_prefixes) > 1:
         raise DataError(f"{folder}: several IDX training sets {train_prefixes}; keep one (plus t10k)")
+    return pairs, train_prefixes[0], test_prefix
+
+
+def load_mnist_idx(cfg: DataConfig, seed: int) -> Source:
+    """IDX pairs `<split>-images-idx3-ubyte[.gz]` + `<split>-labels-idx1-ubyte[.gz]` in data.path (`idx_layout`)."""
+    pairs, train_prefix, test_prefix = idx_layout(_require_path(cfg))
 
     def examples(prefix: str) -> Examples:
         images_path, labels_path = pairs[prefix]
@@ -95,10 +107,10 @@ def load_mnist_idx(cfg: DataConfig, seed: int) -> Source:
         check_labels(labels, 10, str(labels_path))
         return Examples(as_uint8_images(images, False), labels, [f"{prefix}/{i}" for i in range(len(labels))])
 
-    train = examples(train_prefixes[0])
+    train = examples(train_prefix)
     test = examples(test_prefix) if test_prefix else None
     if test is not None and test.images.shape[1:] != train.images.shape[1:]:
-        raise DataError(f"{pairs[test_prefix][0]}: image shape differs from {pairs[train_prefixes[0]][0]}")
+        raise DataError(f"{pairs[test_prefix][0]}: image shape differs from {pairs[train_prefix][0]}")
     return Source(train, test, [str(c) for c in range(10)], tuple(train.images.shape[1:]))
 
 
@@ -112,8 +124,6 @@ def load_torchvision(cfg: DataConfig, seed: int) -> Source:
         "mnist": datasets.MNIST,
         "fashion_mnist": datasets.FashionMNIST,
     }[cfg.name]
-    if cfg.path is None:
-        raise DataError(f"data.name={cfg.name} needs data.path (the torchvision root folder)")
     root = Path(cfg.path).expanduser()
     if not cfg.download and not root.is_dir():
         raise DataError(f"{root}: no such folder (data.path for data.name={cfg.name}; data.download is off)")
@@ -182,8 +192,6 @@ def load_imagefolder(cfg: DataConfig, seed: int) -> Source:
 
 def load_parquet_source(cfg: DataConfig, seed: int) -> Source:
     """Sharded Parquet from a folder, glob or fsspec URL (see parquet.py)."""
-    if cfg.path is None:
-        raise DataError("data.name=parquet needs data.path (a folder, glob or URL of shards)")
     return load_parquet(cfg.path)
 
 

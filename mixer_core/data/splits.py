@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mixer_core.config import DataConfig
-from mixer_core.data.fractions import carve
+from mixer_core.data.fractions import carve, carved_count
 from mixer_core.data.permutations import permutation_index
 from mixer_core.data.sources import load_source
 from mixer_core.data.transforms import Augmentation, ImageDataset
@@ -44,6 +44,7 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
         test_examples = source.test
     val_chosen, train_pool = carve([keys[p] for p in pool], cfg.val_fraction, salt="val")
     train_chosen, _ = carve([keys[p] for p in pool[train_pool]], cfg.fraction, salt="fraction", at_least_one=True)
+    # train_split_size repeats these three carves' arithmetic: change both together.
     train_positions = pool[train_pool][train_chosen]
 
     channels, height, width = source.image_shape
@@ -64,3 +65,13 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
         train_size=len(train_positions),
         class_names=source.class_names,
     )
+
+
+def train_split_size(source_train_size: int, has_test_split: bool, cfg: DataConfig) -> int:
+    """The `train_size` `build_splits` makes from a source whose training split holds `source_train_size`
+    examples: test carved when the source has none, then validation, then the fraction."""
+    pool = source_train_size
+    if not has_test_split:
+        pool -= carved_count(pool, cfg.test_fraction)
+    pool -= carved_count(pool, cfg.val_fraction)
+    return carved_count(pool, cfg.fraction, at_least_one=True)

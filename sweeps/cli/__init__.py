@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import version
 
 # subcommand -> (module implementing it, one-line help). Modules are imported only when their command runs,
 # so `mixer variants` does not pay for importing Ray.
@@ -21,6 +22,7 @@ COMMANDS = {
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     """The top-level parser; only `command`'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(prog="mixer", description="MLP-Mixer sweeps on Ray, tracked in MLflow.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('mixer-sweeps')}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)

@@ -1,7 +1,8 @@
 """`mixer data`: inspect a dataset, convert it to Parquet shards, and measure its loader's throughput.
 
 SRC is a dataset name (`digits`, `mnist_idx`, ...) or a YAML run config / sweep spec whose `data` section is
-used; `--set key=value` then sets data fields, e.g. `mixer data info mnist_idx --set path=data/mnist-t10k`.
+used; `--set data.KEY=VALUE` then sets its fields, as `mixer train` does:
+`mixer data info mnist_idx --set data.path=data/mnist-t10k`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, format_validation_error, load_config
-from mixer_core.config import parse_override, set_by_path
+from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, apply_override, load_config, parse_as, suggestion
 from mixer_core.data import DataError, build_splits, make_loader
 from mixer_core.data.parquet import write_parquet
 from mixer_core.data.sources import load_source
-from sweeps.cli.output import add_json_flag, emit_json, format_table
+from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,26 +38,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             command.add_argument("--batches", type=int, default=50, help="timed batches (after 3 warm-up batches)")
             command.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                             help="set a data field, e.g. path=/data/mnist or augment.flip=true (repeatable)")
+                             help="set a data field, e.g. data.path=data/mnist-t10k or data.augment.flip=true "
+                                  "(repeatable)")
         command.add_argument("--seed", type=int, default=0, help="seed of the synthetic source (default 0)")
         add_json_flag(command)
 
 
 def data_config(src: str, overrides: list[str]) -> DataConfig:
-    """The DataConfig named by SRC (a dataset name or a YAML config file) with `key=value` overrides applied."""
+    """The DataConfig named by SRC (a dataset name or a YAML config file) with `data.KEY=VALUE` overrides applied."""
     if src in DATASET_NAMES:
-        mapping, source = {"name": src}, "command line"
+        mapping, source = {"data": {"name": src}}, "command line"
     elif Path(src).is_file():
-        mapping, source = load_config(src).data.model_dump(), src
+        mapping, source = {"data": load_config(src).data.model_dump()}, src
     else:
-        raise ConfigError(f"{src}: neither a dataset name ({', '.join(DATASET_NAMES)}) nor a config file")
+        raise ConfigError(
+            f"{src}: neither a dataset name ({', '.join(DATASET_NAMES)}) nor a config file"
+            f"{suggestion(src, list(DATASET_NAMES))}"
+        )
     for override in overrides:
-        key, value = parse_override(override)
-        set_by_path(mapping, key.removeprefix("data."), value)
-    try:
-        return DataConfig.model_validate(mapping)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source, prefix="data")) from None
+        key = apply_override(mapping, override)
+        if not key.startswith("data."):
+            raise ConfigError(f"--set {key}: mixer data sets data.* keys only")
+    return parse_as(DataConfig, mapping["data"], source, prefix="data")
 
 
 def _progress(message: str) -> None:
@@ -128,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = actions[args.data_command](data_config(args.src, args.overrides), args)
     except (ConfigError, DataError) as error:
-        print(f"mixer data {args.data_command}: {error}", file=sys.stderr)
-        return 2
+        return refuse(f"data {args.data_command}", error)
     if args.json:
         emit_json(result)
     elif args.data_command == "info":

@@ -1,6 +1,6 @@
 """`mixer sweep validate|run|resume|ls|bench`: plan, run and inspect sweeps.
 
-Spec errors exit with status 2 before Ray starts or MLflow is touched. Progress goes to stderr; results to
+Spec errors, and a sweep name no sweep has (`resume`), exit with status 2 before Ray starts or MLflow is touched. Progress goes to stderr; results to
 stdout (a table, or one JSON document with `--json`).
 """
 
@@ -15,11 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mixer_core import metrics
-from sweeps.cli.output import add_json_flag, emit_json, format_table
+from sweeps.cli.output import EXIT_INTERRUPTED, add_json_flag, emit_json, format_table, refuse
 from sweeps.spec import SpecError, load_spec
-
-EXIT_BAD_SPEC = 2
-EXIT_INTERRUPTED = 130  # what a shell reports for a program ended by Ctrl-C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return args.run_sweep_command(args)
     except SpecError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_SPEC
+        return refuse(f"sweep {args.sweep_command}", error)
 
 
 def validate_command(args: argparse.Namespace) -> int:
@@ -108,9 +104,8 @@ def resume_command(args: argparse.Namespace) -> int:
 
     try:
         context, directory = engine.find_resumable(args.name)
-    except LookupError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_SPEC
+    except LookupError as error:  # no such sweep, or no Tune state kept for it
+        return refuse("sweep resume", error)
     engine.init_ray(args.address)
     with _interruptible(args.name), contextlib.redirect_stdout(sys.stderr):
         result = engine.resume_sweep(context, directory)

@@ -15,7 +15,7 @@ from mixer_core import metrics
 from mixer_core.config import ConfigError, load_config
 from mixer_core.data import DataError
 from mixer_core.train import TrainingError, train
-from sweeps.cli.output import add_json_flag, emit_json, format_table
+from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as error:
-        print(f"mixer train: {error}", file=sys.stderr)
-        return 2
+        return refuse("train", error)
     work_dir = None
     if not args.no_checkpoints:
         started = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -52,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True)
     except (DataError, ValueError, FileNotFoundError) as error:  # a dataset, value or checkpoint we cannot use
-        print(f"mixer train: {args.config}: {error}", file=sys.stderr)
-        return 2
+        return refuse("train", f"{args.config}: {error}")
     except TrainingError as error:
         print(f"mixer train: {args.config}: {error}", file=sys.stderr)
         return 1
