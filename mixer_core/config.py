@@ -24,6 +24,7 @@ DATASET_NAMES = (
     "synthetic",
 )
 PERMUTATIONS = ("none", "patches", "pixels_within_patches", "pixels")
+RANDAUGMENT_MAX_MAGNITUDE = 20  # the paper's Appendix B searches RandAugment magnitudes up to 20
 
 
 class _Section(BaseModel):
@@ -46,7 +47,7 @@ class AugmentConfig(_Section):
 
     inception_crop: bool = False
     flip: bool = False
-    randaugment_magnitude: int = Field(0, ge=0, le=30)  # 0 switches RandAugment off
+    randaugment_magnitude: int = Field(0, ge=0, le=RANDAUGMENT_MAX_MAGNITUDE)  # 0 switches RandAugment off
     randaugment_layers: int = Field(2, ge=1)
     mixup: float = Field(0.0, ge=0.0)  # mixup alpha; 0 switches mixup off
 

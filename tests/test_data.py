@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,3 +180,22 @@ def test_loader_with_workers_gives_the_same_examples():
     parallel = make_loader(splits.val, 64, shuffle=False, seed=0, num_workers=2)
     serial_images = torch.cat([images for images, _ in serial])
     assert torch.equal(serial_images, torch.cat([images for images, _ in parallel]))
+
+
+def test_randaugment_magnitudes_above_timms_default_bound_are_applied():
+    """timm clips magnitudes at 10 unless raised: the paper's 10, 15 and 20 must give three different images."""
+    from mixer_core.config import AugmentConfig
+    from mixer_core.data.transforms import Augmentation
+
+    images = build_splits(DataConfig(name="mnist_idx", path=str(MNIST))).train.examples.images[:64]
+
+    def augmented(magnitude: int) -> torch.Tensor:
+        random.seed(0)  # the same ops on the same images (timm draws them from both RNGs): only magnitude differs
+        np.random.seed(0)
+        augment = AugmentConfig(randaugment_magnitude=magnitude, randaugment_layers=2)
+        return Augmentation(augment, image_size=28, channels=1)(images)
+
+    by_magnitude = {m: augmented(m) for m in (10, 15, 20)}
+    assert torch.equal(augmented(15), by_magnitude[15])  # seeded: the comparison below is about magnitude only
+    assert not torch.equal(by_magnitude[10], by_magnitude[15])
+    assert not torch.equal(by_magnitude[15], by_magnitude[20])

@@ -17,7 +17,7 @@ from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from mixer_core.config import AugmentConfig
+from mixer_core.config import RANDAUGMENT_MAX_MAGNITUDE, AugmentConfig
 from mixer_core.data.examples import Examples
 from mixer_core.data.permutations import apply_permutation
 
@@ -49,7 +49,7 @@ class Augmentation:
     """Training augmentation of a uint8 batch (n, C, h, w) → float (n, C, ·, ·) on the 0..255 scale.
 
     Inception crop and flip are one batched affine resampling (crop boxes drawn like torchvision's
-    RandomResizedCrop); timm's RandAugment (2 layers, magnitude m) then runs per image on PIL, as timm writes it.
+    RandomResizedCrop); timm's RandAugment (2 layers, magnitude m ≤ 20) then runs per image on PIL, as timm writes it.
     """
 
     def __init__(self, augment: AugmentConfig, image_size: int, channels: int):
@@ -62,7 +62,10 @@ class Augmentation:
                 "translate_const": int(image_size * 0.45),  # timm's rule: translations scale with the image
                 "img_mean": (128,) * channels,
             }
-            config = f"rand-m{augment.randaugment_magnitude}-n{augment.randaugment_layers}"
+            # timm clips magnitudes at 10 unless `mmax` raises the bound: without it 15 and 20 would silently be
+            # 10. With it the ops scale as Google's TF RandAugment (level / 10 of each op's range, e.g. 30° per 10).
+            config = (f"rand-m{augment.randaugment_magnitude}-n{augment.randaugment_layers}"
+                      f"-mmax{RANDAUGMENT_MAX_MAGNITUDE}")
             self.randaugment = rand_augment_transform(config, hparams)
 
     @property
