@@ -23,7 +23,8 @@ DATASET_NAMES = (
     "parquet",
     "synthetic",
 )
-PERMUTATIONS = ("none", "patches", "pixels_within_patches", "pixels")
+# Section 3.4 compares "patches_and_pixels_within_patches" (patch order and in-patch pixels) against "pixels" (global)
+PERMUTATIONS = ("none", "patches", "pixels_within_patches", "patches_and_pixels_within_patches", "pixels")
 RANDAUGMENT_MAX_MAGNITUDE = 20  # the paper's Appendix B searches RandAugment magnitudes up to 20
 
 
@@ -96,12 +97,29 @@ class TrainConfig(_Section):
     init_from: str | None = None  # our checkpoint or a timm Mixer state dict (fine-tuning)
 
 
+class FewshotDatasetConfig(DataConfig):
+    """A downstream dataset for few-shot linear evaluation (the paper's 5-shot transfer): a data config whose
+    metrics carry `label` (default: its name). `image_size` defaults to the pre-training images' size."""
+
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @property
+    def metric_label(self) -> str:
+        """The name its metrics carry: `fewshot_<label>_<k>shot_top1`."""
+        return self.label or self.name
+
+
 class EvalConfig(_Section):
-    """Evaluations run after training: top-1 always, few-shot linear when `fewshot_shots` is not empty."""
+    """Evaluations: top-1 at every evaluation; few-shot linear, when `fewshot_shots` is not empty, on every
+    downstream dataset of `fewshot_datasets` and (when `fewshot_pretraining`) on the pre-training data's own
+    splits, at the end and whenever upstream validation top-1 improves (the `best/` metrics)."""
 
     fewshot_shots: list[int] = [1, 5, 10, 25]
     fewshot_seeds: int = Field(3, gt=0)
     fewshot_l2: float = Field(1024.0, ge=0.0)
+    fewshot_datasets: list[FewshotDatasetConfig] = []
+    fewshot_pretraining: bool = True  # shots from the pre-training subset itself; the study specs turn it off
+    fewshot_every_evaluation: bool = False  # few-shot curves (the permutation study's Figure 4), not just the end
 
     @field_validator("fewshot_shots")
     @classmethod
@@ -109,6 +127,20 @@ class EvalConfig(_Section):
         if any(s <= 0 for s in shots):
             raise ValueError(f"shots must be positive, got {shots}")
         return shots
+
+    @field_validator("fewshot_datasets")
+    @classmethod
+    def _distinct_labels(cls, datasets: list[FewshotDatasetConfig]) -> list[FewshotDatasetConfig]:
+        labels = [dataset.metric_label for dataset in datasets]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"labels must differ (they name the metrics); {', '.join(repeated)} repeated: set `label`")
+        return datasets
+
+    @property
+    def fewshot_labels(self) -> list[str]:
+        """The downstream labels the few-shot metrics carry, in config order."""
+        return [dataset.metric_label for dataset in self.fewshot_datasets]
 
 
 class RunConfig(_Section):

@@ -100,6 +100,23 @@ def test_permutation_axis_draws_the_permutation_study(store, capsys, tmp_path):
     assert {row["permutation"] for row in document["trials"]} == {"none", "patches", "pixels"}
 
 
+def test_report_defaults_to_the_best_upstream_validation_metrics_and_says_so(store, capsys, tmp_path):
+    from dashboards.analysis import BEST_NOTE
+
+    uri, _ = store
+    status, document, _ = run_report(capsys, uri, "transfer", tmp_path / "transfer", "--no-log")
+    # downstream 5-shot first; the pre-training set's own 5-shot (logged without best/ here) comes last
+    assert status == 0 and document["metrics"] == ["best/test_top1", "best/fewshot_digits_5shot_top1",
+                                                   "fewshot_5shot_top1"]
+    assert BEST_NOTE in document["notes"]
+    assert {f["metric"] for f in document["fits"]} == set(document["metrics"])
+    html = Path(document["report"]).read_text()
+    assert "digits 5-shot linear top-1 (best val)" in html
+    assert "digits 5-shot linear top-1 during training" in html  # the permutation study draws few-shot curves
+    status, document, _ = run_report(capsys, uri, "transfer", tmp_path / "final", "--no-log", "--metric", "test_top1")
+    assert document["metrics"] == ["test_top1"] and BEST_NOTE not in document["notes"]
+
+
 def test_unknown_sweep_and_unknown_metric_exit_1_with_one_message(store, capsys, tmp_path):
     uri, _ = store
     status, _, error = run_report(capsys, uri, "missing", tmp_path / "x")

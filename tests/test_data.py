@@ -77,7 +77,7 @@ def test_permutations_are_fixed_and_keep_the_pixels():
     base = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=32))
     original = torch.stack([base.test[i][0] for i in range(4)])
     patch = 8
-    for kind in ("patches", "pixels_within_patches", "pixels"):
+    for kind in ("patches", "pixels_within_patches", "patches_and_pixels_within_patches", "pixels"):
         cfg = DataConfig(name="mnist_idx", path=str(MNIST), image_size=32, permutation=kind, permutation_patch_size=patch)
         splits = build_splits(cfg)
         index = permutation_index(kind, 32, 32, patch, seed=0)
@@ -93,6 +93,12 @@ def test_permutations_are_fixed_and_keep_the_pixels():
             assert sorted(map(tuple, patches(permuted)[0].tolist())) == sorted(map(tuple, patches(original)[0].tolist()))
         if kind == "pixels_within_patches":  # each patch keeps its place and its pixels
             assert torch.equal(sorted_patches(permuted), sorted_patches(original))
+        if kind == "patches_and_pixels_within_patches":  # the paper's "patch + pixel": every patch's pixels,
+            moved = sorted(map(tuple, sorted_patches(permuted)[0].tolist()))  # elsewhere, in one new order
+            assert moved == sorted(map(tuple, sorted_patches(original)[0].tolist()))
+            assert not torch.equal(sorted_patches(permuted), sorted_patches(original))
+            within = permutation_index("pixels_within_patches", 32, 32, patch, seed=0)
+            assert not torch.equal(index, within) and not torch.equal(index, permutation_index("patches", 32, 32, patch, 0))
     other_seed = permutation_index("pixels", 32, 32, None, seed=1)
     assert not torch.equal(other_seed, permutation_index("pixels", 32, 32, None, seed=0))
 

@@ -39,7 +39,10 @@ def test_train_mnist_config_reads_the_shipped_mnist_files_from_the_repo_root(mon
     monkeypatch.chdir(REPO)
     config = load_config("sweeps/train_mnist.yaml")
     assert config.model.variant == "Ti/7" and config.data.name == "mnist_idx"
-    budget = ["--set", "train.steps=3", "--set", "eval.fewshot_shots=[]", "--no-checkpoints", "--json"]
+    budget = ["--set", "train.steps=3", "--set", "eval.fewshot_shots=[5]", "--no-checkpoints", "--json",
+              "--set", "eval.fewshot_datasets=[{name: digits, label: digits}]", "--set", "eval.fewshot_seeds=1"]
     assert main(["train", "sweeps/train_mnist.yaml", *budget]) == 0
     final = json.loads(capsys.readouterr().out)
     assert final[m.TRAIN_SIZE] > 6000 and final[m.EXAMPLES_SEEN] == 3 * 128
+    # downstream 5-shot on digits (resized to MNIST's 28x28), at the end and at the best upstream validation
+    assert final[m.BEST_STEP] == 3 and final[m.best(m.fewshot_top1(5, "digits"))] == final[m.fewshot_top1(5, "digits")]
