@@ -92,6 +92,7 @@ class TrainConfig(_Section):
     bf16: bool = True  # autocast on CUDA; ignored on CPU
     compile: bool = False
     eval_every_epochs: float = Field(1.0, gt=0.0)
+    eval_every_steps: int | None = Field(None, gt=0)  # replaces eval_every_epochs: equal-step budgets evaluate alike
     log_every_steps: int = Field(50, gt=0)
     checkpoint_every_epochs: float | None = Field(1.0, gt=0.0)
     init_from: str | None = None  # our checkpoint or a timm Mixer state dict (fine-tuning)

@@ -9,9 +9,9 @@ every worker to report), with metric names from `mixer_core.metrics`:
 - a *progress report* every `train.log_every_steps` optimizer steps carries the training metrics
   `step, epoch, examples_seen, train_size, train_loss, lr, images_per_sec, train_flops, wall_seconds,
   params, gmacs`; `checkpoint_dir` is None.
-- an *evaluation report* every `train.eval_every_epochs` epochs, and always after the last step, carries the
-  training metrics plus `val_top1`, `val_loss` (when the validation split is not empty) and `test_top1`
-  (when the test split is not empty). When a step is due for both, only the evaluation report is made.
+- an *evaluation report* every `train.eval_every_epochs` epochs (or `train.eval_every_steps` steps), and
+  always after the last step, carries the training metrics plus `val_top1`, `val_loss` (when the validation
+  split is not empty) and `test_top1` (when the test split is not empty). When a step is due for both, only the evaluation report is made.
   `metrics.is_eval_report` tells the two kinds apart.
 - the *final report* (the evaluation report after the last step) adds few-shot linear top-1 for every k in
   `eval.fewshot_shots`: `fewshot_<label>_{k}shot_top1` per downstream dataset of `eval.fewshot_datasets`, and
@@ -170,7 +170,7 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"the training split of {data_cfg.name} is empty after data.fraction={data_cfg.fraction}")
     num_steps = total_steps(train_cfg, steps_per_epoch, data_cfg.batch_size)
-    eval_interval = _every(train_cfg.eval_every_epochs, steps_per_epoch)
+    eval_interval = train_cfg.eval_every_steps or _every(train_cfg.eval_every_epochs, steps_per_epoch)
     checkpoint_interval = _every(train_cfg.checkpoint_every_epochs, steps_per_epoch)
     optimizer = build_optimizer(model, train_cfg)
     schedule = build_schedule(optimizer, train_cfg, num_steps)
