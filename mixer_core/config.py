@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASET_NAMES = (
     "digits",
@@ -37,6 +37,7 @@ class ModelConfig(_Section):
 
     variant: str = "Ti/4"
     timm_model: str | None = None  # a timm model name trained instead of a Mixer (baselines, issue 6)
+    timm_patch_size: int | None = Field(None, gt=0)  # a timm ViT's patch size at CPU scale (e.g. 7 for 28 px)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     stoch_depth: float = Field(0.0, ge=0.0, lt=1.0)
     gelu_approximate: Literal["none", "tanh"] = "none"
@@ -60,6 +61,9 @@ class DataConfig(_Section):
     path: str | None = None  # root folder, IDX folder, image folder, or Parquet glob/URL
     download: bool = False  # torchvision sources only
     image_size: int | None = Field(None, gt=0)  # resize to this square size; None keeps the native size
+    # Un-augmented images (evaluation, few-shot, training without Inception crop): resize the shorter side to this,
+    # then centre-crop image_size (big_vision: resize_small(256) | central_crop(224)); None squashes instead.
+    eval_resize: int | None = Field(None, gt=0)
     fraction: float = Field(1.0, gt=0.0, le=1.0)  # nested subset of the training split (JFT subset study)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # "upstream validation" carved from training data
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # for sources without a test split of their own
@@ -72,6 +76,13 @@ class DataConfig(_Section):
     synthetic_examples: int = Field(6000, gt=0)
     synthetic_classes: int = Field(10, gt=1)
     synthetic_difficulty: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> DataConfig:
+        if self.eval_resize is not None and self.image_size is not None and self.eval_resize < self.image_size:
+            raise ValueError(f"eval_resize {self.eval_resize} is smaller than image_size {self.image_size}: "
+                             "the centre crop would not fit")
+        return self
 
 
 class TrainConfig(_Section):

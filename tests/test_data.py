@@ -205,3 +205,16 @@ def test_randaugment_magnitudes_above_timms_default_bound_are_applied():
     assert torch.equal(augmented(15), by_magnitude[15])  # seeded: the comparison below is about magnitude only
     assert not torch.equal(by_magnitude[10], by_magnitude[15])
     assert not torch.equal(by_magnitude[15], by_magnitude[20])
+
+
+def test_eval_resize_keeps_the_aspect_and_cuts_the_centre_instead_of_squashing():
+    # MNIST is 28x28: resizing the shorter side to 28 keeps every pixel, so the 20x20 centre crop is exact.
+    cropped = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=20, eval_resize=28))
+    squashed = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=20))
+    stored = cropped.test.examples.images[cropped.test.positions[:8]].float()
+    images, _ = cropped.test.batch(list(range(8)))
+    assert torch.allclose(images, stored[..., 4:24, 4:24] / 127.5 - 1.0)
+    assert not torch.allclose(images, squashed.test.batch(list(range(8)))[0])
+    assert cropped.val.eval_resize == cropped.train.without_augmentation().eval_resize == 28
+    with pytest.raises(ValueError, match="eval_resize 16 is smaller than image_size 20"):
+        DataConfig(image_size=20, eval_resize=16)

@@ -101,10 +101,24 @@ class Augmentation:
         return pil_to_tensor(self.randaugment(to_pil_image(image))).float()
 
 
-def to_model_input(images: torch.Tensor, image_size: int, permutation: torch.Tensor | None) -> torch.Tensor:
-    """uint8 or 0..255 float (N, C, h, w) → float32 (N, C, S, S) in [-1, 1] (big_vision's value_range), permuted."""
+def to_model_input(
+    images: torch.Tensor, image_size: int, permutation: torch.Tensor | None, resize_smaller: int | None = None
+) -> torch.Tensor:
+    """uint8 or 0..255 float (N, C, h, w) → float32 (N, C, S, S) in [-1, 1] (big_vision's value_range), permuted.
+
+    With `resize_smaller` the shorter side is resized to it keeping the aspect ratio and the centre S×S is cut
+    (evaluation at 256 → 224 in the paper); without, the images are squashed to S×S.
+    """
     batch = images.float()
-    if batch.shape[-2:] != (image_size, image_size):
+    if resize_smaller is not None:
+        height, width = batch.shape[-2:]
+        scale = resize_smaller / min(height, width)
+        resized = (round(height * scale), round(width * scale))
+        if resized != (height, width):
+            batch = F.interpolate(batch, size=resized, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (resized[0] - image_size) // 2, (resized[1] - image_size) // 2
+        batch = batch[..., top : top + image_size, left : left + image_size]
+    elif batch.shape[-2:] != (image_size, image_size):
         batch = F.interpolate(batch, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     return apply_permutation(batch.div_(127.5).sub_(1.0).clamp_(-1.0, 1.0), permutation)
 
@@ -119,12 +133,14 @@ class ImageDataset(Dataset):
         image_size: int,
         permutation: torch.Tensor | None = None,
         augmentation: Augmentation | None = None,
+        eval_resize: int | None = None,
     ):
         self.examples = examples
         self.positions = torch.as_tensor(positions, dtype=torch.int64)
         self.image_size = image_size
         self.permutation = permutation
         self.augmentation = augmentation
+        self.eval_resize = eval_resize
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -141,7 +157,8 @@ class ImageDataset(Dataset):
 
     def without_augmentation(self) -> ImageDataset:
         """The same examples, resized and permuted alike, with no augmentation (e.g. for few-shot features)."""
-        return ImageDataset(self.examples, self.positions.numpy(), self.image_size, self.permutation)
+        return ImageDataset(self.examples, self.positions.numpy(), self.image_size, self.permutation,
+                            eval_resize=self.eval_resize)
 
     def batch(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (n, C, S, S) and labels (n,) for dataset indices, as one tensor op where no augmentation runs."""
@@ -149,7 +166,9 @@ class ImageDataset(Dataset):
         images = self.examples.images[positions]
         if self.augmentation is not None:
             images = self.augmentation(images)
-        return to_model_input(images, self.image_size, self.permutation), self.examples.labels[positions]
+        cropped = self.augmentation is not None and self.augmentation.inception_crop  # already S×S: no centre crop
+        resize = None if cropped else self.eval_resize
+        return to_model_input(images, self.image_size, self.permutation, resize), self.examples.labels[positions]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
         images, labels = self.batch(indices)
