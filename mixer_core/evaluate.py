@@ -184,6 +184,20 @@ def evaluate_fewshot(
     return {k: float(np.mean(values)) for k, values in accuracies.items()}
 
 
+class GreyAsColour(Dataset):
+    """A grey dataset's images repeated over `channels` (big_vision decodes every image to RGB the same way)."""
+
+    def __init__(self, dataset: Dataset, channels: int):
+        self.dataset, self.channels = dataset, channels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        return image.expand(self.channels, -1, -1), label
+
+
 @dataclass(frozen=True)
 class FewshotTask:
     """Where one few-shot evaluation draws its shots (`shots_from`, un-augmented) and what it is scored on."""
@@ -197,9 +211,10 @@ class FewshotTask:
 def fewshot_tasks(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits) -> list[FewshotTask]:
     """The few-shot evaluations of a run: every downstream dataset, then the pre-training data's own splits.
 
-    Downstream images are resized to the pre-training size unless their config says otherwise, and permuted by
-    the pre-training permutation (the model only knows permuted inputs). Their shots depend only on the
-    downstream dataset and the seed, never on the pre-training fraction.
+    Downstream images are resized to the pre-training size unless their config says otherwise, grey ones are
+    repeated over the model's colour channels, and all are permuted by the pre-training permutation (the model
+    only knows permuted inputs). Their shots depend only on the downstream dataset and the seed, never on the
+    pre-training fraction.
     """
     if not eval_cfg.fewshot_shots:
         return []
@@ -214,13 +229,18 @@ def fewshot_tasks(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits
             "permutation_patch_size": data_cfg.permutation_patch_size,
         })
         downstream = build_splits(downstream_cfg)
-        if downstream.image_shape != splits.image_shape:
+        grey = downstream.image_shape[0] == 1 < channels
+        shape = (channels, *downstream.image_shape[1:]) if grey else downstream.image_shape
+        if shape != splits.image_shape:
             raise ValueError(
                 f"eval.fewshot_datasets[{index}] ({dataset_cfg.metric_label}): images are "
                 f"{'x'.join(map(str, downstream.image_shape))}, the model takes {'x'.join(map(str, splits.image_shape))}"
                 f" (channels x height x width); pick a dataset with {channels} channel(s) or set its image_size"
             )
-        tasks.append(FewshotTask(dataset_cfg.metric_label, downstream.train, downstream.test, downstream.num_classes))
+        shots_from, test = downstream.train, downstream.test
+        if grey:
+            shots_from, test = GreyAsColour(shots_from, channels), GreyAsColour(test, channels)
+        tasks.append(FewshotTask(dataset_cfg.metric_label, shots_from, test, downstream.num_classes))
     if eval_cfg.fewshot_pretraining and len(splits.test):
         tasks.append(FewshotTask(None, splits.train.without_augmentation(), splits.test, splits.num_classes))
     return tasks
