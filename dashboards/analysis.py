@@ -239,7 +239,8 @@ def _weights(trials: list[Trial], metric: str, trial_id: str | None, analysis: S
             name="token_mixing",
             title=f"Token-mixing units of {source}",
             caption="Hidden units of the first token-mixing MLPs: each tile is one unit's weights over the "
-            "patch grid, scaled to its largest magnitude (paper Figures 5 and 6).",
+            "patch grid, scaled to its largest magnitude, sorted by spatial frequency (low first) and each "
+            "followed by its inverse-phase partner (paper Figures 5 and 6).",
             png=png_bytes(token_mixing_figure(model)),
         ),
     ]

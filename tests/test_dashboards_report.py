@@ -146,3 +146,18 @@ def test_checkpoint_restores_the_trained_mixer(store, tmp_path):
 
 def _with_checkpoint(trial: Trial, path: Path) -> Trial:
     return replace(trial, checkpoint=str(path))
+
+
+def test_token_mixing_units_are_sorted_by_frequency_and_paired_with_their_inverse_phase():
+    import numpy as np
+
+    from dashboards.figures import paired_frequency_order
+
+    grid = np.arange(8)
+    wave = lambda cycles, phase=0.0: np.tile(np.cos(2 * np.pi * cycles * grid / 8 + phase), (8, 1))  # noqa: E731
+    # shuffled: 3, 1 and 2 cycles across the grid, each with its inverse-phase twin
+    tiles = np.stack([wave(3), -wave(1), wave(2), wave(1), -wave(3), -wave(2)])
+    order = paired_frequency_order(tiles).tolist()
+    assert [set(order[i : i + 2]) for i in (0, 2, 4)] == [{1, 3}, {2, 5}, {0, 4}]
+    shifted = np.stack([wave(1), wave(1, np.pi / 2), -wave(1)])  # a quarter-phase shift is no inverse
+    assert paired_frequency_order(shifted).tolist()[:2] == [0, 2]
