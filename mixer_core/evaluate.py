@@ -64,7 +64,8 @@ def evaluate_top1(
     bf16: bool = False,
     num_workers: int = 0,
 ) -> tuple[float, float]:
-    """(top-1 accuracy in [0, 1], mean loss) of `model` on `dataset`; (nan, nan) for an empty dataset."""
+    """(top-1 accuracy in [0, 1], mean loss) of `model` on `dataset`; (nan, nan) for an empty dataset.
+    On multi-label data top-1 is precision@1: the top class is one of the example's classes."""
     if _distributed():
         dataset = Subset(dataset, range(dist.get_rank(), len(dataset), dist.get_world_size()))
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
@@ -73,7 +74,8 @@ def evaluate_top1(
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(device, bf16):
                 logits = model(images)
-            totals[0] += (logits.argmax(-1) == labels).sum()
+            # multi-label: the top class is one of the example's classes (precision@1, big_vision's JFT metric)
+            totals[0] += (logits.argmax(-1)[:, None] == labels.view(len(labels), -1)).any(-1).sum()
             totals[1] += classification_loss(logits, labels, loss_kind) * len(labels)
             totals[2] += len(labels)
     if _distributed():
@@ -208,6 +210,11 @@ class FewshotTask:
     num_classes: int
 
 
+def _single_label(dataset: Dataset, where: str) -> None:
+    if dataset.labels.dim() != 1:
+        raise ValueError(f"{where}: few-shot linear evaluation needs single-label data; this dataset is multi-label")
+
+
 def fewshot_tasks(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits) -> list[FewshotTask]:
     """The few-shot evaluations of a run: every downstream dataset, then the pre-training data's own splits.
 
@@ -229,19 +236,22 @@ def fewshot_tasks(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits
             "permutation_patch_size": data_cfg.permutation_patch_size,
         })
         downstream = build_splits(downstream_cfg)
+        _single_label(downstream.train, f"eval.fewshot_datasets[{index}] ({dataset_cfg.metric_label})")
         grey = downstream.image_shape[0] == 1 < channels
         shape = (channels, *downstream.image_shape[1:]) if grey else downstream.image_shape
         if shape != splits.image_shape:
             raise ValueError(
                 f"eval.fewshot_datasets[{index}] ({dataset_cfg.metric_label}): images are "
-                f"{'x'.join(map(str, downstream.image_shape))}, the model takes {'x'.join(map(str, splits.image_shape))}"
-                f" (channels x height x width); pick a dataset with {channels} channel(s) or set its image_size"
+                f"{'x'.join(map(str, downstream.image_shape))}, the model takes "
+                f"{'x'.join(map(str, splits.image_shape))} (channels x height x width); pick a dataset with "
+                f"{channels} channel(s) or set its image_size"
             )
         shots_from, test = downstream.train, downstream.test
         if grey:
             shots_from, test = GreyAsColour(shots_from, channels), GreyAsColour(test, channels)
         tasks.append(FewshotTask(dataset_cfg.metric_label, shots_from, test, downstream.num_classes))
     if eval_cfg.fewshot_pretraining and len(splits.test):
+        _single_label(splits.train, "eval.fewshot_pretraining")
         tasks.append(FewshotTask(None, splits.train.without_augmentation(), splits.test, splits.num_classes))
     return tasks
 

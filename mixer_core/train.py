@@ -11,8 +11,8 @@ every worker to report), with metric names from `mixer_core.metrics`:
   params, gmacs`; `checkpoint_dir` is None.
 - an *evaluation report* every `train.eval_every_epochs` epochs (or `train.eval_every_steps` steps), and
   always after the last step, carries the training metrics plus `val_top1`, `val_loss` (when the validation
-  split is not empty) and `test_top1` (when the test split is not empty). When a step is due for both, only the evaluation report is made.
-  `metrics.is_eval_report` tells the two kinds apart.
+  split is not empty) and `test_top1` (when the test split is not empty). When a step is due for both, only
+  the evaluation report is made. `metrics.is_eval_report` tells the two kinds apart.
 - the *final report* (the evaluation report after the last step) adds few-shot linear top-1 for every k in
   `eval.fewshot_shots`: `fewshot_<label>_{k}shot_top1` per downstream dataset of `eval.fewshot_datasets`, and
   `fewshot_{k}shot_top1` on the pre-training data's own splits when `eval.fewshot_pretraining`. `train`

@@ -124,7 +124,8 @@ def to_model_input(
 
 
 class ImageDataset(Dataset):
-    """The examples at `positions` of a source split, yielding (float32 (C, S, S) in [-1, 1], int label)."""
+    """The examples at `positions` of a source split, yielding (float32 (C, S, S) in [-1, 1], int label), or
+    (image, padded class list) for multi-label sources."""
 
     def __init__(
         self,
@@ -170,9 +171,9 @@ class ImageDataset(Dataset):
         resize = None if cropped else self.eval_resize
         return to_model_input(images, self.image_size, self.permutation, resize), self.examples.labels[positions]
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
         images, labels = self.batch(indices)
-        return list(zip(images.unbind(0), labels.tolist()))
+        return list(zip(images.unbind(0), labels.unbind(0) if labels.dim() == 2 else labels.tolist()))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.__getitems__([index])[0]
