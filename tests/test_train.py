@@ -110,6 +110,18 @@ def test_downstream_shots_do_not_depend_on_the_pretraining_fraction():
     assert not torch.equal(small[None], full[None])  # the pre-training set's own shots come from the subset
 
 
+def test_grey_downstream_images_feed_a_colour_model_on_every_channel():
+    from mixer_core.data import build_splits
+    from mixer_core.evaluate import fewshot_tasks
+
+    config = parse_config(digits_config(data={"name": "synthetic", "image_size": 8, "synthetic_examples": 200},
+                                        eval={"fewshot_datasets": [{"name": "digits"}], "fewshot_pretraining": False}))
+    (task,) = fewshot_tasks(config.eval, config.data, build_splits(config.data))
+    image, _ = task.test[0]
+    assert task.label == "digits" and image.shape == (3, 8, 8)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
 def test_a_downstream_dataset_the_model_cannot_read_is_named():
     from mixer_core.data import build_splits
     from mixer_core.evaluate import fewshot_tasks
