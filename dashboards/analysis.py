@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,13 +18,40 @@ from dashboards.figures import (
     token_mixing_figure,
 )
 from dashboards.runs import SweepRuns, Trial, metric_histories
-from mixer_core.metrics import IMAGES_PER_SEC, TEST_TOP1, TRAIN_FLOPS, TRAIN_SIZE, VAL_TOP1, fewshot_top1
+from mixer_core.metrics import (
+    BEST_PREFIX,
+    IMAGES_PER_SEC,
+    TEST_TOP1,
+    TRAIN_FLOPS,
+    TRAIN_SIZE,
+    VAL_TOP1,
+    best,
+    fewshot_top1,
+)
 from dashboards.scaling import ScalingFit, best_points, fit_series
 
 TOP1_METRICS = (TEST_TOP1, VAL_TOP1)  # the first one any trial logged is the report's accuracy
-FEWSHOT_METRIC = fewshot_top1(5)  # the paper's headline few-shot number (Figures 2-right, 3)
-CURVE_METRIC = VAL_TOP1  # training curves of the permutation study
-METRIC_LABELS = {TEST_TOP1: "test top-1", VAL_TOP1: "validation top-1", FEWSHOT_METRIC: "5-shot linear top-1"}
+FEWSHOT_SHOTS = 5  # the paper's headline few-shot number (Figures 2-right, 3)
+# `fewshot_5shot_top1` (the pre-training data's own splits) or `fewshot_<label>_5shot_top1` (downstream)
+_FEWSHOT_NAME = re.compile(rf"^fewshot_(?:(?P<label>.+)_)?{FEWSHOT_SHOTS}shot_top1$")
+_TOP1_LABELS = {TEST_TOP1: "test top-1", VAL_TOP1: "validation top-1"}
+BEST_NOTE = ("accuracies are the best/ metrics: each trial's test top-1 and few-shot accuracy measured at its "
+             "evaluation with the best upstream validation top-1 (the paper's selection), not at the final step; "
+             "pass --metric to analyse another metric (e.g. test_top1 for the final step)")
+
+
+def metric_label(name: str) -> str:
+    """A readable label for an accuracy metric (`best/fewshot_digits_5shot_top1` → `digits 5-shot linear top-1
+    (best val)`); other names are returned as they are."""
+    base = name.removeprefix(BEST_PREFIX)
+    fewshot = _FEWSHOT_NAME.match(base)
+    if fewshot:
+        label = f"{fewshot['label'] + ' ' if fewshot['label'] else ''}{FEWSHOT_SHOTS}-shot linear top-1"
+    elif base in _TOP1_LABELS:
+        label = _TOP1_LABELS[base]
+    else:
+        return name
+    return f"{label} (best val)" if name.startswith(BEST_PREFIX) else label
 
 
 @dataclass(frozen=True)
@@ -47,17 +75,33 @@ class SweepAnalysis:
     weights_trial: str | None = None
 
 
+def _file_name(metric: str) -> str:
+    """`metric` as part of a figure's file name: `best/test_top1` → `best_test_top1`, `data.fraction` →
+    `data_fraction`."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", metric)
+
+
 def accuracy_metrics(trials: list[Trial], requested: str | None = None) -> list[str]:
-    """The metrics to analyse: `requested`, else the first top-1 metric any trial logged plus the 5-shot
-    accuracy when present. Raises ValueError when no trial logged any of them."""
+    """The metrics to analyse: `requested`, else the first top-1 metric any trial logged plus every 5-shot
+    accuracy (downstream datasets first), each as its `best/` version (measured at the best upstream
+    validation) when logged. Raises ValueError when no trial logged any of them."""
     def logged(name: str) -> bool:
         return any(t.metric(name) is not None for t in trials)
 
-    top1 = next((name for name in TOP1_METRICS if logged(name)), None)
-    candidates = [requested] if requested else [name for name in (top1, FEWSHOT_METRIC) if name]
-    found = [name for name in candidates if logged(name)]
+    def preferred(name: str) -> str:
+        return best(name) if logged(best(name)) else name
+
+    if requested:
+        if not logged(requested):
+            raise ValueError(f"no finished trial of this sweep logged {requested}")
+        return [requested]
+    top1 = next((preferred(name) for name in TOP1_METRICS if logged(name) or logged(best(name))), None)
+    names = {name.removeprefix(BEST_PREFIX) for t in trials for name in t.metrics}
+    own = fewshot_top1(FEWSHOT_SHOTS)
+    fewshot = sorted((name for name in names if _FEWSHOT_NAME.match(name)), key=lambda name: (name == own, name))
+    found = [name for name in (top1, *(preferred(name) for name in fewshot)) if name]
     if not found:
-        wanted = requested or " or ".join((*TOP1_METRICS, FEWSHOT_METRIC))
+        wanted = " or ".join((*TOP1_METRICS, fewshot_top1(FEWSHOT_SHOTS), fewshot_top1(FEWSHOT_SHOTS, "<label>")))
         raise ValueError(f"no finished trial of this sweep logged {wanted}")
     return found
 
@@ -85,7 +129,7 @@ def _scaling(
     trials: list[Trial], metric: str, axis: ScalingAxis, styles: dict[str, dict], n_bootstrap: int,
     analysis: SweepAnalysis,
 ) -> None:
-    label = METRIC_LABELS.get(metric, metric)
+    label = metric_label(metric)
     points = best_points(
         (t.series, axis.value(t), t.metric(metric)) for t in trials if axis.value(t) and t.metric(metric) is not None
     )
@@ -97,7 +141,7 @@ def _scaling(
     analysis.notes += refusals
     analysis.figures.append(
         ReportFigure(
-            name=f"scaling_{metric}_vs_{axis.name.replace('.', '_')}",
+            name=f"scaling_{_file_name(metric)}_vs_{_file_name(axis.name)}",
             title=f"{label} vs {axis.label}",
             caption=f"Best trial per model and {axis.label} (points); lines are the fitted error law "
             f"E = a·x^(−b) + c drawn as 1 − E, shaded by its bootstrap 95% interval (paper Figures 2-right, 3).",
@@ -114,10 +158,10 @@ def _cost(trials: list[Trial], metric: str, styles: dict[str, dict], analysis: S
     if not points:
         analysis.notes.append(f"no trial logged {TRAIN_FLOPS} or {IMAGES_PER_SEC}; no cost figure")
         return
-    label = METRIC_LABELS.get(metric, metric)
+    label = metric_label(metric)
     analysis.figures.append(
         ReportFigure(
-            name=f"cost_{metric}",
+            name=f"cost_{_file_name(metric)}",
             title=f"{label} vs training compute and throughput",
             caption="Every finished trial; the dashed line is the Pareto frontier (paper Figure 2-left).",
             png=png_bytes(cost_figure(dict(points), styles, y_label=label)),
@@ -125,29 +169,39 @@ def _cost(trials: list[Trial], metric: str, styles: dict[str, dict], analysis: S
     )
 
 
+def curve_metric(metrics: list[str]) -> str:
+    """The metric drawn as permutation-study curves: the first analysed 5-shot accuracy, as logged at every
+    evaluation (not its `best/` version), else validation top-1."""
+    fewshot = [name for name in (metric.removeprefix(BEST_PREFIX) for metric in metrics) if _FEWSHOT_NAME.match(name)]
+    return fewshot[0] if fewshot else VAL_TOP1
+
+
 def _permutation(sweep: SweepRuns, trials: list[Trial], analysis: SweepAnalysis) -> None:
-    histories = metric_histories(sweep, CURVE_METRIC)
+    metric = curve_metric(analysis.metrics)
+    histories = metric_histories(sweep, metric)
     # Per model and permutation, the curve of the trial that saw the most data (the paper uses full JFT).
     chosen: dict[tuple[str, str], Trial] = {}
     for t in trials:
-        if t.run_id in histories:
+        if len(histories.get(t.run_id, ())) > 1:
             key = (t.model, t.permutation)
             if key not in chosen or (t.data_fraction or 0) > (chosen[key].data_fraction or 0):
                 chosen[key] = t
     if not chosen:
-        analysis.notes.append(f"permutation study: no trial logged a {CURVE_METRIC} history; no figure")
+        analysis.notes.append(f"permutation study: no trial logged a {metric} curve (set "
+                              "eval.fewshot_every_evaluation for few-shot curves); no figure")
         return
     curves: dict[str, dict[str, list]] = defaultdict(dict)
     for (model, permutation), t in chosen.items():
         curves[model][permutation] = histories[t.run_id]
+    label = metric_label(metric)
     analysis.figures.append(
         ReportFigure(
             name="permutation_study",
             title="Input permutation study",
-            caption="Validation top-1 during training with the input's patches, the pixels within patches, "
-            "or all pixels permuted by one fixed permutation (paper Figure 4). A model with no spatial prior "
-            "draws the same curve under every permutation.",
-            png=png_bytes(permutation_figure(dict(curves), x_label="training step", y_label="validation top-1")),
+            caption=f"{label} during training on original inputs, with patch order and the pixels within patches "
+            "shuffled together, or with all pixels shuffled globally, each by one fixed permutation (paper "
+            "Figure 4). A model with no spatial prior draws the same curve under every permutation.",
+            png=png_bytes(permutation_figure(dict(curves), x_label="training step", y_label=label)),
         )
     )
 
@@ -185,7 +239,8 @@ def _weights(trials: list[Trial], metric: str, trial_id: str | None, analysis: S
             name="token_mixing",
             title=f"Token-mixing units of {source}",
             caption="Hidden units of the first token-mixing MLPs: each tile is one unit's weights over the "
-            "patch grid, scaled to its largest magnitude (paper Figures 5 and 6).",
+            "patch grid, scaled to its largest magnitude, sorted by spatial frequency (low first) and each "
+            "followed by its inverse-phase partner (paper Figures 5 and 6).",
             png=png_bytes(token_mixing_figure(model)),
         ),
     ]
@@ -203,6 +258,8 @@ def analyse_sweep(
     Only FINISHED trials enter fits and figures; anything left out is explained in `notes`."""
     finished = [t for t in sweep.trials if t.status == "FINISHED"]
     analysis = SweepAnalysis(metrics=accuracy_metrics(finished, metric))
+    if any(name.startswith(BEST_PREFIX) for name in analysis.metrics):
+        analysis.notes.append(BEST_NOTE)
     if len(finished) < len(sweep.trials):
         left_out = ", ".join(f"{t.trial_id} ({t.status})" for t in sweep.trials if t.status != "FINISHED")
         analysis.notes.append(f"{len(sweep.trials) - len(finished)} trial(s) not finished, left out: {left_out}")

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--mlflow-url", default="http://127.0.0.1:5000",
                         help="MLflow UI base URL for the report's run links (default: %(default)s)")
-    parser.add_argument("--metric", help="accuracy metric to analyse (default: test_top1 or val_top1, "
-                                         "plus fewshot_5shot_top1 when logged)")
+    parser.add_argument("--metric", help="accuracy metric to analyse (default: test_top1 or val_top1 plus every "
+                                         "5-shot accuracy logged, each as its best/ version, measured at the "
+                                         "best upstream validation, when logged)")
     parser.add_argument("--bootstrap", type=int, default=300, metavar="N",
                         help="bootstrap resamples per fit (default: %(default)s)")
     parser.add_argument("--weights-trial", metavar="TRIAL_ID",

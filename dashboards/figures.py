@@ -190,6 +190,34 @@ def _symmetric_unit_scale(weights: np.ndarray) -> np.ndarray:
     return weights / np.maximum(peak, 1e-12).reshape(-1, *([1] * (weights.ndim - 1)))
 
 
+def spatial_frequency(tiles: np.ndarray) -> np.ndarray:
+    """Per (g, g) tile, the power-weighted mean spatial frequency of its 2-D spectrum (the DC term left out),
+    in cycles per grid: 0 for a flat tile, higher for finer patterns."""
+    spectrum = np.abs(np.fft.fft2(tiles)) ** 2
+    frequencies = np.fft.fftfreq(tiles.shape[-1]) * tiles.shape[-1]
+    radius = np.hypot(*np.meshgrid(frequencies, np.fft.fftfreq(tiles.shape[-2]) * tiles.shape[-2]))
+    spectrum[:, 0, 0] = 0.0
+    return (spectrum * radius).sum(axis=(1, 2)) / np.maximum(spectrum.sum(axis=(1, 2)), 1e-12)
+
+
+def paired_frequency_order(tiles: np.ndarray) -> np.ndarray:
+    """Unit indices ordered as the paper's Figures 5-6: by spatial frequency, low first, each unit followed by
+    its inverse-phase partner (the remaining unit whose weights correlate most negatively with it)."""
+    flat = tiles.reshape(len(tiles), -1)
+    centred = flat - flat.mean(axis=1, keepdims=True)
+    unit = centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    correlation = unit @ unit.T
+    order, left = [], list(np.argsort(spatial_frequency(tiles), kind="stable"))
+    while left:
+        first = left.pop(0)
+        order.append(first)
+        if left:
+            partner = min(left, key=lambda other: correlation[first, other])
+            left.remove(partner)
+            order.append(partner)
+    return np.array(order, dtype=int)
+
+
 def stem_filters_figure(model: MlpMixer, max_filters: int = 128) -> Figure:
     """The per-patch linear embedding's filters as P×P tiles (the paper's Figure 7): colour images for RGB
     input (each filter stretched to [0, 1]), a diverging map for single-channel input."""
@@ -215,7 +243,8 @@ def stem_filters_figure(model: MlpMixer, max_filters: int = 128) -> Figure:
 
 def token_mixing_figure(model: MlpMixer, blocks: int = 3, max_units: int = 64) -> Figure:
     """Hidden units of the first `blocks` token-mixing MLPs, each unit's weights over the tokens drawn on the
-    patch grid (the paper's Figures 5 and 6). Blue and red are negative and positive weights."""
+    patch grid, sorted by spatial frequency and paired with their inverse-phase partners (the paper's Figures 5
+    and 6). Blue and red are negative and positive weights."""
     shown = model.blocks[:blocks]
     grid = model.grid_size
     with matplotlib.rc_context(STYLE):
@@ -223,6 +252,7 @@ def token_mixing_figure(model: MlpMixer, blocks: int = 3, max_units: int = 64) -
         for index, (axes, block) in enumerate(zip(panels, shown)):
             weights = block.mlp_tokens.fc1.weight.detach().float()[:max_units].numpy()  # (units, tokens)
             tiles = _symmetric_unit_scale(weights.reshape(-1, grid, grid))
+            tiles = tiles[paired_frequency_order(tiles)]
             columns = math.ceil(math.sqrt(len(tiles)))
             image = axes.imshow(_mosaic(tiles, columns), cmap=_DIVERGING, vmin=-1, vmax=1, interpolation="nearest")
             axes.set_axis_off()

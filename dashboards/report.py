@@ -13,7 +13,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from dashboards.analysis import METRIC_LABELS, ReportFigure, SweepAnalysis
+from dashboards.analysis import ReportFigure, SweepAnalysis, metric_label
 from dashboards.runs import SweepRuns, trial_rows
 from dashboards.scaling import PARAMETER_NAMES, ScalingFit
 from mixer_core.metrics import IMAGES_PER_SEC, TRAIN_FLOPS, TRAIN_SIZE, WALL_SECONDS
@@ -97,10 +97,10 @@ def _cell(value: Any, text: str | None = None, link: str | None = None, css: str
 
 def _trial_table(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> str:
     metric_columns = [*analysis.metrics, TRAIN_SIZE, TRAIN_FLOPS, IMAGES_PER_SEC, WALL_SECONDS]
-    short_labels = {**METRIC_LABELS, TRAIN_SIZE: "train size", TRAIN_FLOPS: "train FLOPs",
+    short_labels = {TRAIN_SIZE: "train size", TRAIN_FLOPS: "train FLOPs",
                     IMAGES_PER_SEC: "img/s", WALL_SECONDS: "wall s"}
     header = ["trial", "model", "permutation", "fraction", "params", "GMACs", "status",
-              *[short_labels.get(name, name) for name in metric_columns]]
+              *[short_labels.get(name) or metric_label(name) for name in metric_columns]]
     rows = []
     for trial in sweep.trials:
         cells = [
@@ -114,7 +114,7 @@ def _trial_table(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> 
         ]
         for name in metric_columns:
             value = trial.metric(name)
-            cells.append(_cell(value, text=_percent(value) if name in METRIC_LABELS else None))
+            cells.append(_cell(value, text=_percent(value) if name in analysis.metrics else None))
         rows.append(f"<tr>{''.join(cells)}</tr>")
     text_columns = ("trial", "model", "permutation", "status")
     head = "".join(f'<th class="text">{h}</th>' if h in text_columns else f"<th>{escape(h)}</th>" for h in header)
@@ -133,7 +133,7 @@ _FIT_COLUMNS = ("series", "metric", "x", "points", "a", "b (exponent)", "c (erro
 
 
 def _fit_row(fit: ScalingFit) -> str:
-    text = (fit.series, METRIC_LABELS.get(fit.metric, fit.metric), fit.x_name)
+    text = (fit.series, metric_label(fit.metric), fit.x_name)
     cells = [f'<td class="text">{escape(value)}</td>' for value in text]
     cells += [f"<td>{fit.n_points}</td>", *(f"<td>{_format_parameter(fit, name)}</td>" for name in PARAMETER_NAMES)]
     cells += [f"<td>{_percent(1 - fit.parameters['c'])}</td>", f"<td>{len(fit.bootstrap_draws)}</td>"]

@@ -5,6 +5,10 @@ device-synchronised timings. With a timm twin the two models alternate step by s
 changes during the run slows both alike and the ratio stays meaningful. Achieved FLOP/s is set against a
 measured square-matmul peak of the same device and dtype: the practical ceiling for a network that is
 almost only matmuls.
+
+Throughput is reported per device (`img_per_sec`) and per core (`img_per_sec_per_core`), the paper's Table 2
+unit (img/sec/core, on TPU-v3 cores, at the best batch size: pass the batch size to compare at). A CPU's cores
+are the threads torch computes with; an accelerator counts as one core.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ class BenchSettings:
     compile_timm: bool = True  # False: timm runs eager even with `compile` (the issue's GPU comparison)
     warmup: int = 2
     repeats: int = 5
+
+
+def compute_cores(device: torch.device) -> int:
+    """The cores one device computes with: torch's intra-op threads on a CPU, 1 for an accelerator."""
+    return torch.get_num_threads() if device.type == "cpu" else 1
 
 
 def synchronize(device: torch.device) -> None:
@@ -131,6 +140,7 @@ def bench_variant(
     timings = time_interleaved(steps, settings.warmup, settings.repeats, device)
 
     macs_per_image = {"inference": 1, "train": TRAIN_MACS_PER_FORWARD_MAC}[mode]
+    cores = compute_cores(device)
     rows = []
     for name, seconds in timings.items():
         median = statistics.median(seconds)
@@ -141,6 +151,7 @@ def bench_variant(
                 "mode": mode,
                 "model": name,
                 "img_per_sec": settings.batch_size / median,
+                "img_per_sec_per_core": settings.batch_size / median / cores,
                 "ms_per_batch": 1e3 * median,
                 "tflops": flops / 1e12,
                 "peak_fraction": flops / peak_flops,

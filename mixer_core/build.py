@@ -40,6 +40,8 @@ def build_model(
         pretrained_cfg = timm.models.get_pretrained_cfg(cfg.timm_model)
         if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
             kwargs["img_size"] = (height, width)
+            if cfg.timm_patch_size:
+                kwargs["patch_size"] = cfg.timm_patch_size
         return timm.create_model(cfg.timm_model, pretrained=False, **kwargs)
     if height != width:
         raise ValueError(f"a Mixer needs square images; data gives {height}x{width} (set data.image_size)")

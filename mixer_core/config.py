@@ -34,7 +34,9 @@ DATASET_NAMES = (
     "parquet",
     "synthetic",
 )
-PERMUTATIONS = ("none", "patches", "pixels_within_patches", "pixels")
+# Section 3.4 compares "patches_and_pixels_within_patches" (patch order and in-patch pixels) against "pixels" (global)
+PERMUTATIONS = ("none", "patches", "pixels_within_patches", "patches_and_pixels_within_patches", "pixels")
+RANDAUGMENT_MAX_MAGNITUDE = 20  # the paper's Appendix B searches RandAugment magnitudes up to 20
 SOURCES_WITHOUT_PATH = ("digits", "synthetic")  # every other source reads its files from data.path
 ModelT = typing.TypeVar("ModelT", bound=BaseModel)
 
@@ -48,6 +50,7 @@ class ModelConfig(_Section):
 
     variant: str = "Ti/4"
     timm_model: str | None = None  # a timm model name trained instead of a Mixer (baselines, issue 6)
+    timm_patch_size: int | None = Field(None, gt=0)  # a timm ViT's patch size at CPU scale (e.g. 7 for 28 px)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     stoch_depth: float = Field(0.0, ge=0.0, lt=1.0)
     gelu_approximate: Literal["none", "tanh"] = "none"
@@ -66,7 +69,7 @@ class AugmentConfig(_Section):
 
     inception_crop: bool = False
     flip: bool = False
-    randaugment_magnitude: int = Field(0, ge=0, le=30)  # 0 switches RandAugment off
+    randaugment_magnitude: int = Field(0, ge=0, le=RANDAUGMENT_MAX_MAGNITUDE)  # 0 switches RandAugment off
     randaugment_layers: int = Field(2, ge=1)
     mixup: float = Field(0.0, ge=0.0)  # mixup alpha; 0 switches mixup off
 
@@ -78,6 +81,9 @@ class DataConfig(_Section):
     path: str | None = None  # root folder, IDX folder, image folder, or Parquet glob/URL
     download: bool = False  # torchvision sources only
     image_size: int | None = Field(None, gt=0)  # resize to this square size; None keeps the native size
+    # Un-augmented images (evaluation, few-shot, training without Inception crop): resize the shorter side to this,
+    # then centre-crop image_size (big_vision: resize_small(256) | central_crop(224)); None squashes instead.
+    eval_resize: int | None = Field(None, gt=0)
     fraction: float = Field(1.0, gt=0.0, le=1.0)  # nested subset of the training split (JFT subset study)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # "upstream validation" carved from training data
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # for sources without a test split of their own
@@ -95,6 +101,13 @@ class DataConfig(_Section):
     def _path_for_sources_that_read_files(self) -> DataConfig:
         if self.path is None and self.name not in SOURCES_WITHOUT_PATH:
             raise ValueError(f"name {self.name} reads its files from path; set data.path (a folder, glob or URL)")
+        return self
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> DataConfig:
+        if self.eval_resize is not None and self.image_size is not None and self.eval_resize < self.image_size:
+            raise ValueError(f"eval_resize {self.eval_resize} is smaller than image_size {self.image_size}: "
+                             "the centre crop would not fit")
         return self
 
 
@@ -116,6 +129,7 @@ class TrainConfig(_Section):
     bf16: bool = True  # autocast on CUDA; ignored on CPU
     compile: bool = False
     eval_every_epochs: float = Field(1.0, gt=0.0)
+    eval_every_steps: int | None = Field(None, gt=0)  # replaces eval_every_epochs: equal-step budgets evaluate alike
     log_every_steps: int = Field(50, gt=0)
     checkpoint_every_epochs: float | None = Field(1.0, gt=0.0)
     init_from: str | None = None  # our checkpoint or a timm Mixer state dict (fine-tuning)
@@ -129,12 +143,29 @@ class TrainConfig(_Section):
         return self
 
 
+class FewshotDatasetConfig(DataConfig):
+    """A downstream dataset for few-shot linear evaluation (the paper's 5-shot transfer): a data config whose
+    metrics carry `label` (default: its name). `image_size` defaults to the pre-training images' size."""
+
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @property
+    def metric_label(self) -> str:
+        """The name its metrics carry: `fewshot_<label>_<k>shot_top1`."""
+        return self.label or self.name
+
+
 class EvalConfig(_Section):
-    """Evaluations run after training: top-1 always, few-shot linear when `fewshot_shots` is not empty."""
+    """Evaluations: top-1 at every evaluation; few-shot linear, when `fewshot_shots` is not empty, on every
+    downstream dataset of `fewshot_datasets` and (when `fewshot_pretraining`) on the pre-training data's own
+    splits, at the end and whenever upstream validation top-1 improves (the `best/` metrics)."""
 
     fewshot_shots: list[int] = [1, 5, 10, 25]
     fewshot_seeds: int = Field(3, gt=0)
     fewshot_l2: float = Field(1024.0, ge=0.0)
+    fewshot_datasets: list[FewshotDatasetConfig] = []
+    fewshot_pretraining: bool = True  # shots from the pre-training subset itself; the study specs turn it off
+    fewshot_every_evaluation: bool = False  # few-shot curves (the permutation study's Figure 4), not just the end
 
     @field_validator("fewshot_shots")
     @classmethod
@@ -142,6 +173,20 @@ class EvalConfig(_Section):
         if any(s <= 0 for s in shots):
             raise ValueError(f"shots must be positive, got {shots}")
         return shots
+
+    @field_validator("fewshot_datasets")
+    @classmethod
+    def _distinct_labels(cls, datasets: list[FewshotDatasetConfig]) -> list[FewshotDatasetConfig]:
+        labels = [dataset.metric_label for dataset in datasets]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"labels must differ (they name the metrics); {', '.join(repeated)} repeated: set `label`")
+        return datasets
+
+    @property
+    def fewshot_labels(self) -> list[str]:
+        """The downstream labels the few-shot metrics carry, in config order."""
+        return [dataset.metric_label for dataset in self.fewshot_datasets]
 
 
 class RunConfig(_Section):

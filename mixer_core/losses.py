@@ -7,9 +7,14 @@ import torch.nn.functional as F
 
 
 def soft_targets(targets: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Dense (B, num_classes) float targets from integer labels or already-soft (mixup) targets, smoothed."""
+    """Dense (B, num_classes) float targets, smoothed, from integer labels (B,), multi-label class lists (B, L)
+    padded with negative numbers (multi-hot), or already-soft (mixup) float targets."""
     if targets.dim() == 1:
         targets = F.one_hot(targets, num_classes).float()
+    elif not targets.is_floating_point():  # class lists: the padding lands in an extra column, then dropped
+        padded = targets.where(targets >= 0, num_classes)
+        targets = torch.zeros(len(targets), num_classes + 1, device=targets.device).scatter_(1, padded, 1.0)
+        targets = targets[:, :num_classes]
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
     return targets

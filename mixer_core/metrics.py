@@ -34,14 +34,29 @@ TRAIN_METRICS = (STEP, TOTAL_STEPS, EPOCH, EXAMPLES_SEEN, TRAIN_SIZE, TRAIN_LOSS
 EVAL_METRICS = (VAL_TOP1, VAL_LOSS, TEST_TOP1)
 
 
-def fewshot_top1(shots: int) -> str:
-    """The few-shot linear top-1 metric for `shots` examples per class, e.g. `fewshot_5shot_top1`."""
-    return f"fewshot_{shots}shot_top1"
+BEST_PREFIX = "best/"  # a headline metric at the evaluation with the best upstream validation top-1
+BEST_STEP = BEST_PREFIX + STEP
+BEST_VAL_TOP1 = BEST_PREFIX + VAL_TOP1
+BEST_TEST_TOP1 = BEST_PREFIX + TEST_TOP1
 
 
-def all_metric_names(fewshot_shots: list[int] | tuple[int, ...] = ()) -> list[str]:
-    """Every metric name a run with these few-shot shots can report, in reporting order."""
-    return [*TRAIN_METRICS, *EVAL_METRICS, *(fewshot_top1(k) for k in fewshot_shots)]
+def best(name: str) -> str:
+    """The metric `name` measured at the evaluation with the best `val_top1`, e.g. `best/test_top1`."""
+    return BEST_PREFIX + name
+
+
+def fewshot_top1(shots: int, dataset: str | None = None) -> str:
+    """The few-shot linear top-1 metric for `shots` examples per class: on the downstream dataset labelled
+    `dataset` (`fewshot_digits_5shot_top1`), or on the pre-training data's own splits (`fewshot_5shot_top1`)."""
+    return f"fewshot_{shots}shot_top1" if dataset is None else f"fewshot_{dataset}_{shots}shot_top1"
+
+
+def all_metric_names(fewshot_shots: list[int] | tuple[int, ...] = (), fewshot_labels: list[str] | tuple = ()
+                     ) -> list[str]:
+    """Every metric name a run with these few-shot shots and downstream labels can report, in reporting order."""
+    fewshot = [fewshot_top1(k, label) for label in (None, *fewshot_labels) for k in fewshot_shots]
+    headline = [STEP, VAL_TOP1, TEST_TOP1, *fewshot]
+    return [*TRAIN_METRICS, *EVAL_METRICS, *fewshot, *(best(name) for name in headline)]
 
 
 def stopped_early(metrics: dict[str, float]) -> bool:

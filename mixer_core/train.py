@@ -9,12 +9,19 @@ every worker to report), with metric names from `mixer_core.metrics`:
 - a *progress report* every `train.log_every_steps` optimizer steps carries the training metrics
   `step, total_steps, epoch, examples_seen, train_size, train_loss, lr, images_per_sec, train_flops, wall_seconds,
   params, gmacs`; `checkpoint_dir` is None.
-- an *evaluation report* every `train.eval_every_epochs` epochs, and always after the last step, carries the
-  training metrics plus `val_top1`, `val_loss` (when the validation split is not empty) and `test_top1`
-  (when the test split is not empty). When a step is due for both, only the evaluation report is made.
-  `metrics.is_eval_report` tells the two kinds apart.
-- the *final report* (the evaluation report after the last step) adds `fewshot_{k}shot_top1` for every k in
-  `eval.fewshot_shots`. `train` returns its metrics.
+- an *evaluation report* every `train.eval_every_epochs` epochs (or `train.eval_every_steps` steps), and
+  always after the last step, carries the training metrics plus `val_top1`, `val_loss` (when the validation
+  split is not empty) and `test_top1` (when the test split is not empty). When a step is due for both, only
+  the evaluation report is made. `metrics.is_eval_report` tells the two kinds apart.
+- the *final report* (the evaluation report after the last step) adds few-shot linear top-1 for every k in
+  `eval.fewshot_shots`: `fewshot_<label>_{k}shot_top1` per downstream dataset of `eval.fewshot_datasets`, and
+  `fewshot_{k}shot_top1` on the pre-training data's own splits when `eval.fewshot_pretraining`. `train`
+  returns its metrics. With `eval.fewshot_every_evaluation` every evaluation report carries them (curves).
+- upstream-validation selection: with a validation split, every evaluation report also carries the headline
+  metrics measured at the evaluation with the best `val_top1` so far (ties keep the earlier one): `best/step`,
+  `best/val_top1`, `best/test_top1` and `best/fewshot_…`. The few-shot evaluations run whenever `val_top1`
+  improves (and at the end), so `best/` is measured, never recomputed from a stored model; the best record
+  travels in checkpoints, so a resumed run keeps it.
 
 `train_loss` and `images_per_sec` cover the steps since the previous report; `images_per_sec` counts all ranks
 and excludes evaluation and checkpointing time. `train_flops` = 3 × 2 × forward MACs × examples seen.
@@ -46,7 +53,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +78,7 @@ from mixer_core.checkpoint import (
 from mixer_core.config import RunConfig
 from mixer_core.data import build_mixup, build_splits, make_loader
 from mixer_core.device import autocast, resolve_device
-from mixer_core.evaluate import evaluate_fewshot, evaluate_top1
+from mixer_core.evaluate import evaluate_fewshot_tasks, evaluate_top1, fewshot_tasks
 from mixer_core.flops import training_flops
 from mixer_core.losses import classification_loss
 from mixer_core.model import count_parameters
@@ -96,6 +103,7 @@ class Position:
     examples_seen: int = 0
     wall_seconds: float = 0.0
     last_checkpoint_step: int = 0
+    best: dict[str, float] = field(default_factory=dict)  # `best/…` metrics at the best val_top1 so far
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -163,11 +171,12 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"the training split of {data_cfg.name} is empty after data.fraction={data_cfg.fraction}")
     num_steps = total_steps(train_cfg, steps_per_epoch, data_cfg.batch_size)
-    eval_interval = _every(train_cfg.eval_every_epochs, steps_per_epoch)
+    eval_interval = train_cfg.eval_every_steps or _every(train_cfg.eval_every_epochs, steps_per_epoch)
     checkpoint_interval = _every(train_cfg.checkpoint_every_epochs, steps_per_epoch)
     optimizer = build_optimizer(model, train_cfg)
     schedule = build_schedule(optimizer, train_cfg, num_steps)
     mixup = build_mixup(data_cfg, splits.num_classes)
+    fewshot = fewshot_tasks(config.eval, data_cfg, splits)
 
     macs = forward_macs(model, splits.image_shape)
     constants = {m.TRAIN_SIZE: float(splits.train_size), m.TOTAL_STEPS: float(num_steps),
@@ -245,13 +254,15 @@ def train(
                                                                        **evaluate)
             if len(splits.test):
                 report[m.TEST_TOP1], _ = evaluate_top1(model, splits.test, loss_kind=train_cfg.loss, **evaluate)
-            if final and config.eval.fewshot_shots and len(splits.test):
-                fewshot_train = splits.train.without_augmentation()  # mixup acts on batches, not here
-                fewshot = evaluate_fewshot(model, fewshot_train, splits.test, splits.num_classes,
-                                           shots=config.eval.fewshot_shots, seeds=config.eval.fewshot_seeds,
-                                           l2=config.eval.fewshot_l2, **evaluate)
-                report.update({m.fewshot_top1(k): accuracy for k, accuracy in fewshot.items()})
-        return report
+            improved = report.get(m.VAL_TOP1, -1.0) > position.best.get(m.BEST_VAL_TOP1, -1.0)
+            every = final or config.eval.fewshot_every_evaluation
+            headline = evaluate_fewshot_tasks(model, fewshot, config.eval, **evaluate) if every or improved else {}
+        if every:
+            report.update(headline)
+        if improved:
+            headline.update({name: report[name] for name in (m.VAL_TOP1, m.TEST_TOP1) if name in report})
+            position.best = {m.best(name): value for name, value in {m.STEP: float(position.step), **headline}.items()}
+        return {**report, **position.best}
 
     def report(evaluate: bool, interval_started: float) -> dict[str, float]:
         if device.type == "cuda":

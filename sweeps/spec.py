@@ -360,7 +360,7 @@ def _searcher_problems(spec: SweepSpec) -> list[tuple[str, str]]:
 
 
 def _metric_problems(spec: SweepSpec) -> list[tuple[str, str]]:
-    known = metrics.all_metric_names(spec.base.eval.fewshot_shots)
+    known = metrics.all_metric_names(spec.base.eval.fewshot_shots, spec.base.eval.fewshot_labels)
     problems = []
     for i, objective in enumerate(spec.objective):
         if objective.metric not in known:

@@ -44,9 +44,12 @@ def record_sweep(
     checkpoint: Path | None = None,
     failed_trials: int = 0,
     seed: int = 0,
+    downstream: str | None = None,
 ) -> str:
     """Record a finished sweep: one trial per model × fraction × permutation whose final test accuracy is
-    1 − TRUE_LAWS[model](train_size) plus noise, and `failed_trials` extra FAILED trials. Returns the parent id."""
+    1 − TRUE_LAWS[model](train_size) plus noise, and `failed_trials` extra FAILED trials. Returns the parent id.
+    With `downstream` (a few-shot label) trials also log that dataset's 5-shot curve and the `best/` metrics, as
+    `train` does with `eval.fewshot_datasets` and `eval.fewshot_every_evaluation`."""
     rng = np.random.default_rng(seed)
     models = models or {name: FRACTIONS for name in TRUE_LAWS}
     found = client.get_experiment_by_name(experiment)
@@ -89,6 +92,12 @@ def record_sweep(
                          "images_per_sec": (900.0 if is_mixer else 400.0) * (1 + rng.normal(0, 0.05)),
                          "fewshot_5shot_top1": accuracy - 0.2 + rng.normal(0, 0.01), "wall_seconds": examples / 800}
                 curve = [Metric("val_top1", float(accuracy * (1 - 0.5 ** (e + 1))), now, e * 10) for e in range(epochs)]
+                if downstream:
+                    transfer = f"fewshot_{downstream}_5shot_top1"
+                    curve += [Metric(transfer, float(accuracy * (0.8 - 0.5 ** (e + 1))), now, e * 10)
+                              for e in range(epochs)]
+                    final |= {"best/step": (epochs - 1) * 10.0, "best/test_top1": accuracy + 0.01,
+                              f"best/{transfer}": accuracy * 0.8}
                 client.log_batch(
                     run.info.run_id,
                     metrics=[*curve, *(Metric(k, float(v), now, epochs * 10) for k, v in final.items())],
@@ -117,7 +126,8 @@ def shared_store(tmp_path_factory) -> tuple[str, Path]:
     creating an MLflow database runs its migrations, which costs seconds, so the tests share one.
 
     Sweeps: `fractions` (Ti/4 and resnet18 × 4 fractions, a Ti/4 checkpoint, one FAILED trial), `perm`
-    (a permutation axis), and `sparse` (resnet18 on only 2 fractions, too few for a fit)."""
+    (a permutation axis), `sparse` (resnet18 on only 2 fractions, too few for a fit), and `transfer` (downstream
+    5-shot curves, `best/` metrics and a permutation axis)."""
     if "store" not in _SHARED:
         root = tmp_path_factory.mktemp("mlflow_store")
         client, uri = new_store(root)
@@ -126,5 +136,6 @@ def shared_store(tmp_path_factory) -> tuple[str, Path]:
         record_sweep(client, root, "perm", permutations=("none", "patches", "pixels"),
                      models={"Ti/4": (0.5, 1.0), "resnet18": (0.5, 1.0)}, checkpoint=checkpoint, seed=1)
         record_sweep(client, root, "sparse", models={"Ti/4": FRACTIONS, "resnet18": (0.5, 1.0)}, seed=2)
+        record_sweep(client, root, "transfer", permutations=("none", "pixels"), seed=3, downstream="digits")
         _SHARED["store"] = (uri, root)
     return _SHARED["store"]

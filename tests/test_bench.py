@@ -34,6 +34,7 @@ def test_mixer_bench_against_timm_prints_one_json_document(capsys):
     for ours, timm in zip(rows[::2], rows[1::2]):
         assert ours["vs_timm"] == pytest.approx(ours["img_per_sec"] / timm["img_per_sec"])
         assert ours["img_per_sec"] == pytest.approx(4e3 / ours["ms_per_batch"])
+        assert ours["img_per_sec_per_core"] == pytest.approx(ours["img_per_sec"] / torch.get_num_threads())
         assert ours["peak_fraction"] == pytest.approx(ours["tflops"] / document["matmul_peak_tflops"])
         assert timm["vs_timm"] is None
 

@@ -100,6 +100,23 @@ def test_permutation_axis_draws_the_permutation_study(store, capsys, tmp_path):
     assert {row["permutation"] for row in document["trials"]} == {"none", "patches", "pixels"}
 
 
+def test_report_defaults_to_the_best_upstream_validation_metrics_and_says_so(store, capsys, tmp_path):
+    from dashboards.analysis import BEST_NOTE
+
+    uri, _ = store
+    status, document, _ = run_report(capsys, uri, "transfer", tmp_path / "transfer", "--no-log")
+    # downstream 5-shot first; the pre-training set's own 5-shot (logged without best/ here) comes last
+    assert status == 0 and document["metrics"] == ["best/test_top1", "best/fewshot_digits_5shot_top1",
+                                                   "fewshot_5shot_top1"]
+    assert BEST_NOTE in document["notes"]
+    assert {f["metric"] for f in document["fits"]} == set(document["metrics"])
+    html = Path(document["report"]).read_text()
+    assert "digits 5-shot linear top-1 (best val)" in html
+    assert "digits 5-shot linear top-1 during training" in html  # the permutation study draws few-shot curves
+    status, document, _ = run_report(capsys, uri, "transfer", tmp_path / "final", "--no-log", "--metric", "test_top1")
+    assert document["metrics"] == ["test_top1"] and BEST_NOTE not in document["notes"]
+
+
 def test_unknown_sweep_exits_2_and_unknown_metric_exits_1_with_one_message(store, capsys, tmp_path):
     uri, _ = store
     status, _, error = run_report(capsys, uri, "missing", tmp_path / "x")
@@ -129,3 +146,18 @@ def test_checkpoint_restores_the_trained_mixer(store, tmp_path):
 
 def _with_checkpoint(trial: Trial, path: Path) -> Trial:
     return replace(trial, checkpoint=str(path))
+
+
+def test_token_mixing_units_are_sorted_by_frequency_and_paired_with_their_inverse_phase():
+    import numpy as np
+
+    from dashboards.figures import paired_frequency_order
+
+    grid = np.arange(8)
+    wave = lambda cycles, phase=0.0: np.tile(np.cos(2 * np.pi * cycles * grid / 8 + phase), (8, 1))  # noqa: E731
+    # shuffled: 3, 1 and 2 cycles across the grid, each with its inverse-phase twin
+    tiles = np.stack([wave(3), -wave(1), wave(2), wave(1), -wave(3), -wave(2)])
+    order = paired_frequency_order(tiles).tolist()
+    assert [set(order[i : i + 2]) for i in (0, 2, 4)] == [{1, 3}, {2, 5}, {0, 4}]
+    shifted = np.stack([wave(1), wave(1, np.pi / 2), -wave(1)])  # a quarter-phase shift is no inverse
+    assert paired_frequency_order(shifted).tolist()[:2] == [0, 2]

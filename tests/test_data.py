@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,7 +86,7 @@ def test_permutations_are_fixed_and_keep_the_pixels():
     base = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=32))
     original = torch.stack([base.test[i][0] for i in range(4)])
     patch = 8
-    for kind in ("patches", "pixels_within_patches", "pixels"):
+    for kind in ("patches", "pixels_within_patches", "patches_and_pixels_within_patches", "pixels"):
         cfg = DataConfig(name="mnist_idx", path=str(MNIST), image_size=32, permutation=kind, permutation_patch_size=patch)
         splits = build_splits(cfg)
         index = permutation_index(kind, 32, 32, patch, seed=0)
@@ -101,6 +102,12 @@ def test_permutations_are_fixed_and_keep_the_pixels():
             assert sorted(map(tuple, patches(permuted)[0].tolist())) == sorted(map(tuple, patches(original)[0].tolist()))
         if kind == "pixels_within_patches":  # each patch keeps its place and its pixels
             assert torch.equal(sorted_patches(permuted), sorted_patches(original))
+        if kind == "patches_and_pixels_within_patches":  # the paper's "patch + pixel": every patch's pixels,
+            moved = sorted(map(tuple, sorted_patches(permuted)[0].tolist()))  # elsewhere, in one new order
+            assert moved == sorted(map(tuple, sorted_patches(original)[0].tolist()))
+            assert not torch.equal(sorted_patches(permuted), sorted_patches(original))
+            within = permutation_index("pixels_within_patches", 32, 32, patch, seed=0)
+            assert not torch.equal(index, within) and not torch.equal(index, permutation_index("patches", 32, 32, patch, 0))
     other_seed = permutation_index("pixels", 32, 32, None, seed=1)
     assert not torch.equal(other_seed, permutation_index("pixels", 32, 32, None, seed=0))
 
@@ -188,3 +195,35 @@ def test_loader_with_workers_gives_the_same_examples():
     parallel = make_loader(splits.val, 64, shuffle=False, seed=0, num_workers=2)
     serial_images = torch.cat([images for images, _ in serial])
     assert torch.equal(serial_images, torch.cat([images for images, _ in parallel]))
+
+
+def test_randaugment_magnitudes_above_timms_default_bound_are_applied():
+    """timm clips magnitudes at 10 unless raised: the paper's 10, 15 and 20 must give three different images."""
+    from mixer_core.config import AugmentConfig
+    from mixer_core.data.transforms import Augmentation
+
+    images = build_splits(DataConfig(name="mnist_idx", path=str(MNIST))).train.examples.images[:64]
+
+    def augmented(magnitude: int) -> torch.Tensor:
+        random.seed(0)  # the same ops on the same images (timm draws them from both RNGs): only magnitude differs
+        np.random.seed(0)
+        augment = AugmentConfig(randaugment_magnitude=magnitude, randaugment_layers=2)
+        return Augmentation(augment, image_size=28, channels=1)(images)
+
+    by_magnitude = {m: augmented(m) for m in (10, 15, 20)}
+    assert torch.equal(augmented(15), by_magnitude[15])  # seeded: the comparison below is about magnitude only
+    assert not torch.equal(by_magnitude[10], by_magnitude[15])
+    assert not torch.equal(by_magnitude[15], by_magnitude[20])
+
+
+def test_eval_resize_keeps_the_aspect_and_cuts_the_centre_instead_of_squashing():
+    # MNIST is 28x28: resizing the shorter side to 28 keeps every pixel, so the 20x20 centre crop is exact.
+    cropped = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=20, eval_resize=28))
+    squashed = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=20))
+    stored = cropped.test.examples.images[cropped.test.positions[:8]].float()
+    images, _ = cropped.test.batch(list(range(8)))
+    assert torch.allclose(images, stored[..., 4:24, 4:24] / 127.5 - 1.0)
+    assert not torch.allclose(images, squashed.test.batch(list(range(8)))[0])
+    assert cropped.val.eval_resize == cropped.train.without_augmentation().eval_resize == 28
+    with pytest.raises(ValueError, match="eval_resize 16 is smaller than image_size 20"):
+        DataConfig(image_size=20, eval_resize=16)

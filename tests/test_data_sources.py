@@ -195,3 +195,35 @@ def test_synthetic_is_learnable_scales_with_data_and_difficulty():
     small, large = _linear_accuracy(0.5, 100), _linear_accuracy(0.5, 2000)
     assert 0.2 < small < large - 0.05  # well above chance (0.1), and more data helps
     assert _linear_accuracy(0.1, 2000) > large + 0.05  # easier data is learnt better
+
+
+def test_multi_label_parquet_trains_with_the_sigmoid_loss(tmp_path):
+    """JFT's form: label lists. Digits labelled with the digit and, below 8, its parity (classes 10 and 11)."""
+    from mixer_core import metrics as m
+    from mixer_core.config import parse_config
+    from mixer_core.losses import soft_targets
+    from mixer_core.train import train
+
+    source = load_source(DataConfig(name="digits"))
+    labels = [[d, 10 + d % 2] if d < 8 else [d] for d in source.train.labels.tolist()]
+    pq.write_table(pa.table({
+        "key": source.train.keys,
+        "label": pa.array(labels, pa.list_(pa.int64())),
+        "image": [encode_png(image) for image in source.train.images],
+    }), tmp_path / "train-00000-of-00001.parquet")
+    splits = build_splits(DataConfig(name="parquet", path=str(tmp_path)))
+    assert splits.num_classes == 12 and splits.train.labels.shape[1] == 2
+    images, batch_labels = next(iter(torch.utils.data.DataLoader(splits.train, batch_size=64)))
+    dense = soft_targets(batch_labels, 12)
+    assert torch.equal(dense.sum(1), (batch_labels >= 0).sum(1).float())  # multi-hot, padding dropped
+    assert torch.equal(dense.argmax(1), batch_labels[:, 0])
+
+    config = {"model": {"variant": "Ti/4", "head_bias_init": -6.9},
+              "data": {"name": "parquet", "path": str(tmp_path), "batch_size": 64},
+              "train": {"epochs": 3, "lr": 0.003, "loss": "sigmoid", "device": "cpu"},
+              "eval": {"fewshot_shots": [], "fewshot_pretraining": False}}
+    final = train(parse_config(config))
+    assert final[m.VAL_TOP1] > 0.8  # precision@1: the top class is one of the example's classes
+    config["eval"] = {"fewshot_shots": [5]}
+    with pytest.raises(ValueError, match="eval.fewshot_pretraining: few-shot linear evaluation needs single-label"):
+        train(parse_config(config))

@@ -12,6 +12,7 @@ from mixer_core.config import parse_config
 from mixer_core.model import create_mixer
 from mixer_core.optim import build_optimizer, lr_multiplier
 from mixer_core.train import TrainingError, train
+from shipped_data import MNIST
 
 
 def digits_config(**sections) -> dict:
@@ -70,6 +71,65 @@ def test_digits_run_learns_and_reports_as_documented(tmp_path):
     assert [d.name for _, d in recorder.reports if d is not None] == [
         f"step_{s:08d}" for s in (steps_per_epoch, 2 * steps_per_epoch, 3 * steps_per_epoch)]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000040", "step_00000060"]
+
+
+def test_downstream_fewshot_and_best_upstream_validation_metrics():
+    # Pre-train on digits, few-shot on MNIST (a different real dataset) resized to digits' 8x8.
+    downstream = {"fewshot_datasets": [{"name": "mnist_idx", "path": str(MNIST), "label": "mnist"}],
+                  "fewshot_pretraining": False, "fewshot_shots": [5], "fewshot_seeds": 1}
+    recorder = Recorder()
+    final = train(parse_config(digits_config(train={"lr": 0.01, "log_every_steps": 1000, "eval_every_epochs": 0.5},
+                                             eval=downstream)), recorder)
+    assert m.fewshot_top1(5) not in final  # the pre-training set's own few-shot is off
+    assert 0.3 < final[m.fewshot_top1(5, "mnist")] < 1.0  # transfer beats chance (0.1) but is no copy of digits
+    evaluations = [r for r, _ in recorder.reports]
+    for index, report in enumerate(evaluations):
+        seen = evaluations[: index + 1]
+        best = max(seen, key=lambda r: (r[m.VAL_TOP1], -r[m.STEP]))  # the first of equal maxima
+        assert report[m.BEST_STEP] == best[m.STEP]
+        assert (report[m.BEST_VAL_TOP1], report[m.BEST_TEST_TOP1]) == (best[m.VAL_TOP1], best[m.TEST_TOP1])
+        assert 0.1 < report[m.best(m.fewshot_top1(5, "mnist"))] < 1.0
+    if final[m.BEST_STEP] == final[m.STEP]:
+        assert final[m.best(m.fewshot_top1(5, "mnist"))] == final[m.fewshot_top1(5, "mnist")]
+
+
+def test_downstream_shots_do_not_depend_on_the_pretraining_fraction():
+    from mixer_core.data import build_splits
+    from mixer_core.evaluate import fewshot_tasks, sample_fewshot
+
+    def shots(fraction: float) -> dict:
+        config = parse_config(digits_config(data={"fraction": fraction}, eval={"fewshot_datasets": [
+            {"name": "mnist_idx", "path": str(MNIST), "label": "mnist"}]}))
+        tasks = fewshot_tasks(config.eval, config.data, build_splits(config.data))
+        return {task.label: sample_fewshot(task.shots_from, 5, 10, seed=0).tensors[0] for task in tasks}
+
+    small, full = shots(0.1), shots(1.0)
+    assert small.keys() == {"mnist", None}  # downstream first, then the pre-training data's own splits
+    assert small["mnist"].shape == (50, 1, 8, 8)  # resized to the pre-training size
+    assert torch.equal(small["mnist"], full["mnist"])
+    assert not torch.equal(small[None], full[None])  # the pre-training set's own shots come from the subset
+
+
+def test_grey_downstream_images_feed_a_colour_model_on_every_channel():
+    from mixer_core.data import build_splits
+    from mixer_core.evaluate import fewshot_tasks
+
+    config = parse_config(digits_config(data={"name": "synthetic", "image_size": 8, "synthetic_examples": 200},
+                                        eval={"fewshot_datasets": [{"name": "digits"}], "fewshot_pretraining": False}))
+    (task,) = fewshot_tasks(config.eval, config.data, build_splits(config.data))
+    image, _ = task.test[0]
+    assert task.label == "digits" and image.shape == (3, 8, 8)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_a_downstream_dataset_the_model_cannot_read_is_named():
+    from mixer_core.data import build_splits
+    from mixer_core.evaluate import fewshot_tasks
+
+    config = parse_config(digits_config(eval={"fewshot_datasets": [{"name": "mnist_idx", "path": str(MNIST),
+                                                                     "image_size": 12}]}))
+    with pytest.raises(ValueError, match=r"fewshot_datasets\[0\] \(mnist_idx\): images are 1x12x12, the model takes"):
+        fewshot_tasks(config.eval, config.data, build_splits(config.data))
 
 
 def test_learning_rate_follows_warmup_then_linear_decay_and_only_kernels_decay():

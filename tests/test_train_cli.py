@@ -39,10 +39,13 @@ def test_train_mnist_config_reads_the_shipped_mnist_files_from_the_repo_root(mon
     monkeypatch.chdir(REPO)
     config = load_config("sweeps/train_mnist.yaml")
     assert config.model.variant == "Ti/7" and config.data.name == "mnist_idx"
-    budget = ["--set", "train.steps=3", "--set", "eval.fewshot_shots=[]", "--no-checkpoints", "--json"]
+    budget = ["--set", "train.steps=3", "--set", "eval.fewshot_shots=[5]", "--no-checkpoints", "--json",
+              "--set", "eval.fewshot_datasets=[{name: digits, label: digits}]", "--set", "eval.fewshot_seeds=1"]
     assert main(["train", "sweeps/train_mnist.yaml", *budget]) == 0
     final = json.loads(capsys.readouterr().out)
     assert final[m.TRAIN_SIZE] > 6000 and final[m.EXAMPLES_SEEN] == 3 * 128
+    # downstream 5-shot on digits (resized to MNIST's 28x28), at the end and at the best upstream validation
+    assert final[m.BEST_STEP] == 3 and final[m.best(m.fewshot_top1(5, "digits"))] == final[m.fewshot_top1(5, "digits")]
 
 
 def test_an_unknown_variant_is_one_message_with_a_close_match_and_exit_2(monkeypatch, capsys):

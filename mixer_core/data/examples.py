@@ -24,7 +24,7 @@ class Examples:
     """One split of a source: `images[i]`, `labels[i]` and `keys[i]` describe example i."""
 
     images: ImageStore
-    labels: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # int64 (N,); multi-label sources (JFT): (N, L), each row's classes padded with NO_LABEL
     keys: list[str]  # stable across machines and formats: fractions and splits hash these
 
     def __len__(self) -> int:
@@ -45,8 +45,13 @@ class Source:
         return len(self.class_names)
 
 
+NO_LABEL = -1  # pads the class lists of multi-label examples
+
+
 def check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
-    """Raise DataError naming `where` when a label lies outside [0, num_classes)."""
+    """Raise DataError naming `where` when a label lies outside [0, num_classes) (multi-label padding aside)."""
+    if labels.dim() == 2:
+        labels = labels[labels != NO_LABEL]
     if len(labels) == 0:
         return
     bad = torch.nonzero((labels < 0) | (labels >= num_classes)).flatten()

@@ -1,5 +1,8 @@
 """Sharded Parquet datasets: `key` (string), `label` (int64), `image` (PNG bytes), plus a `manifest.json`.
 
+A `label` column of integer lists makes a multi-label dataset (JFT): its labels are (N, L) class lists padded
+with `NO_LABEL`, trained with `train.loss: sigmoid`.
+
 This is the format for JFT/ImageNet-21k-scale data: shards are read with pyarrow from a local path or any
 fsspec URL (s3://, gs://, memory://), and images stay PNG-encoded in memory until a batch asks for them.
 Shards named `test-*.parquet` form the test split, all others the training split.
@@ -16,13 +19,14 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from mixer_core.data.errors import DataError
-from mixer_core.data.examples import Examples, Source, check_labels
+from mixer_core.data.examples import NO_LABEL, Examples, Source, check_labels
 
 MANIFEST = "manifest.json"
 FORMAT = "mixer-parquet/1"
@@ -72,8 +76,10 @@ def _read_shard(filesystem: fsspec.AbstractFileSystem, shard: str) -> pa.Table:
         raise DataError(f"{shard}: missing column(s) {missing}; a shard needs {list(COLUMNS)}")
     if table.num_rows == 0:
         raise DataError(f"{shard}: empty shard (0 rows)")
-    if not pa.types.is_integer(table.schema.field("label").type):
-        raise DataError(f"{shard}: column 'label' must hold integers, got {table.schema.field('label').type}")
+    label_type = table.schema.field("label").type
+    integer_lists = pa.types.is_list(label_type) and pa.types.is_integer(label_type.value_type)
+    if not (pa.types.is_integer(label_type) or integer_lists):
+        raise DataError(f"{shard}: column 'label' must hold integers or lists of integers, got {label_type}")
     return table.select(COLUMNS)
 
 
@@ -84,7 +90,7 @@ def _load_split(
     tables = [_read_shard(filesystem, shard) for shard in shards]
     if num_classes is not None:
         for shard, table in zip(shards, tables):
-            check_labels(torch.from_numpy(table["label"].to_numpy().astype(np.int64)), num_classes, shard)
+            check_labels(_labels(table["label"].combine_chunks()), num_classes, shard)
     rows_per_shard = [table.num_rows for table in tables]
     combined = pa.concat_tables(tables).combine_chunks()
     encoded = combined["image"].chunk(0).cast(pa.binary())
@@ -94,8 +100,20 @@ def _load_split(
     images = ParquetImages(encoded, shard_of_row, shards, shape)
     # decode the first image of every shard now, so a shard of wrongly shaped images fails before training
     images[torch.as_tensor(np.cumsum([0, *rows_per_shard[:-1]]))]
-    labels = torch.from_numpy(combined["label"].to_numpy().astype(np.int64))
-    return Examples(images, labels, combined["key"].to_pylist()), shape
+    return Examples(images, _labels(combined["label"].chunk(0)), combined["key"].to_pylist()), shape
+
+
+def _labels(column: pa.Array) -> torch.Tensor:
+    """Integer labels (N,), or integer lists as (N, longest list) padded with NO_LABEL."""
+    if not pa.types.is_list(column.type):
+        return torch.from_numpy(column.to_numpy().astype(np.int64))
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy().astype(np.int64)
+    values = pc.list_flatten(column).to_numpy().astype(np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    columns = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    padded = np.full((len(lengths), max(1, int(lengths.max(initial=0)))), NO_LABEL, dtype=np.int64)
+    padded[rows, columns] = values
+    return torch.from_numpy(padded)
 
 
 def read_manifest(filesystem: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] | None:
@@ -130,9 +148,10 @@ def load_parquet(path: str) -> Source:
     train, shape = _load_split(filesystem, train_shards, class_names and len(class_names), shape)
     test = _load_split(filesystem, test_shards, class_names and len(class_names), shape)[0] if test_shards else None
     if class_names is None:  # no manifest: classes are 0..max label
-        if int(train.labels.min()) < 0:
-            raise DataError(f"{path}: negative label {int(train.labels.min())}")
-        class_names = [str(label) for label in range(int(train.labels.max()) + 1)]
+        given = train.labels[train.labels != NO_LABEL] if train.labels.dim() == 2 else train.labels
+        if int(given.min()) < 0:
+            raise DataError(f"{path}: negative label {int(given.min())}")
+        class_names = [str(label) for label in range(int(given.max()) + 1)]
         if test is not None:
             check_labels(test.labels, len(class_names), f"{path} (test shards)")
     return Source(train, test, class_names, shape)

@@ -15,7 +15,8 @@ def permutation_index(kind: str, height: int, width: int, patch_size: int | None
     """Source position for every output pixel (flattened H·W), or None for `kind == "none"`.
 
     `patches` shuffles the order of the patch grid, `pixels_within_patches` applies one shuffle of the P·P
-    positions inside every patch, `pixels` shuffles all positions globally.
+    positions inside every patch, `patches_and_pixels_within_patches` does both (the paper's "patch + pixel
+    shuffling"), `pixels` shuffles all positions globally (the paper's "global shuffling").
     """
     if kind == "none":
         return None
@@ -36,12 +37,12 @@ def permutation_index(kind: str, height: int, width: int, patch_size: int | None
         .permute(0, 2, 1, 3)
         .reshape(grid_h * grid_w, patch_size * patch_size)
     )
-    if kind == "patches":
-        positions = positions[torch.randperm(grid_h * grid_w, generator=generator)]
-    elif kind == "pixels_within_patches":
-        positions = positions[:, torch.randperm(patch_size * patch_size, generator=generator)]
-    else:
+    if kind not in ("patches", "pixels_within_patches", "patches_and_pixels_within_patches"):
         raise DataError(f"data.permutation: unknown permutation {kind!r}")
+    if kind.startswith("patches"):
+        positions = positions[torch.randperm(grid_h * grid_w, generator=generator)]
+    if kind.endswith("pixels_within_patches"):
+        positions = positions[:, torch.randperm(patch_size * patch_size, generator=generator)]
     return positions.reshape(grid_h, grid_w, patch_size, patch_size).permute(0, 2, 1, 3).reshape(-1)
 
 

@@ -55,11 +55,10 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
 
     augmentation = Augmentation(cfg.augment, size, channels)
     return DataSplits(
-        train=ImageDataset(
-            source.train, train_positions, size, permutation, augmentation if augmentation.enabled else None
-        ),
-        val=ImageDataset(source.train, pool[val_chosen], size, permutation),
-        test=ImageDataset(test_examples, test_positions, size, permutation),
+        train=ImageDataset(source.train, train_positions, size, permutation,
+                           augmentation if augmentation.enabled else None, cfg.eval_resize),
+        val=ImageDataset(source.train, pool[val_chosen], size, permutation, eval_resize=cfg.eval_resize),
+        test=ImageDataset(test_examples, test_positions, size, permutation, eval_resize=cfg.eval_resize),
         num_classes=source.num_classes,
         image_shape=(channels, size, size),
         train_size=len(train_positions),

@@ -17,7 +17,7 @@ from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from mixer_core.config import AugmentConfig
+from mixer_core.config import RANDAUGMENT_MAX_MAGNITUDE, AugmentConfig
 from mixer_core.data.examples import Examples
 from mixer_core.data.permutations import apply_permutation
 
@@ -49,7 +49,7 @@ class Augmentation:
     """Training augmentation of a uint8 batch (n, C, h, w) → float (n, C, ·, ·) on the 0..255 scale.
 
     Inception crop and flip are one batched affine resampling (crop boxes drawn like torchvision's
-    RandomResizedCrop); timm's RandAugment (2 layers, magnitude m) then runs per image on PIL, as timm writes it.
+    RandomResizedCrop); timm's RandAugment (2 layers, magnitude m ≤ 20) then runs per image on PIL, as timm writes it.
     """
 
     def __init__(self, augment: AugmentConfig, image_size: int, channels: int):
@@ -62,7 +62,10 @@ class Augmentation:
                 "translate_const": int(image_size * 0.45),  # timm's rule: translations scale with the image
                 "img_mean": (128,) * channels,
             }
-            config = f"rand-m{augment.randaugment_magnitude}-n{augment.randaugment_layers}"
+            # timm clips magnitudes at 10 unless `mmax` raises the bound: without it 15 and 20 would silently be
+            # 10. With it the ops scale as Google's TF RandAugment (level / 10 of each op's range, e.g. 30° per 10).
+            config = (f"rand-m{augment.randaugment_magnitude}-n{augment.randaugment_layers}"
+                      f"-mmax{RANDAUGMENT_MAX_MAGNITUDE}")
             self.randaugment = rand_augment_transform(config, hparams)
 
     @property
@@ -98,16 +101,31 @@ class Augmentation:
         return pil_to_tensor(self.randaugment(to_pil_image(image))).float()
 
 
-def to_model_input(images: torch.Tensor, image_size: int, permutation: torch.Tensor | None) -> torch.Tensor:
-    """uint8 or 0..255 float (N, C, h, w) → float32 (N, C, S, S) in [-1, 1] (big_vision's value_range), permuted."""
+def to_model_input(
+    images: torch.Tensor, image_size: int, permutation: torch.Tensor | None, resize_smaller: int | None = None
+) -> torch.Tensor:
+    """uint8 or 0..255 float (N, C, h, w) → float32 (N, C, S, S) in [-1, 1] (big_vision's value_range), permuted.
+
+    With `resize_smaller` the shorter side is resized to it keeping the aspect ratio and the centre S×S is cut
+    (evaluation at 256 → 224 in the paper); without, the images are squashed to S×S.
+    """
     batch = images.float()
-    if batch.shape[-2:] != (image_size, image_size):
+    if resize_smaller is not None:
+        height, width = batch.shape[-2:]
+        scale = resize_smaller / min(height, width)
+        resized = (round(height * scale), round(width * scale))
+        if resized != (height, width):
+            batch = F.interpolate(batch, size=resized, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (resized[0] - image_size) // 2, (resized[1] - image_size) // 2
+        batch = batch[..., top : top + image_size, left : left + image_size]
+    elif batch.shape[-2:] != (image_size, image_size):
         batch = F.interpolate(batch, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     return apply_permutation(batch.div_(127.5).sub_(1.0).clamp_(-1.0, 1.0), permutation)
 
 
 class ImageDataset(Dataset):
-    """The examples at `positions` of a source split, yielding (float32 (C, S, S) in [-1, 1], int label)."""
+    """The examples at `positions` of a source split, yielding (float32 (C, S, S) in [-1, 1], int label), or
+    (image, padded class list) for multi-label sources."""
 
     def __init__(
         self,
@@ -116,12 +134,14 @@ class ImageDataset(Dataset):
         image_size: int,
         permutation: torch.Tensor | None = None,
         augmentation: Augmentation | None = None,
+        eval_resize: int | None = None,
     ):
         self.examples = examples
         self.positions = torch.as_tensor(positions, dtype=torch.int64)
         self.image_size = image_size
         self.permutation = permutation
         self.augmentation = augmentation
+        self.eval_resize = eval_resize
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -138,7 +158,8 @@ class ImageDataset(Dataset):
 
     def without_augmentation(self) -> ImageDataset:
         """The same examples, resized and permuted alike, with no augmentation (e.g. for few-shot features)."""
-        return ImageDataset(self.examples, self.positions.numpy(), self.image_size, self.permutation)
+        return ImageDataset(self.examples, self.positions.numpy(), self.image_size, self.permutation,
+                            eval_resize=self.eval_resize)
 
     def batch(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (n, C, S, S) and labels (n,) for dataset indices, as one tensor op where no augmentation runs."""
@@ -146,11 +167,13 @@ class ImageDataset(Dataset):
         images = self.examples.images[positions]
         if self.augmentation is not None:
             images = self.augmentation(images)
-        return to_model_input(images, self.image_size, self.permutation), self.examples.labels[positions]
+        cropped = self.augmentation is not None and self.augmentation.inception_crop  # already S×S: no centre crop
+        resize = None if cropped else self.eval_resize
+        return to_model_input(images, self.image_size, self.permutation, resize), self.examples.labels[positions]
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int | torch.Tensor]]:
         images, labels = self.batch(indices)
-        return list(zip(images.unbind(0), labels.tolist()))
+        return list(zip(images.unbind(0), labels.unbind(0) if labels.dim() == 2 else labels.tolist()))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.__getitems__([index])[0]

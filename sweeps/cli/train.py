@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(final)
         return 0
-    names = [name for name in metrics.all_metric_names(config.eval.fewshot_shots) if name in final]
+    known = metrics.all_metric_names(config.eval.fewshot_shots, config.eval.fewshot_labels)
+    names = [name for name in known if name in final]
     print(format_table([{"metric": name, "value": final[name]} for name in names]))
     if work_dir is not None:
         print(f"checkpoints: {work_dir / 'checkpoints'}")
