@@ -16,6 +16,7 @@ import ray.train
 
 from mixer_core import metrics as metric_names
 from mixer_core.config import RunConfig, parse_config
+from sweeps.run_artifacts import fetch_init_from
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         if trial_run is not None:
-            size_tags = {
-                f"mixer.{name}": metrics[name] for name in (metric_names.PARAMS, metric_names.GMACS) if name in metrics
-            }
-            trial_run.result().log(metrics, step=int(metrics[metric_names.STEP]), tags=size_tags)
+            trial_run.result().log(metrics, step=int(metrics[metric_names.STEP]))
         # Only evaluation reports reach Tune: they carry the objective, and one Tune iteration per evaluation
         # is what ASHA's `training_iteration` budget counts. Progress reports go to MLflow only.
         if metric_names.is_eval_report(metrics):
@@ -76,6 +74,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     with tempfile.TemporaryDirectory(prefix="mixer-trial-") as work_dir:
+        config = fetch_init_from(config, Path(work_dir), tracking.uri)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             train(config, on_report, work_dir=Path(work_dir))
