@@ -43,6 +43,7 @@ class SweepResult:
     name: str
     experiment_dir: str
     tracking_uri: str
+    experiment_id: str
     parent_run_id: str
     objective: list[str]
     trials: list[TrialSummary] = field(default_factory=list)
@@ -52,7 +53,7 @@ class SweepResult:
 
     @property
     def mlflow_ui(self) -> str:
-        return tracking.ui_hint(self.tracking_uri)
+        return tracking.ui_hint(self.tracking_uri, self.experiment_id)
 
 
 def objective_metrics(spec: SweepSpec) -> tuple[list[str], list[str]]:
@@ -341,6 +342,7 @@ def _finish(context: SweepContext, results) -> SweepResult:
         name=spec.name,
         experiment_dir=experiment_dir(spec),
         tracking_uri=context.tracking_uri,
+        experiment_id=context.experiment_id,
         parent_run_id=context.parent_run_id,
         objective=metrics,
         optuna_storage=optuna_storage_url(spec, context.tracking_uri) if spec.searcher.startswith("optuna") else None,

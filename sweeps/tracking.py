@@ -58,9 +58,10 @@ TAG_PARAMS = f"mixer.{metric_names.PARAMS}"
 TAG_GMACS = f"mixer.{metric_names.GMACS}"
 TAG_BEST_TRIAL_ID = "mixer.best_trial_id"
 TAG_BEST_RUN_ID = "mixer.best_run_id"
-# MLflow 3's UI opens an experiment without this tag in its GenAI view; this value is its "Model training".
+# MLflow 3's experiment type, "Model training" rather than "GenAI" (read by 3.x UIs before 3.17's switch).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+LOCAL_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 TRIALS_METRIC = "trials"  # on the parent run, with `trials_<state>` per MLflow run state
 RESOLVED_SPEC_ARTIFACT = "resolved_spec.json"
 # MLflow's log_batch limits (1000 metrics, 100 params, 100 tags per call).
@@ -75,12 +76,21 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
-def ui_hint(uri: str) -> str:
-    """Where to see the store in the MLflow UI: a tracking server's own URL, else the `mlflow ui` command that
-    serves this store."""
+def experiment_url(ui_url: str, experiment_id: str) -> str:
+    """The experiment's runs in the MLflow UI at `ui_url`, in its model-training view.
+
+    MLflow 3.17's UI picks the view from a per-browser GenAI / Model training switch (GenAI until a person flips
+    it) rather than from the experiment's kind tag; `workflowType` in the link sets that switch.
+    """
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """Where to see an experiment of the store `uri`: its page on a tracking server, else the `mlflow ui` command
+    that serves this store and the page to open there."""
     if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
-    return f"mlflow ui --backend-store-uri {uri}"
+        return experiment_url(uri, experiment_id)
+    return f"mlflow ui --backend-store-uri {uri}, then {experiment_url(LOCAL_UI_URL, experiment_id)}"
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

@@ -74,7 +74,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
     with tempfile.TemporaryDirectory(prefix="mixer-trial-") as work_dir:
-        config = fetch_init_from(config, Path(work_dir), tracking.uri)
+        config = fetch_init_from(config, Path(work_dir) / "init_from", tracking.uri)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             train(config, on_report, work_dir=Path(work_dir))

@@ -27,7 +27,11 @@ def test_grid_sweep_logs_parent_and_trial_runs(ray_address, mlflow_store, tiny_s
     spec = tiny_spec("grid", grid={"train.lr": [0.001, 0.003]})
     status, result = run_cli(capsys, "sweep", "run", str(spec), "--address", ray_address)
     assert status == 0
-    assert result["mlflow_ui"] == f"mlflow ui --backend-store-uri {mlflow_store}"
+    experiment_id = MlflowClient(mlflow_store).get_experiment_by_name("engine-tests").experiment_id
+    assert result["mlflow_ui"] == (
+        f"mlflow ui --backend-store-uri {mlflow_store}, then"
+        f" http://127.0.0.1:5000/#/experiments/{experiment_id}?workflowType=machine_learning"
+    )
     assert sorted(trial["params"]["train.lr"] for trial in result["trials"]) == [0.001, 0.003]
     assert all(trial["status"] == "TERMINATED" for trial in result["trials"])
     best = max(result["trials"], key=lambda trial: trial["metrics"]["val_top1"])

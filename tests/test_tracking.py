@@ -27,9 +27,12 @@ def test_default_uri_is_absolute_sqlite_under_cwd(tmp_path, monkeypatch):
     assert tracking.tracking_uri() == "http://mlflow.example:5000"
 
 
-def test_ui_hint_is_the_server_url_for_a_tracking_server():
-    assert tracking.ui_hint("http://mlflow.example:5000/") == "http://mlflow.example:5000"
-    assert tracking.ui_hint("sqlite:////data/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////data/mlflow.db"
+def test_ui_hint_is_the_servers_page_of_the_experiment_in_the_model_training_view():
+    page = "#/experiments/3?workflowType=machine_learning"
+    assert tracking.ui_hint("http://mlflow.example:5000/", "3") == f"http://mlflow.example:5000/{page}"
+    assert tracking.ui_hint("sqlite:////data/mlflow.db", "3") == (
+        f"mlflow ui --backend-store-uri sqlite:////data/mlflow.db, then http://127.0.0.1:5000/{page}"
+    )
 
 
 def _sweep(uri: str, tmp_path: Path, name: str = "s1") -> str:

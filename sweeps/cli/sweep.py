@@ -184,7 +184,7 @@ def _print_result(result, as_json: bool) -> None:
     print(format_table(_result_rows(result)))
     print(f"\nbest trial: {result.best_trial_id or '-'} ({result.objective[0]})")
     if result.best_checkpoint:
-        print(f"best weights: {result.best_checkpoint}   (fine-tune: --set train.init_from={result.best_checkpoint})")
+        print(f"best weights: {result.best_checkpoint}   (a train.init_from for fine-tuning)")
     print(f"MLflow: {result.mlflow_ui}   (sweep run {result.parent_run_id})")
     if result.optuna_storage:
         print(f"Optuna: optuna-dashboard {result.optuna_storage}")
