@@ -18,6 +18,7 @@ from dashboards.runs import SweepRuns, trial_rows
 from dashboards.scaling import PARAMETER_NAMES, ScalingFit
 from mixer_core.metrics import IMAGES_PER_SEC, TRAIN_FLOPS, TRAIN_SIZE, WALL_SECONDS
 from sweeps.cli.output import format_value
+from sweeps.tracking import TAG_GIT_COMMIT, TAG_SPEC_HASH
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"
@@ -187,7 +188,7 @@ def render_html(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> s
     tags = sweep.parent_tags
     provenance = " · ".join(
         f"{label} <code>{escape(tags[key][:12])}</code>"
-        for label, key in (("spec", "mixer.spec_hash"), ("commit", "mixer.git_commit"))
+        for label, key in (("spec", TAG_SPEC_HASH), ("commit", TAG_GIT_COMMIT))
         if tags.get(key)
     )
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

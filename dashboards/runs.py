@@ -1,4 +1,4 @@
-"""Read a sweep back from MLflow: its parent run and one `Trial` per child run (schema in the project brief)."""
+"""Read a sweep back from MLflow: its parent run and one `Trial` per child run (schema in `sweeps.tracking`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,23 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from sweeps.tracking import TAG_CHECKPOINT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL_ID, find_sweep_run, tracking_uri, trial_runs
+from sweeps.tracking import (
+    ROLE_SWEEP,
+    ROLE_TRIAL,
+    TAG_CHECKPOINT,
+    TAG_DATA_FRACTION,
+    TAG_GMACS,
+    TAG_MODEL,
+    TAG_PARAMS,
+    TAG_PATCH_SIZE,
+    TAG_PERMUTATION,
+    TAG_ROLE,
+    TAG_SWEEP,
+    TAG_TRIAL_ID,
+    find_sweep_run,
+    tracking_uri,
+    trial_runs,
+)
 
 
 class SweepNotFound(LookupError):
@@ -83,12 +99,12 @@ def _trial_from_run(run: Run) -> Trial:
         run_id=run.info.run_id,
         trial_id=tags.get(TAG_TRIAL_ID, run.info.run_name or run.info.run_id),
         status=run.info.status,
-        model=tags.get("mixer.model") or config.get("model.variant", "?"),
-        patch_size=_optional(tags.get("mixer.patch_size"), int),
-        data_fraction=_optional(tags.get("mixer.data_fraction", config.get("data.fraction")), float),
-        permutation=tags.get("mixer.permutation") or config.get("data.permutation") or "none",
-        params_count=_optional(tags.get("mixer.params"), int),
-        gmacs=_optional(tags.get("mixer.gmacs"), float),
+        model=tags.get(TAG_MODEL) or config.get("model.variant", "?"),
+        patch_size=_optional(tags.get(TAG_PATCH_SIZE), int),
+        data_fraction=_optional(tags.get(TAG_DATA_FRACTION, config.get("data.fraction")), float),
+        permutation=tags.get(TAG_PERMUTATION) or config.get("data.permutation") or "none",
+        params_count=_optional(tags.get(TAG_PARAMS), int),
+        gmacs=_optional(tags.get(TAG_GMACS), float),
         checkpoint=tags.get(TAG_CHECKPOINT),
         config=config,
         metrics=dict(run.data.metrics),
@@ -127,7 +143,7 @@ def load_sweep(name: str, *, uri: str | None = None, experiment: str | None = No
     experiment_ids = _experiment_ids(client, experiment, uri)
     parent = find_sweep_run(uri, name, experiment_ids)
     if parent is None:
-        every_sweep = _search_all(client, experiment_ids, f"tags.`{TAG_ROLE}` = 'sweep'")
+        every_sweep = _search_all(client, experiment_ids, f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
         known = sorted({run.data.tags[TAG_SWEEP] for run in every_sweep})
         raise SweepNotFound(
             f"{uri}: no sweep run tagged {TAG_SWEEP}={name!r}"
@@ -136,7 +152,7 @@ def load_sweep(name: str, *, uri: str | None = None, experiment: str | None = No
         )
     children = trial_runs(uri, parent.info.experiment_id, parent.info.run_id)
     trials = sorted(
-        (_trial_from_run(run) for run in children if run.data.tags.get(TAG_ROLE, "trial") == "trial"),
+        (_trial_from_run(run) for run in children if run.data.tags.get(TAG_ROLE, ROLE_TRIAL) == ROLE_TRIAL),
         key=lambda trial: (trial.model, trial.permutation, trial.data_fraction or 0.0, trial.trial_id),
     )
     return SweepRuns(

@@ -300,15 +300,18 @@ def apply_override(data: dict[str, Any], override: str) -> str:
     return config_key
 
 
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # two letters at least: `C:/` is a Windows path
+
+
 def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:
     """`config` with its relative local paths (`data.path`, `train.init_from`) made absolute against `base_dir`.
 
-    URLs (`s3://...`) and absolute paths are kept. A sweep resolves against the directory the user ran it from,
-    since trials run in processes whose working directory is Ray's, not the user's.
+    URIs (`s3://...`, MLflow's `runs:/...`) and absolute paths are kept. A sweep resolves against the directory
+    the user ran it from, since trials run in processes whose working directory is Ray's, not the user's.
     """
 
     def absolute(path: str | None) -> str | None:
-        if path is None or "://" in path or Path(path).is_absolute():
+        if path is None or _URI_SCHEME.match(path) or Path(path).is_absolute():
             return path
         return str((Path(base_dir) / path).resolve())
 

@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mixer_core import metrics as metric_names
 from sweeps import tracking
+from sweeps.run_artifacts import log_checkpoint
 from sweeps.spec import Distribution, SweepSpec, spec_hash, validate_spec
 from sweeps.trial import RAY_ENV_DEFAULTS, SweepContext, run_trial, runs_in_trial_process, trial_resources
 
@@ -52,16 +53,18 @@ class SweepResult:
     name: str
     experiment_dir: str
     tracking_uri: str
+    experiment_id: str
     parent_run_id: str
     objective: list[str]
     trials: list[TrialSummary] = field(default_factory=list)
     best_trial_id: str | None = None
+    best_checkpoint: str | None = None  # the best trial's final checkpoint, logged on the parent run (`runs:/...`)
     optuna_storage: str | None = None
     interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: `mixer sweep resume NAME` finishes it
 
     @property
-    def mlflow_ui_command(self) -> str:
-        return tracking.ui_command(self.tracking_uri)
+    def mlflow_ui(self) -> str:
+        return tracking.ui_hint(self.tracking_uri, self.experiment_id)
 
 
 def objective_metrics(spec: SweepSpec) -> tuple[list[str], list[str]]:
@@ -69,11 +72,17 @@ def objective_metrics(spec: SweepSpec) -> tuple[list[str], list[str]]:
     return [objective.metric for objective in spec.objective], [objective.mode for objective in spec.objective]
 
 
-def optuna_storage_url(tracking_uri: str) -> str:
-    """The Optuna study storage beside the MLflow store: `optuna.db` next to a SQLite `mlflow.db`."""
+def optuna_storage_url(spec: SweepSpec, tracking_uri: str) -> str:
+    """Where the Optuna study lives: the spec's `optuna_storage` (any SQLAlchemy URL), else `optuna.db` beside a
+    SQLite `mlflow.db`, else `~/.mixer/optuna.db` (created). Never the working directory, which under
+    `ray job submit --working-dir` is a temporary copy that Ray deletes."""
+    if spec.optuna_storage:
+        return spec.optuna_storage
     if tracking_uri.startswith("sqlite:///"):
         return f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).parent / 'optuna.db'}"
-    return f"sqlite:///{Path.cwd().resolve() / 'optuna.db'}"
+    directory = Path.home() / ".mixer"
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / 'optuna.db'}"
 
 
 def _tune_domain(distribution: Distribution) -> Any:
@@ -346,17 +355,20 @@ def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = No
     """Run a whole sweep on the connected Ray cluster (call `init_ray` first); log it to MLflow."""
     uri = tracking.tracking_uri()
     directory = experiment_dir(spec)
-    # What was written and overridden (defaults stay implicit), with the storage made absolute for `resume`.
+    study_storage = optuna_storage_url(spec, uri)
+    # What was written and overridden (defaults stay implicit), with the storages made absolute for `resume`.
     resolved = {**spec.model_dump(mode="json", exclude_unset=True), "storage_path": spec.resolved_storage_path()}
+    if spec.searcher.startswith("optuna"):
+        resolved["optuna_storage"] = study_storage
     parent_run_id = tracking.start_sweep_run(
         uri, spec.experiment, spec.name, spec_hash(spec), spec_path, resolved, directory
     )
     experiment_id = tracking.ensure_experiment(tracking.MlflowClient(uri), spec.experiment)
     context = SweepContext(spec, uri, experiment_id, parent_run_id, f"{directory}/train")
-    study_storage = optuna_storage_url(uri)
-    param_space, searcher = _search(
-        spec, study_storage, f"{spec.name}-{parent_run_id[:8]}", _max_concurrent_trials(spec)
-    )
+    study_name = f"{spec.name}-{parent_run_id[:8]}"
+    if spec.searcher.startswith("optuna"):
+        print(f"Optuna study {study_name}: {study_storage}", file=sys.stderr, flush=True)
+    param_space, searcher = _search(spec, study_storage, study_name, _max_concurrent_trials(spec))
     callback = SweepCallback(context, total_trials)
     tuner = ray.tune.Tuner(
         _trainable(context),
@@ -438,16 +450,18 @@ def _restored_callback(tuner: ray.tune.Tuner) -> SweepCallback:
 
 
 def _finish(context: SweepContext, results, callback: SweepCallback) -> SweepResult:
-    """Close the parent run (KILLED when interrupted, FAILED when a trial failed) and summarise every trial."""
+    """Summarise every trial, put the best one's metrics, params and final weights on the parent run, and close
+    it: KILLED when interrupted, FAILED when a trial failed, else FINISHED."""
     spec = context.spec
     metrics, modes = objective_metrics(spec)
     summary = SweepResult(
         name=spec.name,
         experiment_dir=experiment_dir(spec),
         tracking_uri=context.tracking_uri,
+        experiment_id=context.experiment_id,
         parent_run_id=context.parent_run_id,
         objective=metrics,
-        optuna_storage=optuna_storage_url(context.tracking_uri) if spec.searcher.startswith("optuna") else None,
+        optuna_storage=optuna_storage_url(spec, context.tracking_uri) if spec.searcher.startswith("optuna") else None,
         interrupted=callback.sweep_cut_short,
     )
     best_value = None
@@ -459,9 +473,17 @@ def _finish(context: SweepContext, results, callback: SweepCallback) -> SweepRes
         value = reported.get(metrics[0])
         if value is not None and (best_value is None or _better(value, best_value, modes[0])):
             best_value, summary.best_trial_id = value, trial_id
-    if summary.interrupted:
-        status = "KILLED"
-    else:
-        status = "FAILED" if any(trial.status == "ERROR" for trial in summary.trials) else "FINISHED"
+    failed = any(trial.status == "ERROR" for trial in summary.trials)
+    best_run = tracking.record_sweep_outcome(
+        context.tracking_uri,
+        context.experiment_id,
+        context.parent_run_id,
+        summary.best_trial_id,
+        complete=not (failed or summary.interrupted),
+    )
+    checkpoint = best_run.data.tags.get(tracking.TAG_CHECKPOINT) if best_run else None
+    if checkpoint:
+        summary.best_checkpoint = log_checkpoint(context.tracking_uri, context.parent_run_id, checkpoint)
+    status = "KILLED" if summary.interrupted else "FAILED" if failed else "FINISHED"
     tracking.finish_run(context.tracking_uri, context.parent_run_id, status)
     return summary

@@ -162,6 +162,8 @@ class SweepSpec(_Strict):
     resources: Resources = Resources()
     max_failures: int = Field(0, ge=-1)  # retries of a failed trial; -1 retries forever
     storage_path: str = "ray_results"  # local directory (relative to the cwd) or s3:// / gs:// URL
+    # The Optuna study's database, any SQLAlchemy URL (`postgresql://...`); default: `sweeps.engine.optuna_storage_url`
+    optuna_storage: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9+]*://")
     checkpoint: CheckpointPolicy = CheckpointPolicy()
 
     _source: str = PrivateAttr("<spec>")

@@ -20,6 +20,7 @@ import ray.train
 
 from mixer_core import metrics as metric_names
 from mixer_core.config import RunConfig, parse_config
+from sweeps.run_artifacts import fetch_init_from
 
 # Hands one report to Ray: the metrics, and the checkpoint directory written with them (or None).
 RayReport = Callable[[dict[str, float], Path | None], None]
@@ -74,15 +75,11 @@ def run_worker(
 
         def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
             if trial_run is not None:
-                size_tags = {
-                    f"mixer.{name}": metrics[name]
-                    for name in (metric_names.PARAMS, metric_names.GMACS)
-                    if name in metrics
-                }
-                trial_run.result().log(metrics, step=int(metrics[metric_names.STEP]), tags=size_tags)
+                trial_run.result().log(metrics, step=int(metrics[metric_names.STEP]))
             if metric_names.is_eval_report(metrics):
                 report_to_ray(metrics, checkpoint_dir)
 
+        config = fetch_init_from(config, Path(work) / "init_from", tracking.uri)  # a runs:/ URI, downloaded
         if checkpoint is None:
             train(config, on_report, work_dir=Path(work))
             return

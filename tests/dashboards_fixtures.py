@@ -57,7 +57,7 @@ def record_sweep(
         experiment, artifact_location=(root / "mlartifacts").as_uri()
     )
     parent = client.create_run(experiment_id, run_name=sweep, tags={
-        "mixer.sweep": sweep, "mixer.role": "sweep", "mixer.spec_hash": "3f2a9c1be0d4", "mixer.git_commit": "abc1234",
+        "mixer.sweep": sweep, "mixer.role": "sweep", "mixer.spec_hash": "3f2a9c1be0d4", "mlflow.source.git.commit": "abc1234",
     })
     parent_id = parent.info.run_id
     now = int(time.time() * 1000)

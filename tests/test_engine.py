@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import tracking
 from sweeps.cli import main
+from sweeps.engine import optuna_storage_url
+from sweeps.spec import SpecError, load_spec
 from shipped_data import MNIST
 
 
@@ -25,7 +27,11 @@ def test_grid_sweep_logs_parent_and_trial_runs(ray_address, mlflow_store, tiny_s
     spec = tiny_spec("grid", grid={"train.lr": [0.001, 0.003]})
     status, result = run_cli(capsys, "sweep", "run", str(spec), "--address", ray_address)
     assert status == 0
-    assert result["mlflow_ui"] == f"mlflow ui --backend-store-uri {mlflow_store}"
+    experiment_id = MlflowClient(mlflow_store).get_experiment_by_name("engine-tests").experiment_id
+    assert result["mlflow_ui"] == (
+        f"mlflow ui --backend-store-uri {mlflow_store}, then"
+        f" http://127.0.0.1:5000/#/experiments/{experiment_id}?workflowType=machine_learning"
+    )
     assert sorted(trial["params"]["train.lr"] for trial in result["trials"]) == [0.001, 0.003]
     assert all(trial["status"] == "TERMINATED" for trial in result["trials"])
     best = max(result["trials"], key=lambda trial: trial["metrics"]["val_top1"])
@@ -56,6 +62,22 @@ def test_grid_sweep_logs_parent_and_trial_runs(ray_address, mlflow_store, tiny_s
     assert status == 0
     assert [(s["name"], s["trials"], s["trial_states"]) for s in listed] == [("grid", 2, {"FINISHED": 2})]
 
+    # The parent run compares sweeps: the best trial's objective and params, trials by state, its final weights.
+    (best_run,) = [run for run in trials if run.data.tags["mixer.trial_id"] == result["best_trial_id"]]
+    assert parent.data.metrics["val_top1"] == best_run.data.metrics["val_top1"]
+    assert parent.data.params["train.lr"] == best_run.data.params["train.lr"]
+    assert parent.data.metrics["trials_finished"] == 2 and parent.data.metrics["trials_failed"] == 0
+    assert parent.data.tags["mixer.best_run_id"] == best_run.info.run_id
+    assert result["best_checkpoint"] == f"runs:/{parent.info.run_id}/best_checkpoint"
+    assert [item.path for item in client.list_artifacts(parent.info.run_id, "best_checkpoint")] == [
+        "best_checkpoint/state.pt"
+    ]
+    # ... from which `mixer train` fine-tunes: at a learning rate of 1e-9 the model keeps the best trial's accuracy.
+    status, tuned = run_cli(capsys, "train", str(spec), "--set", f"train.init_from={result['best_checkpoint']}",
+                            "--set", "train.epochs=1", "--set", "train.lr=1e-9", "--no-checkpoints")
+    assert status == 0
+    assert tuned["test_top1"] == pytest.approx(best_run.data.metrics["test_top1"], abs=0.02)
+
 
 
 
@@ -85,6 +107,20 @@ def test_optuna_asha_sweep_keeps_its_study_beside_mlflow(ray_address, mlflow_sto
     parent = MlflowClient(mlflow_store).get_run(result["parent_run_id"])
     trials = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
     assert sorted(float(run.data.params["train.lr"]) for run in trials) == lrs
+
+
+def test_optuna_storage_is_a_spec_setting_with_a_default_that_outlives_the_working_dir(tiny_spec, tmp_path,
+                                                                                        monkeypatch):
+    spec = tiny_spec("tpe", searcher="optuna-tpe", search={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2}})
+    postgres = "postgresql://mixer@db.example:5432/optuna"
+    assert optuna_storage_url(load_spec(spec, [f"optuna_storage={postgres}"]), "http://mlflow:5000") == postgres
+    # Beside a SQLite MLflow store, else in ~/.mixer: never in the working directory `ray job submit` deletes.
+    assert optuna_storage_url(load_spec(spec), "sqlite:////data/mlflow.db") == "sqlite:////data/optuna.db"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert optuna_storage_url(load_spec(spec), "http://mlflow:5000") == f"sqlite:///{tmp_path}/home/.mixer/optuna.db"
+    assert (tmp_path / "home" / ".mixer").is_dir()
+    with pytest.raises(SpecError, match="optuna_storage"):
+        load_spec(spec, ["optuna_storage=optuna.db"])
 
 
 def test_sweep_bench_runs_the_same_trials_directly_and_through_the_engine(ray_address, mlflow_store, tiny_spec,

@@ -1,13 +1,22 @@
-"""MLflow tracking on a real SQLite store: the schema, and continued trial runs without duplicated steps."""
+"""MLflow tracking on a real SQLite store: the schema, what the MLflow UI shows, the sweep's outcome on its parent
+run, continued trial runs without duplicated steps, and checkpoints as run artifacts."""
 
 from __future__ import annotations
 
+import getpass
+import subprocess
 from pathlib import Path
 
+import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
+from mixer_core.checkpoint import STATE_FILE, save_checkpoint
 from mixer_core.config import RunConfig
 from sweeps import tracking
+from sweeps.run_artifacts import fetch_init_from, log_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_uri_is_absolute_sqlite_under_cwd(tmp_path, monkeypatch):
@@ -18,10 +27,24 @@ def test_default_uri_is_absolute_sqlite_under_cwd(tmp_path, monkeypatch):
     assert tracking.tracking_uri() == "http://mlflow.example:5000"
 
 
+def test_ui_hint_is_the_servers_page_of_the_experiment_in_the_model_training_view():
+    page = "#/experiments/3?workflowType=machine_learning"
+    assert tracking.ui_hint("http://mlflow.example:5000/", "3") == f"http://mlflow.example:5000/{page}"
+    assert tracking.ui_hint("sqlite:////data/mlflow.db", "3") == (
+        f"mlflow ui --backend-store-uri sqlite:////data/mlflow.db, then http://127.0.0.1:5000/{page}"
+    )
+
+
 def _sweep(uri: str, tmp_path: Path, name: str = "s1") -> str:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(f"name: {name}\n")
     return tracking.start_sweep_run(uri, "exp", name, "abc123", spec_file, {"name": name}, str(tmp_path / name))
+
+
+def _trial(uri: str, parent_id: str, trial_id: str, config: RunConfig) -> tracking.TrialRun:
+    experiment_id = MlflowClient(uri).get_run(parent_id).info.experiment_id
+    params = tracking.flatten(config.model_dump())
+    return tracking.TrialRun(uri, experiment_id, parent_id, "s1", trial_id, params, tracking.trial_tags(config))
 
 
 def test_parent_run_has_schema_tags_spec_and_resolved_spec(mlflow_store, tmp_path):
@@ -30,7 +53,11 @@ def test_parent_run_has_schema_tags_spec_and_resolved_spec(mlflow_store, tmp_pat
     assert parent.data.tags["mixer.sweep"] == "s1"
     assert parent.data.tags["mixer.role"] == "sweep"
     assert parent.data.tags["mixer.spec_hash"] == "abc123"
-    assert "mixer.git_commit" in parent.data.tags
+    # What `mlflow.start_run` records, so the UI's User and Source columns are filled; the spec is the source.
+    assert parent.data.tags["mlflow.user"] == getpass.getuser()
+    assert parent.data.tags["mlflow.source.name"] == str(tmp_path.resolve() / "spec.yaml")
+    assert parent.data.tags["mlflow.source.type"] == "LOCAL"
+    assert "mlflow.source.git.commit" not in parent.data.tags  # tmp_path is no git repository
     artifacts = {item.path for item in MlflowClient(mlflow_store).list_artifacts(parent_id)}
     assert artifacts == {"spec.yaml", tracking.RESOLVED_SPEC_ARTIFACT}
     assert tracking.load_resolved_spec(mlflow_store, parent_id) == {"name": "s1"}
@@ -39,20 +66,42 @@ def test_parent_run_has_schema_tags_spec_and_resolved_spec(mlflow_store, tmp_pat
     assert (tmp_path / "mlartifacts").is_dir()  # local store: artifacts beside the database
 
 
+def test_experiment_opens_as_model_training_in_the_mlflow_ui(mlflow_store, tmp_path):
+    client = MlflowClient(mlflow_store)
+    _sweep(mlflow_store, tmp_path)
+    assert client.get_experiment_by_name("exp").tags["mlflow.experimentKind"] == "custom_model_development"
+    # An experiment made before the schema had the tag gets it from the next sweep.
+    client.create_experiment("older", artifact_location=(tmp_path / "older").as_uri())
+    tracking.ensure_experiment(client, "older")
+    assert client.get_experiment_by_name("older").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_runs_record_the_git_commit_of_the_spec_and_trials_inherit_user_and_source(mlflow_store):
+    spec_path = REPO / "sweeps" / "quickstart.yaml"
+    parent_id = tracking.start_sweep_run(mlflow_store, "exp", "s1", "abc123", spec_path, {}, "/tmp/s1")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    client = MlflowClient(mlflow_store)
+    parent_tags = client.get_run(parent_id).data.tags
+    assert parent_tags["mlflow.source.git.commit"] == head.strip()
+    assert parent_tags["mlflow.source.name"] == str(spec_path)
+    trial = _trial(mlflow_store, parent_id, "t_00000", RunConfig())
+    trial_tags = client.get_run(trial.run_id).data.tags
+    for key in ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"):
+        assert trial_tags[key] == parent_tags[key]
+
+
 def test_trial_run_continues_without_duplicated_steps(mlflow_store, tmp_path):
     parent_id = _sweep(mlflow_store, tmp_path)
     experiment_id = MlflowClient(mlflow_store).get_run(parent_id).info.experiment_id
     config = RunConfig.model_validate({"model": {"variant": "Ti/4"}, "data": {"fraction": 0.5}})
-    params = tracking.flatten(config.model_dump())
 
     def attempt() -> tracking.TrialRun:
-        return tracking.TrialRun(mlflow_store, experiment_id, parent_id, "s1", "t_00000", params,
-                                 tracking.trial_tags(config))
+        return _trial(mlflow_store, parent_id, "t_00000", config)
 
     first = attempt()
     for step in (10, 20, 30):
         first.log({"train_loss": 1.0 / step, "step": step}, step=step)
-    first.log({"val_top1": 0.5}, step=20, tags={"mixer.params": 123})
+    first.log({"val_top1": 0.5, "params": 123}, step=20)  # the model's size becomes a tag too
     # A retry resumes from the checkpoint at step 20 and reports steps 30 and 40 again/newly.
     second = attempt()
     assert second.run_id == first.run_id
@@ -85,3 +134,49 @@ def test_trial_run_continues_without_duplicated_steps(mlflow_store, tmp_path):
 
 def test_flatten_nested_config():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_parent_run_carries_the_best_trial_and_the_trial_counts(mlflow_store, tmp_path):
+    parent_id = _sweep(mlflow_store, tmp_path)
+    experiment_id = MlflowClient(mlflow_store).get_run(parent_id).info.experiment_id
+    for trial_id, lr, accuracy, status in (("t_0", 0.1, 0.6, "FINISHED"), ("t_1", 0.01, 0.8, "FINISHED"),
+                                           ("t_2", 0.001, 0.7, "FAILED")):
+        config = RunConfig.model_validate({"train": {"lr": lr}})
+        run = _trial(mlflow_store, parent_id, trial_id, config)
+        run.log({"val_top1": accuracy, "step": 40}, step=40)
+        tracking.finish_run(mlflow_store, run.run_id, status)
+
+    # While a trial failed, the sweep may still be resumed: no params yet, since MLflow cannot change them.
+    best = tracking.record_sweep_outcome(mlflow_store, experiment_id, parent_id, "t_1", complete=False)
+    client = MlflowClient(mlflow_store)
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["mixer.best_trial_id"] == "t_1"
+    assert parent.data.tags["mixer.best_run_id"] == best.info.run_id
+    assert parent.data.metrics["val_top1"] == 0.8 and parent.data.metrics["step"] == 40
+    assert parent.data.metrics["trials"] == 3
+    assert parent.data.metrics["trials_finished"] == 2 and parent.data.metrics["trials_failed"] == 1
+    assert parent.data.metrics["trials_killed"] == 0
+    assert parent.data.params == {}
+
+    tracking.record_sweep_outcome(mlflow_store, experiment_id, parent_id, "t_1", complete=True)
+    params = client.get_run(parent_id).data.params
+    assert params["train.lr"] == "0.01" and params == best.data.params
+
+
+def test_a_checkpoint_logged_on_a_run_is_an_init_from_for_training(mlflow_store, tmp_path):
+    parent_id = _sweep(mlflow_store, tmp_path)
+    weights = {"model": {"head.weight": torch.ones(2, 3)}}
+    checkpoint = save_checkpoint(tmp_path / "ray_results" / "checkpoint_000001", weights)
+    artifact = log_checkpoint(mlflow_store, parent_id, str(checkpoint))
+    assert artifact == f"runs:/{parent_id}/best_checkpoint"
+
+    config = RunConfig.model_validate({"train": {"init_from": artifact}})
+    local = fetch_init_from(config, tmp_path / "downloads").train.init_from
+    assert Path(local).parent == tmp_path / "downloads"
+    assert torch.equal(torch.load(Path(local) / STATE_FILE)["model"]["head.weight"], torch.ones(2, 3))
+    plain = RunConfig.model_validate({"train": {"init_from": "weights/ti4.pth"}})
+    assert fetch_init_from(plain, tmp_path / "downloads") is plain
+
+    missing = RunConfig.model_validate({"train": {"init_from": f"runs:/{parent_id}/no_such_artifact"}})
+    with pytest.raises(FileNotFoundError, match="no_such_artifact"):
+        fetch_init_from(missing, tmp_path / "missing")

@@ -201,7 +201,9 @@ def _print_result(result, as_json: bool) -> None:
         return
     print(format_table(_result_rows(result)))
     print(f"\nbest trial: {result.best_trial_id or '-'} ({result.objective[0]})")
-    print(f"MLflow: {result.mlflow_ui_command}   (experiment run {result.parent_run_id})")
+    if result.best_checkpoint:
+        print(f"best weights: {result.best_checkpoint}   (a train.init_from for fine-tuning)")
+    print(f"MLflow: {result.mlflow_ui}   (sweep run {result.parent_run_id})")
     if result.optuna_storage:
         print(f"Optuna: optuna-dashboard {result.optuna_storage}")
     print(f"Tune state: {result.experiment_dir}")
@@ -223,12 +225,13 @@ def _result_document(result) -> dict[str, Any]:
     return {
         "name": result.name,
         "tracking_uri": result.tracking_uri,
-        "mlflow_ui": result.mlflow_ui_command,
+        "mlflow_ui": result.mlflow_ui,
         "parent_run_id": result.parent_run_id,
         "experiment_dir": result.experiment_dir,
         "optuna_storage": result.optuna_storage,
         "objective": result.objective,
         "best_trial_id": result.best_trial_id,
+        "best_checkpoint": result.best_checkpoint,
         "trials": [
             {"trial_id": t.trial_id, "status": t.status, "params": t.params, "metrics": t.metrics}
             for t in result.trials

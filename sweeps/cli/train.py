@@ -1,13 +1,16 @@
 """`mixer train CONFIG.yaml [--set key=value ...] [--json] [--resume DIR] [--out DIR]`: one run, without Ray.
 
 CONFIG is a run config or a sweep spec (its `base:` is used), so a single run and a sweep trial are configured
-alike. Progress goes to stderr; the final metrics are printed as a table, or with `--json` as one JSON document.
+alike. `train.init_from` may name an MLflow run's artifact, such as a sweep's best weights
+(`runs:/RUN_ID/best_checkpoint`); it is downloaded before training. Progress goes to stderr; the final metrics
+are printed as a table, or with `--json` as one JSON document.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from mixer_core.config import ConfigError, load_config
 from mixer_core.data import DataError
 from mixer_core.train import TrainingError, train
 from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
+from sweeps.run_artifacts import fetch_init_from
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         started = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         work_dir = args.out or _run_dir_of(args.resume) or Path("runs") / f"{args.config.stem}-{started}"
     try:
-        final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True)
+        with tempfile.TemporaryDirectory(prefix="mixer-init-") as download_dir:
+            config = fetch_init_from(config, Path(download_dir))
+            final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True)
     except (DataError, ValueError, FileNotFoundError) as error:  # a dataset, value or checkpoint we cannot use
         return refuse("train", f"{args.config}: {error}")
     except TrainingError as error:
