@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
+from dashboards.holdout import HeldBackCurve
 from dashboards.scaling import ScalingFit
 from mixer_core.model import MlpMixer
 
@@ -94,13 +95,52 @@ def scaling_figure(
                 continue
             grid = np.geomspace(*fit.x_range, 100)
             axes.plot(grid, 1 - fit.error(grid), color=style["color"], linewidth=1.4)
-            if len(fit.bootstrap_draws):
-                low_error, high_error = fit.error_band(grid)
-                axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.15, lw=0)
+            low_error, high_error = fit.error_band(grid)
+            axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.15, lw=0)
         _log_x_axis(axes)
         axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
         axes.set(xlabel=x_label, ylabel=y_label)
         axes.legend(loc="best")
+    return figure
+
+
+def holdout_figure(
+    curves: Sequence[HeldBackCurve],
+    styles: dict[str, dict],
+    *,
+    x_label: str,
+    y_label: str,
+) -> Figure:
+    """Accuracy against x per curve: the points a law was fitted on, the law extended past them (dashed) with
+    its one-run prediction band, and the held-back points it predicts (open stars, labelled with the
+    prediction's error in accuracy points)."""
+    styles = {**series_styles([curve.fit.series for curve in curves]), **styles}
+    with matplotlib.rc_context(STYLE):
+        figure, (axes,) = _new_figure(5.6, 3.8)
+        for curve in curves:
+            style = styles[curve.fit.series]
+            fitted_x, fitted_accuracy = np.array([(p.x, p.accuracy) for p in curve.fitted]).T
+            axes.plot(fitted_x, fitted_accuracy, linestyle="none", markersize=5, label=curve.fit.series, **style)
+            held_x = np.array([p.x for p in curve.held_back])
+            grid = np.geomspace(fitted_x.min(), max(held_x.max(), fitted_x.max()) * 1.25, 120)
+            inside = grid <= fitted_x.max()
+            accuracy = 1 - curve.fit.error(curve.inputs(grid))
+            axes.plot(grid[inside], accuracy[inside], color=style["color"], linewidth=1.4)
+            axes.plot(grid[~inside], accuracy[~inside], color=style["color"], linewidth=1.4, linestyle="--")
+            low_error, high_error = curve.fit.error_band(curve.inputs(grid), one_run=True)
+            axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.13, lw=0)
+            predicted = 1 - curve.fit.error(curve.inputs(held_x))
+            for point, prediction in zip(curve.held_back, predicted):
+                axes.plot(point.x, point.accuracy, marker="*", markersize=12, markerfacecolor="white",
+                          markeredgecolor=style["color"], markeredgewidth=1.3, linestyle="none")
+                axes.annotate(f"{100 * (prediction - point.accuracy):+.1f} pts", (point.x, point.accuracy),
+                              xytext=(6, -12), textcoords="offset points", fontsize=8, color=style["color"])
+        axes.plot([], [], marker="*", markersize=10, markerfacecolor="white", markeredgecolor="0.3",
+                  linestyle="none", label="held back (predicted − measured)")
+        _log_x_axis(axes)
+        axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+        axes.set(xlabel=x_label, ylabel=y_label)
+        axes.legend(loc="lower right")
     return figure
 
 
