@@ -121,14 +121,19 @@ def _scaling(
     joint_fits, joint_refusals = fit_joint(families, x_name=axis.name, metric=metric, n_bootstrap=n_bootstrap)
     analysis.fits += fits + joint_fits
     analysis.notes += refusals + joint_refusals
+    joint_by_family = {fit.series: fit for fit in joint_fits}
+    joint = {t.series: (joint_by_family[family(t)], t.params_count) for t in trials if family(t) in joint_by_family}
+    joint_caption = " Dotted: the joint law E∞ + A·N^(−α) + B·x^(−β) of the model's family at its size N." \
+        if joint else ""
     analysis.figures.append(
         ReportFigure(
             name=f"scaling_{metric}_vs_{axis.name.replace('.', '_')}",
             title=f"{label} vs {axis.label}",
             caption=f"Every trial of the best configuration per model and {axis.label} (points); lines are the "
             "fitted error law E = a·x^(−b) + c drawn as 1 − E, shaded by its bootstrap 95% confidence band "
-            "(paper Figures 2-right, 3).",
-            png=png_bytes(scaling_figure(points, fits, styles, x_label=f"{axis.label} (log scale)", y_label=label)),
+            f"(paper Figures 2-right, 3).{joint_caption}",
+            png=png_bytes(scaling_figure(points, fits, styles, x_label=f"{axis.label} (log scale)", y_label=label,
+                                         joint=joint)),
         )
     )
 

@@ -2,7 +2,7 @@
 
 A law maps inputs (model size, data size, compute) to an error rate. The fit minimises scipy's Huber loss on
 log-error residuals from a grid of starting points, within bounds, keeping the best. Residuals are scaled by
-the noise a test-set error rate carries: a binomial count has sd √(E(1 − E)/n), so log E has sd ∝ √((1 − E)/E),
+the noise a test-set error rate carries: a binomial count has sd √(E(1 − E)/n), so log E has sd ∝ √((1 − E)/E)
 and a 98%-accurate point is several times noisier in log space than a 50% one. Without that scale the
 intervals at the largest sizes, the ones a held-back prediction needs, come out too narrow.
 
@@ -10,7 +10,7 @@ Intervals come from a residual bootstrap: the sizes are set by design and only t
 each replicate adds resampled residuals (every trial's, seeds included) to the fitted curve and refits. With
 few points the residuals underestimate the noise and the bootstrap spread is itself uncertain, so each
 interval is widened about the estimate by t(n − p)/z, the ratio a linear model's exact t interval has to its
-normal one. Over 300 synthetic sweeps drawn from a known law (tests/test_dashboards_coverage.py) these
+normal one. Over 200 synthetic sweeps drawn from a known law (tests/test_dashboards_coverage.py) these
 intervals cover the true parameters and the held-back points at their nominal rate.
 """
 
@@ -85,13 +85,19 @@ class LawFit:
         return dict(zip(self.law.parameters, map(float, values)))
 
     def parameter_intervals(self) -> dict[str, tuple[float, float]]:
-        """Each parameter's interval in the units of the inputs, clipped to the law's bounds."""
-        estimate = self.law.in_input_units(self.theta, self.scale)
-        low, high = self.interval(estimate, self.law.in_input_units(self.draws, self.scale))
-        lower = self.law.in_input_units(np.array(self.law.lower), self.scale)
+        """Each parameter's interval in the units of the inputs, clipped to the law's bounds. Amplitudes (the
+        parameters bounded away from zero) span decades and are widened on a log scale, so they stay positive."""
+        amplitude = np.array(self.law.lower) > 0
+
+        def to_scale(values: np.ndarray) -> np.ndarray:
+            return np.where(amplitude, np.log(np.where(amplitude, values, 1.0)), values)
+
+        estimate = to_scale(self.law.in_input_units(self.theta, self.scale))
+        low, high = self.interval(estimate, to_scale(self.law.in_input_units(self.draws, self.scale)))
+        low, high = (np.where(amplitude, np.exp(bound), bound) for bound in (low, high))
         upper = self.law.in_input_units(np.array(self.law.upper), self.scale)
-        return {name: (float(max(lo, lower[i])), float(min(hi, upper[i])))
-                for i, (name, lo, hi) in enumerate(zip(self.law.parameters, low, high))}
+        return {name: (float(max(lo, bound)), float(min(hi, upper[i])))
+                for i, (name, lo, hi, bound) in enumerate(zip(self.law.parameters, low, high, self.law.lower))}
 
     def error(self, inputs: np.ndarray) -> np.ndarray:
         """The fitted error at inputs (n, k)."""
@@ -107,7 +113,8 @@ class LawFit:
             # Gaussian at the residuals' sd rather than the residuals themselves: with five of them, a resampled
             # 97.5% quantile would be just the largest residual.
             spread = np.sqrt(np.mean(self.standardised_residuals**2))
-            noise = np.random.default_rng(self.seed + 1).normal(0, spread, replicates.shape)
+            # One noise draw per replicate, shared along the inputs, so that a band over a grid is smooth.
+            noise = np.random.default_rng(self.seed + 1).normal(0, spread, (len(replicates), 1))
             replicates = replicates + noise * log_noise_scale(np.exp(estimate))
         low, high = self.interval(estimate, replicates)
         return np.exp(low), np.exp(high)

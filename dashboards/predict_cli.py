@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     if not predictions:
-        print(f"mixer predict: no law of sweep {args.sweep!r} could be fitted; see the notes above", file=sys.stderr)
+        law = "joint law" if args.params else "law"
+        print(f"mixer predict: no {law} of sweep {args.sweep!r} could be fitted; see the notes above", file=sys.stderr)
         return 1
     if args.json:
         emit_json([prediction.to_dict() for prediction in predictions])

@@ -173,8 +173,10 @@ def _prediction_table(analysis: SweepAnalysis) -> str:
         return ""
     rows = prediction_rows(analysis.predictions)
     head = "".join(f"<th>{escape(name)}</th>" for name in rows[0])
-    body = "".join("<tr>" + "".join(_cell(value, css="text" if isinstance(value, str) else "") for value in row.values())
-                   + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(_cell(value, css="text" if isinstance(value, str) else "") for value in row.values()) + "</tr>"
+        for row in rows
+    )
     return (f'<h3>Held-back predictions</h3><div class="scroll"><table id="predictions"><thead><tr>{head}</tr>'
             f"</thead><tbody>{body}</tbody></table></div><p class=\"meta\">Intervals: {escape(INTERVAL_KIND)}. "
             "Error: predicted − measured accuracy.</p>")

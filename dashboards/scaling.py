@@ -195,13 +195,16 @@ def fit_scaling_law(
         raise CannotFit(f"{label}: x must be positive for a power law, got {x.min()}")
     if params is None:
         law, inputs = POWER_LAW, x[:, None]
-        _check_sizes(label, x_name, x, 4, "E = a·x^(−b) + c has 3 parameters and, with one more to measure the noise,")
+        _check_sizes(label, x_name, x, 4,
+                     "E = a·x^(−b) + c has 3 parameters and, with one more to measure the noise,")
     else:
         law, inputs = JOINT_LAW, np.column_stack([np.asarray(list(params), dtype=float), x])
+        if np.any(inputs[:, 0] <= 0):
+            raise CannotFit(f"{label}: a trial has no parameter count (tag mixer.params), so no joint law; not fitted")
         _check_sizes(label, "model size", inputs[:, 0], 3, "separating E∞ from A·N^(−α)")
         _check_sizes(label, x_name, x, 3, "fitting B·x^(−β)")
-        _check_sizes(label, "(model size, x)", inputs, 6, "the joint law has 5 parameters and, with one more to measure "
-                     "the noise,")
+        _check_sizes(label, "(model size, x)", inputs, 6,
+                     "the joint law has 5 parameters and, with one more to measure the noise,")
     _check_error_falls(label, x, error)
     fitted = fit_law(law, inputs, error, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     return ScalingFit(
@@ -223,7 +226,9 @@ def chosen_trials(points: Iterable[tuple[Hashable, float, float, tuple]]) -> dic
     """Per series, the (x, accuracy) points of the best configuration at each x (every one of its seeds),
     as the paper fits the best hyperparameters per model and size. Points come as (series, x, accuracy,
     replicate key); each series is sorted by x."""
-    groups: dict[Hashable, dict[float, dict[tuple, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    groups: dict[Hashable, dict[float, dict[tuple, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for series, x, accuracy, key in points:
         groups[series][x][key].append(accuracy)
     return {

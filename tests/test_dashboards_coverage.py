@@ -33,5 +33,5 @@ def test_nominal_95_percent_intervals_cover_at_least_90_percent_of_draws():
         low, high = fit.error_band(held_back, one_run=True)
         covered["measurement at held-back x"] += low[0] <= measure(rng, held_back)[0] <= high[0]
     rates = {name: float(count) / DRAWS for name, count in covered.items()}
-    print("coverage of nominal 95% intervals over", DRAWS, "draws:", {name: round(rate, 3) for name, rate in rates.items()})
+    print(f"coverage of nominal 95% intervals over {DRAWS} draws:", {name: round(r, 3) for name, r in rates.items()})
     assert min(rates.values()) >= 0.90, rates

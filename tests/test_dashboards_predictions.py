@@ -68,7 +68,8 @@ def test_holdout_refuses_a_series_left_with_too_few_fractions(store, capsys, tmp
     uri, _ = store
     status, document, _ = run_report(capsys, uri, "fractions", tmp_path / "report", "--holdout", "largest", "--no-log")
     assert status == 0 and document["predictions"] == []
-    assert "holdout largest: Ti/4, test_top1 vs train_size: 3 distinct train_size value(s)" in " ".join(document["notes"])
+    notes = " ".join(document["notes"])
+    assert "holdout largest: Ti/4, test_top1 vs train_size: 3 distinct train_size value(s)" in notes
 
 
 def test_predict_reads_every_model_law_at_a_size_never_run_and_warns_past_ten_times(store, capsys):
@@ -99,4 +100,4 @@ def test_predict_with_params_uses_the_joint_law_and_says_which_families_have_non
     assert mixer["extrapolation"] == pytest.approx(1e8 / FAMILY_PARAMS["L/4"])
     assert "1 of 2 families have none" in err
     status, _, err = run_predict(capsys, uri, "perm", "--examples", "8000", "--params", "1e8")
-    assert status == 1 and "no law of sweep 'perm' could be fitted" in err
+    assert status == 1 and "no joint law of sweep 'perm' could be fitted" in err

@@ -51,7 +51,7 @@ def test_one_wild_trial_barely_moves_the_exponent():
 
 
 def test_refuses_fewer_distinct_sizes_than_parameters_plus_one():
-    with pytest.raises(CannotFit, match=r"resnet18, test_top1 vs train_size: 3 distinct train_size value\(s\).*needs 4"):
+    with pytest.raises(CannotFit, match=r"resnet18, test_top1 vs train_size: 3 distinct train_size value\(s\).*4;"):
         fit_scaling_law([500, 1000, 2000, 2000], [0.2, 0.15, 0.14, 0.13], series="resnet18", x_name="train_size",
                         metric="test_top1")
 
