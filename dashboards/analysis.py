@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from dashboards.checkpoints import CheckpointError, load_trial_mixer
 from dashboards.figures import (
     cost_figure,
+    holdout_figure,
     permutation_figure,
     png_bytes,
     scaling_figure,
@@ -17,6 +18,7 @@ from dashboards.figures import (
     stem_filters_figure,
     token_mixing_figure,
 )
+from dashboards.holdout import INTERVAL_KIND, HeldBackCurve, Prediction, SizedPoint, hold_back, predict_held_back
 from dashboards.runs import SweepRuns, Trial, metric_histories
 from mixer_core.metrics import (
     BEST_PREFIX,
@@ -28,7 +30,7 @@ from mixer_core.metrics import (
     best,
     fewshot_top1,
 )
-from dashboards.scaling import ScalingFit, best_points, fit_series
+from dashboards.scaling import CannotFit, ScalingFit, chosen_trials, fit_joint, fit_series, replicate_key
 
 TOP1_METRICS = (TEST_TOP1, VAL_TOP1)  # the first one any trial logged is the report's accuracy
 FEWSHOT_SHOTS = 5  # the paper's headline few-shot number (Figures 2-right, 3)
@@ -70,6 +72,7 @@ class SweepAnalysis:
 
     metrics: list[str]
     fits: list[ScalingFit] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
     figures: list[ReportFigure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     weights_trial: str | None = None
@@ -125,27 +128,81 @@ def data_axis(trials: list[Trial]) -> ScalingAxis:
     return ScalingAxis("data.fraction", "fraction of the training set", lambda t: t.data_fraction)
 
 
+def family(trial: Trial) -> str:
+    """The trials one joint law spans across model sizes: every Mixer variant together, each timm model on
+    its own, separately per input permutation."""
+    name = "Mixer" if trial.is_mixer else trial.model
+    return name if trial.permutation == "none" else f"{name} ({trial.permutation})"
+
+
+def sized_points(trials: list[Trial], metric: str, axis: ScalingAxis, group: Callable[[Trial], str]
+                 ) -> dict[str, list[SizedPoint]]:
+    """Per group (a series or a family), every trial of the best configuration per model size and x,
+    seeds included, as (params, x, accuracy) points."""
+    usable = [t for t in trials if axis.value(t) and t.metric(metric) is not None]
+    chosen = chosen_trials(
+        ((group(t), t.params_count or 0), axis.value(t), t.metric(metric), replicate_key(t.config)) for t in usable
+    )
+    points: dict[str, list[SizedPoint]] = defaultdict(list)
+    for (name, params), series_points in chosen.items():
+        points[name] += [SizedPoint(params, x, accuracy) for x, accuracy in series_points]
+    return dict(points)
+
+
 def _scaling(
     trials: list[Trial], metric: str, axis: ScalingAxis, styles: dict[str, dict], n_bootstrap: int,
     analysis: SweepAnalysis,
 ) -> None:
     label = metric_label(metric)
-    points = best_points(
-        (t.series, axis.value(t), t.metric(metric)) for t in trials if axis.value(t) and t.metric(metric) is not None
-    )
+    points = {series: [(p.x, p.accuracy) for p in sized]
+              for series, sized in sized_points(trials, metric, axis, lambda t: t.series).items()}
     if not points:
         analysis.notes.append(f"{label} vs {axis.label}: no trial logged both; no figure")
         return
     fits, refusals = fit_series(points, x_name=axis.name, metric=metric, n_bootstrap=n_bootstrap)
-    analysis.fits += fits
-    analysis.notes += refusals
+    families = {name: [(p.params, p.x, p.accuracy) for p in sized]
+                for name, sized in sized_points(trials, metric, axis, family).items()}
+    joint_fits, joint_refusals = fit_joint(families, x_name=axis.name, metric=metric, n_bootstrap=n_bootstrap)
+    analysis.fits += fits + joint_fits
+    analysis.notes += refusals + joint_refusals
+    joint_by_family = {fit.series: fit for fit in joint_fits}
+    joint = {t.series: (joint_by_family[family(t)], t.params_count) for t in trials if family(t) in joint_by_family}
+    joint_caption = " Dotted: the joint law E∞ + A·N^(−α) + B·x^(−β) of the model's family at its size N." \
+        if joint else ""
     analysis.figures.append(
         ReportFigure(
             name=f"scaling_{_file_name(metric)}_vs_{_file_name(axis.name)}",
             title=f"{label} vs {axis.label}",
-            caption=f"Best trial per model and {axis.label} (points); lines are the fitted error law "
-            f"E = a·x^(−b) + c drawn as 1 − E, shaded by its bootstrap 95% interval (paper Figures 2-right, 3).",
-            png=png_bytes(scaling_figure(points, fits, styles, x_label=f"{axis.label} (log scale)", y_label=label)),
+            caption=f"Every trial of the best configuration per model and {axis.label} (points); lines are the "
+            "fitted error law E = a·x^(−b) + c drawn as 1 − E, shaded by its bootstrap 95% confidence band "
+            f"(paper Figures 2-right, 3).{joint_caption}",
+            png=png_bytes(scaling_figure(points, fits, styles, x_label=f"{axis.label} (log scale)", y_label=label,
+                                         joint=joint)),
+        )
+    )
+
+
+def _holdout(trials: list[Trial], metric: str, axis: ScalingAxis, holdout: str, styles: dict[str, dict],
+             n_bootstrap: int, analysis: SweepAnalysis) -> None:
+    label = metric_label(metric)
+    group = family if holdout == "largest-model" else (lambda t: t.series)
+    curves: list[HeldBackCurve] = []
+    for name, points in sized_points(trials, metric, axis, group).items():
+        try:
+            curves.append(hold_back(holdout, name, points, x_name=axis.name, metric=metric, n_bootstrap=n_bootstrap))
+        except CannotFit as refusal:
+            analysis.notes.append(f"holdout {holdout}: {refusal}")
+    if not curves:
+        return
+    analysis.predictions += [prediction for curve in curves for prediction in predict_held_back(curve)]
+    held_back = "the largest model" if holdout == "largest-model" else f"the largest {axis.label}"
+    analysis.figures.append(
+        ReportFigure(
+            name=f"holdout_{holdout.replace('-', '_')}_{metric}",
+            title=f"{label}: predicting {held_back} from the rest",
+            caption=f"Laws fitted without {held_back} (filled points), extended past the fitted range (dashed), "
+            f"predict the held-back trials (open stars). Shading: the {INTERVAL_KIND}, 95%.",
+            png=png_bytes(holdout_figure(curves, styles, x_label=f"{axis.label} (log scale)", y_label=label)),
         )
     )
 
@@ -252,10 +309,13 @@ def analyse_sweep(
     metric: str | None = None,
     n_bootstrap: int = 300,
     weights_trial: str | None = None,
+    holdout: str | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> SweepAnalysis:
-    """Fit scaling laws per model against data size and compute, and draw every figure the sweep supports.
-    Only FINISHED trials enter fits and figures; anything left out is explained in `notes`."""
+    """Fit scaling laws per model (and jointly across the sizes of a model family) against data size and
+    compute, and draw every figure the sweep supports. With `holdout` ('largest' or 'largest-model'), also fit
+    without those points and predict them. Only FINISHED trials enter fits and figures; anything left out is
+    explained in `notes`."""
     finished = [t for t in sweep.trials if t.status == "FINISHED"]
     analysis = SweepAnalysis(metrics=accuracy_metrics(finished, metric))
     if any(name.startswith(BEST_PREFIX) for name in analysis.metrics):
@@ -268,6 +328,9 @@ def analyse_sweep(
         for axis in (data_axis(finished), COMPUTE_AXIS):
             progress(f"fitting {name} against {axis.label} ({n_bootstrap} bootstrap draws per model)")
             _scaling(finished, name, axis, styles, n_bootstrap, analysis)
+        if holdout:
+            progress(f"holding back {holdout} for {name}: fitting the rest and predicting it")
+            _holdout(finished, name, data_axis(finished), holdout, styles, n_bootstrap, analysis)
     progress("drawing cost, permutation and weight figures")
     _cost(finished, analysis.metrics[0], styles, analysis)
     if sweep.has_permutation_axis:

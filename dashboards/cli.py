@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from dashboards.analysis import analyse_sweep
-from dashboards.report import log_report, write_report
+from dashboards.holdout import HOLDOUTS, INTERVAL_KIND
+from dashboards.report import log_fit_metrics, log_report, prediction_rows, write_report
 from dashboards.runs import SweepNotFound, load_sweep
 from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
 from sweeps.tracking import tracking_uri
@@ -29,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples per fit (default: %(default)s)")
     parser.add_argument("--weights-trial", metavar="TRIAL_ID",
                         help="trial whose checkpoint the weight figures show (default: best Mixer trial)")
-    parser.add_argument("--no-log", action="store_true", help="do not log the report on the sweep's parent run")
+    parser.add_argument("--holdout", choices=HOLDOUTS,
+                        help="also fit without the largest data size (largest) or the largest model of each family "
+                             "(largest-model), predict those points and report how close the prediction came")
+    parser.add_argument("--no-log", action="store_true",
+                        help="do not log the report and the fitted parameters on the sweep's parent run")
     add_json_flag(parser)
 
 
@@ -37,8 +42,8 @@ def _progress(message: str) -> None:
     print(f"[mixer report] {message}", file=sys.stderr, flush=True)
 
 
-def _interval(bounds: list[float] | None) -> str:
-    return "none (exact fit)" if bounds is None else f"[{bounds[0]:.3g}, {bounds[1]:.3g}]"
+def _interval(bounds: list[float]) -> str:
+    return f"[{bounds[0]:.3g}, {bounds[1]:.3g}]"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     _progress(f"{len(sweep.trials)} trials under parent run {sweep.parent_run_id}")
     try:
         analysis = analyse_sweep(
-            sweep, metric=args.metric, n_bootstrap=args.bootstrap, weights_trial=args.weights_trial, progress=_progress
+            sweep, metric=args.metric, n_bootstrap=args.bootstrap, weights_trial=args.weights_trial,
+            holdout=args.holdout, progress=_progress,
         )
     except ValueError as problem:
         print(f"mixer report: {problem}", file=sys.stderr)
@@ -63,15 +69,23 @@ def run(args: argparse.Namespace) -> int:
     document = write_report(sweep, analysis, out_dir, args.mlflow_url)
     if not args.no_log:
         document["artifact_uri"] = log_report(sweep, out_dir)
-        _progress(f"logged as artifacts {document['artifact_uri']}")
+        _progress(f"logged as artifacts {document['artifact_uri']}, and {log_fit_metrics(sweep, analysis)} "
+                  "fitted parameters, bounds and held-back errors as metrics of the sweep run")
     if args.json:
         emit_json(document)
         return 0
     print(format_table([
-        {"series": f["series"], "metric": f["metric"], "x": f["x"], "points": f["n_points"],
-         **f["parameters"], "b 95% CI": _interval(f["intervals"]["b"])}
-        for f in document["fits"]
+        {"series": f["series"], "metric": f["metric"], "x": " and ".join(f["inputs"]), "points": f["n_points"],
+         **{f"{name} [95% interval]": f"{value:.3g} {_interval(f['intervals'][name])}"
+            for name, value in f["parameters"].items()}}
+        for f in document["fits"] if len(f["inputs"]) == 1
     ]))
+    for f in (f for f in document["fits"] if len(f["inputs"]) > 1):
+        print(f"joint law, {f['series']}, {f['metric']} vs params and {f['x']}: " + ", ".join(
+            f"{name} = {value:.3g} {_interval(f['intervals'][name])}" for name, value in f["parameters"].items()))
+    if analysis.predictions:
+        print(f"\nheld back ({args.holdout}); intervals are 95% {INTERVAL_KIND}")
+        print(format_table(prediction_rows(analysis.predictions)))
     for note in analysis.notes:
         print(f"note: {note}")
     print(f"report: {document['report']}")

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
+from dashboards.holdout import HeldBackCurve
 from dashboards.scaling import ScalingFit
 from mixer_core.model import MlpMixer
 
@@ -80,8 +81,11 @@ def scaling_figure(
     *,
     x_label: str,
     y_label: str,
+    joint: dict[str, tuple[ScalingFit, float]] | None = None,
 ) -> Figure:
-    """Accuracy against x on a log axis per series, with the fitted law 1 − E(x) and its bootstrap band."""
+    """Accuracy against x on a log axis per series, with the fitted law 1 − E(x) and its bootstrap band, and
+    dotted, the joint law of the series' model family at its size N (`joint`: series -> (joint fit, N))."""
+    joint = joint or {}
     with matplotlib.rc_context(STYLE):
         figure, (axes,) = _new_figure(5.2, 3.6)
         fits_by_series = {fit.series: fit for fit in fits}
@@ -89,18 +93,67 @@ def scaling_figure(
             x, accuracy = map(np.asarray, zip(*series_points))
             style = styles[series]
             axes.plot(x, accuracy, linestyle="none", markersize=5, label=series, **style)
+            if series in joint:
+                joint_fit, params = joint[series]
+                grid = np.geomspace(*joint_fit.x_range, 100)
+                inputs = np.column_stack([np.full(len(grid), params), grid])
+                axes.plot(grid, 1 - joint_fit.error(inputs), color=style["color"], linewidth=1.1, linestyle=":")
             fit = fits_by_series.get(series)
             if fit is None:
                 continue
             grid = np.geomspace(*fit.x_range, 100)
             axes.plot(grid, 1 - fit.error(grid), color=style["color"], linewidth=1.4)
-            if len(fit.bootstrap_draws):
-                low_error, high_error = fit.error_band(grid)
-                axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.15, lw=0)
+            low_error, high_error = fit.error_band(grid)
+            axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.15, lw=0)
         _log_x_axis(axes)
         axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
         axes.set(xlabel=x_label, ylabel=y_label)
         axes.legend(loc="best")
+    return figure
+
+
+def holdout_figure(
+    curves: Sequence[HeldBackCurve],
+    styles: dict[str, dict],
+    *,
+    x_label: str,
+    y_label: str,
+) -> Figure:
+    """Accuracy against x per curve: the points a law was fitted on, the law extended past them (dashed) with
+    its one-run prediction band, and the held-back points it predicts (open stars, labelled with the
+    prediction's error in accuracy points)."""
+    styles = {**series_styles([curve.fit.series for curve in curves]), **styles}
+    with matplotlib.rc_context(STYLE):
+        figure, (axes,) = _new_figure(5.6, 3.8)
+        for curve in curves:
+            style = styles[curve.fit.series]
+            # A per-model curve is fitted up to its largest x; a joint one predicts a model size it never saw.
+            fitted_x, fitted_accuracy = np.array([(p.x, p.accuracy) for p in curve.fitted]).T
+            label = curve.fit.series if curve.params is None else f"{curve.fit.series}, smaller sizes (fitted)"
+            axes.plot(fitted_x, fitted_accuracy, linestyle="none", markersize=5, label=label,
+                      alpha=1.0 if curve.params is None else 0.35, **style)
+            held_x = np.array([p.x for p in curve.held_back])
+            grid = np.geomspace(fitted_x.min(), max(held_x.max(), fitted_x.max()) * 1.25, 120)
+            inside = grid <= (fitted_x.max() if curve.params is None else 0)
+            accuracy = 1 - curve.fit.error(curve.inputs(grid))
+            axes.plot(grid[inside], accuracy[inside], color=style["color"], linewidth=1.4)
+            axes.plot(grid[~inside], accuracy[~inside], color=style["color"], linewidth=1.4, linestyle="--")
+            low_error, high_error = curve.fit.error_band(curve.inputs(grid), one_run=True)
+            axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.13, lw=0)
+            held_accuracy = np.array([p.accuracy for p in curve.held_back])
+            axes.plot(held_x, held_accuracy, marker="*", markersize=12, markerfacecolor="white",
+                      markeredgecolor=style["color"], markeredgewidth=1.3, linestyle="none")
+            for x in np.unique(held_x):  # seeds at one x share a label: the mean error of their predictions
+                measured = held_accuracy[held_x == x]
+                predicted = 1 - curve.fit.error(curve.inputs(np.array([x])))[0]
+                axes.annotate(f"{100 * (predicted - measured.mean()):+.1f} pts", (x, measured.min()),
+                              xytext=(7, -10), textcoords="offset points", fontsize=8, color=style["color"])
+        axes.plot([], [], marker="*", markersize=10, markerfacecolor="white", markeredgecolor="0.3",
+                  linestyle="none", label="held back (predicted − measured)")
+        _log_x_axis(axes)
+        axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+        axes.set(xlabel=x_label, ylabel=y_label)
+        axes.legend(loc="lower right")
     return figure
 
 

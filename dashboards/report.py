@@ -6,16 +6,20 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
+import time
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from dashboards.analysis import ReportFigure, SweepAnalysis, metric_label
+from dashboards.holdout import INTERVAL_KIND, Prediction
 from dashboards.runs import SweepRuns, trial_rows
-from dashboards.scaling import PARAMETER_NAMES, ScalingFit
+from dashboards.scaling import ScalingFit
 from mixer_core.metrics import IMAGES_PER_SEC, TRAIN_FLOPS, TRAIN_SIZE, WALL_SECONDS
 from sweeps.cli.output import format_value
 from sweeps.tracking import TAG_GIT_COMMIT, TAG_SPEC_HASH
@@ -125,32 +129,58 @@ def _trial_table(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> 
 
 def _format_parameter(fit: ScalingFit, name: str) -> str:
     low, high = fit.intervals[name]
-    interval = "no interval: exact fit" if math.isnan(low) else f"[{low:.3g}, {high:.3g}]"
-    return f'{fit.parameters[name]:.3g} <span class="ci">{interval}</span>'
+    return f'{escape(name)} = {fit.parameters[name]:.3g} <span class="ci">[{low:.3g}, {high:.3g}]</span>'
 
 
-_FIT_COLUMNS = ("series", "metric", "x", "points", "a", "b (exponent)", "c (error floor)", "accuracy ceiling 1 − c",
-                "bootstrap fits")
+_FIT_COLUMNS = ("series", "metric", "law", "points", "parameters [95% interval]", "accuracy ceiling", "bootstrap fits")
 
 
 def _fit_row(fit: ScalingFit) -> str:
-    text = (fit.series, metric_label(fit.metric), fit.x_name)
+    text = (fit.series, metric_label(fit.metric), fit.law_fit.law.formula.replace("x", fit.x_name))
     cells = [f'<td class="text">{escape(value)}</td>' for value in text]
-    cells += [f"<td>{fit.n_points}</td>", *(f"<td>{_format_parameter(fit, name)}</td>" for name in PARAMETER_NAMES)]
-    cells += [f"<td>{_percent(1 - fit.parameters['c'])}</td>", f"<td>{len(fit.bootstrap_draws)}</td>"]
+    parameters = " ".join(f'<span style="display:inline-block;margin-right:10px">{_format_parameter(fit, name)}</span>'
+                          for name in fit.parameters)
+    floor = fit.parameters.get("c", fit.parameters.get("E_inf"))
+    cells += [f"<td>{fit.n_points}</td>", f'<td class="text">{parameters}</td>', f"<td>{_percent(1 - floor)}</td>",
+              f"<td>{len(fit.law_fit.draws)}</td>"]
     return f"<tr>{''.join(cells)}</tr>"
 
 
 def _fit_table(analysis: SweepAnalysis) -> str:
     if not analysis.fits:
         return "<p>No series had enough points to fit; see the notes.</p>"
-    head = "".join(f'<th class="text">{name}</th>' if i < 3 else f"<th>{name}</th>" for i, name in enumerate(_FIT_COLUMNS))
+    head = "".join(f'<th class="text">{name}</th>' if i in (0, 1, 2, 4) else f"<th>{name}</th>"
+                   for i, name in enumerate(_FIT_COLUMNS))
     return (
         f'<h3>Fitted laws</h3><div class="scroll"><table id="fits"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(map(_fit_row, analysis.fits))}</tbody></table></div>"
-        '<p class="meta">E(x) = a·x<sup>−b</sup> + c fitted to 1 − accuracy of the best trial per x; '
-        "brackets are 95% pairs-bootstrap intervals.</p>"
+        '<p class="meta">Laws fitted to 1 − accuracy of every trial of the best configuration per size (Huber loss '
+        "on log error); brackets are 95% residual-bootstrap intervals widened by t(n − p)/z.</p>"
     )
+
+
+def prediction_rows(predictions: list[Prediction]) -> list[dict[str, Any]]:
+    """One table row per held-back point: measured and predicted accuracy, interval, error and coverage."""
+    return [
+        {"series": p.series, "metric": p.metric, "x": p.x, "measured %": 100 * p.measured,
+         "predicted %": 100 * p.predicted, "95% interval %": f"[{100 * p.interval[0]:.2f}, {100 * p.interval[1]:.2f}]",
+         "error (points)": p.error_points, "covered": "yes" if p.covered else "NO"}
+        for p in predictions
+    ]
+
+
+def _prediction_table(analysis: SweepAnalysis) -> str:
+    if not analysis.predictions:
+        return ""
+    rows = prediction_rows(analysis.predictions)
+    head = "".join(f"<th>{escape(name)}</th>" for name in rows[0])
+    body = "".join(
+        "<tr>" + "".join(_cell(value, css="text" if isinstance(value, str) else "") for value in row.values()) + "</tr>"
+        for row in rows
+    )
+    return (f'<h3>Held-back predictions</h3><div class="scroll"><table id="predictions"><thead><tr>{head}</tr>'
+            f"</thead><tbody>{body}</tbody></table></div><p class=\"meta\">Intervals: {escape(INTERVAL_KIND)}. "
+            "Error: predicted − measured accuracy.</p>")
 
 
 def _figure_html(figure: ReportFigure) -> str:
@@ -167,6 +197,7 @@ def render_html(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> s
     """The report page as one HTML string with every figure inlined."""
     groups = {
         "scaling": ("Scaling with data and compute", [f for f in analysis.figures if f.name.startswith("scaling_")]),
+        "holdout": ("Held-back prediction", [f for f in analysis.figures if f.name.startswith("holdout_")]),
         "cost": ("Accuracy vs cost", [f for f in analysis.figures if f.name.startswith("cost_")]),
         "permutation": ("Permutation study", [f for f in analysis.figures if f.name == "permutation_study"]),
         "weights": ("Learned weights", [f for f in analysis.figures if f.name in ("stem_filters", "token_mixing")]),
@@ -176,7 +207,7 @@ def render_html(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> s
         if not figures:
             continue
         body = "".join(map(_figure_html, figures))
-        fits = _fit_table(analysis) if anchor == "scaling" else ""
+        fits = {"scaling": _fit_table(analysis), "holdout": _prediction_table(analysis)}.get(anchor, "")
         sections.append(f'<section id="{anchor}"><h2>{title}</h2><div class="figures">{body}</div>{fits}</section>')
         nav.append(f'<a href="#{anchor}">{title}</a>')
     if analysis.notes:
@@ -221,6 +252,7 @@ def summary(sweep: SweepRuns, analysis: SweepAnalysis, out_dir: Path, mlflow_url
         "figures": [str(out_dir / "figures" / f"{figure.name}.png") for figure in analysis.figures],
         "metrics": analysis.metrics,
         "fits": [fit.to_dict() for fit in analysis.fits],
+        "predictions": [prediction.to_dict() for prediction in analysis.predictions],
         "notes": analysis.notes,
         "weights_trial": analysis.weights_trial,
         "trials": trial_rows(sweep, analysis.metrics),
@@ -244,3 +276,31 @@ def log_report(sweep: SweepRuns, out_dir: Path) -> str:
     client = MlflowClient(tracking_uri=sweep.tracking_uri)
     client.log_artifacts(sweep.parent_run_id, str(out_dir), artifact_path=ARTIFACT_PATH)
     return f"{client.get_run(sweep.parent_run_id).info.artifact_uri}/{ARTIFACT_PATH}"
+
+
+_UNSAFE_IN_METRIC_NAMES = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def fit_metrics(analysis: SweepAnalysis) -> dict[str, float]:
+    """Every fitted parameter with its interval bounds, and every held-back prediction's error and coverage,
+    as MLflow metric names and values (`scaling/test_top1/train_size/Ti_7/b_low`, `holdout/...`)."""
+    metrics = {}
+    for fit in analysis.fits:
+        prefix = f"scaling/{fit.metric}/{'_and_'.join(fit.inputs)}/{fit.series}"
+        for name, value in fit.parameters.items():
+            low, high = fit.intervals[name]
+            metrics |= {f"{prefix}/{name}": value, f"{prefix}/{name}_low": low, f"{prefix}/{name}_high": high}
+    for prediction in analysis.predictions:
+        prefix = f"holdout/{prediction.metric}/{prediction.series}/at_{prediction.x:g}"
+        metrics |= {f"{prefix}/error_points": prediction.error_points, f"{prefix}/covered": float(prediction.covered)}
+    return {_UNSAFE_IN_METRIC_NAMES.sub("_", name): value for name, value in metrics.items() if math.isfinite(value)}
+
+
+def log_fit_metrics(sweep: SweepRuns, analysis: SweepAnalysis) -> int:
+    """Log `fit_metrics` on the sweep's parent run, so MLflow's compare view lines sweeps up; returns how many."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, 0) for name, value in fit_metrics(analysis).items()]
+    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(sweep.parent_run_id, metrics=metrics[start:start + 1000])
+    return len(metrics)

@@ -1,93 +1,173 @@
-"""Scaling laws: error as a saturating power law E(x) = a·x^(−b) + c of data size or compute, per model.
-
-Each series is fitted with scipy's `curve_fit`; its confidence intervals come from a pairs bootstrap (refit on
-points resampled with replacement), which needs no assumption about the noise of a handful of trials.
+"""Scaling laws of error: E(x) = a·x^(−b) + c per model, and E(N, x) = E∞ + A·N^(−α) + B·x^(−β) across the
+sizes N of one model family, x being data size or compute. Fitting and intervals live in `dashboards.lawfit`;
+this module holds the two laws, refuses data that cannot pin them down, and says why.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
+from scipy import stats
 
-PARAMETER_NAMES = ("a", "b", "c")
-# a >= 0 keeps error falling with x; b in [0, 5] spans every exponent seen in practice; c in [0, 1] because
-# the error is a fraction.
-_LOWER = (0.0, 0.0, 0.0)
-_UPPER = (np.inf, 5.0, 1.0)
+from dashboards.lawfit import Law, LawFit, fit_law
 
-
-class NotEnoughPoints(ValueError):
-    """A series has fewer distinct x values than the law has parameters, so a fit would be meaningless."""
+_TINY = 1e-9  # lower bound of the amplitudes: log E needs E > 0
+_MAX_EXPONENT = 5.0  # spans every exponent seen in practice
 
 
 def saturating_power_law(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
-    """E(x) = a·x^(−b) + c: error that falls as a power of x towards the floor c."""
+    """E(x) = a·x^(−b) + c: error that falls as a power of x towards the floor c (broadcasts)."""
     return a * np.power(x, -b) + c
 
 
-def _fit_normalised(x: np.ndarray, error: np.ndarray) -> np.ndarray:
-    """(a, b, c) in original units. x is divided by its geometric mean first: with x up to 1e15 (FLOPs),
-    a would otherwise span dozens of orders of magnitude and the optimiser would stall."""
-    scale = float(np.exp(np.log(x).mean()))
-    floor = 0.5 * float(error.min())
-    initial = (max(float(np.median(error)) - floor, 1e-3), 0.5, floor)
-    with warnings.catch_warnings():
-        # With exactly three points the covariance cannot be estimated; we never use it.
-        warnings.simplefilter("ignore", OptimizeWarning)
-        (a, b, c), _ = curve_fit(
-            saturating_power_law, x / scale, error, p0=initial, bounds=(_LOWER, _UPPER), maxfev=10_000
-        )
-    return np.array([a * scale**b, b, c])
+def _power_law_error(theta: np.ndarray, z: np.ndarray) -> np.ndarray:
+    return saturating_power_law(z[:, 0], *(theta[..., i, None] for i in range(3)))
+
+
+def _power_law_starts(z: np.ndarray, error: np.ndarray) -> np.ndarray:
+    floors = np.array([0.0, 0.5, 0.9]) * error.min()
+    return np.array([(max(np.median(error) - c, 1e-3), b, c) for b in (0.1, 0.3, 0.6, 1.0, 2.0) for c in floors])
+
+
+def _power_law_in_input_units(theta: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    a, b, c = np.moveaxis(theta, -1, 0)
+    return np.stack([a * scale[0] ** b, b, c], axis=-1)
+
+
+POWER_LAW = Law(
+    formula="error = a * x**(-b) + c",
+    parameters=("a", "b", "c"),
+    lower=(_TINY, 0.0, 0.0),  # the error falls with x towards a floor c that is itself an error rate
+    upper=(np.inf, _MAX_EXPONENT, 1.0),
+    error=_power_law_error,
+    starts=_power_law_starts,
+    in_input_units=_power_law_in_input_units,
+)
+
+
+def _joint_law_error(theta: np.ndarray, z: np.ndarray) -> np.ndarray:
+    floor, a, alpha, b, beta = (theta[..., i, None] for i in range(5))
+    return floor + a * z[:, 0] ** (-alpha) + b * z[:, 1] ** (-beta)
+
+
+def _joint_law_starts(z: np.ndarray, error: np.ndarray) -> np.ndarray:
+    return np.array([
+        (floor, max(np.median(error) - floor, 1e-3) / 2, alpha, max(np.median(error) - floor, 1e-3) / 2, beta)
+        for floor in (0.0, 0.5 * error.min()) for alpha in (0.2, 0.5, 1.0) for beta in (0.2, 0.5, 1.0)
+    ])
+
+
+def _joint_law_in_input_units(theta: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    floor, a, alpha, b, beta = np.moveaxis(theta, -1, 0)
+    return np.stack([floor, a * scale[0] ** alpha, alpha, b * scale[1] ** beta, beta], axis=-1)
+
+
+JOINT_LAW = Law(
+    formula="error = E_inf + A * N**(-alpha) + B * x**(-beta)",
+    parameters=("E_inf", "A", "alpha", "B", "beta"),
+    lower=(0.0, _TINY, 0.0, _TINY, 0.0),
+    upper=(1.0, np.inf, _MAX_EXPONENT, np.inf, _MAX_EXPONENT),
+    error=_joint_law_error,
+    starts=_joint_law_starts,
+    in_input_units=_joint_law_in_input_units,
+)
+
+
+class CannotFit(ValueError):
+    """The points cannot pin the law down (too few sizes, or error that does not fall); the message says why."""
 
 
 @dataclass(frozen=True)
 class ScalingFit:
-    """A fitted law for one series: parameters, their bootstrap intervals, and the bootstrap draws."""
+    """A law fitted to one series (a model, or a model family across its sizes) with its intervals.
+
+    `inputs` names the law's input columns: (x,) for a per-model law, (params, x) for a joint one."""
 
     series: str
-    x_name: str
     metric: str
+    inputs: tuple[str, ...]
     n_points: int
-    x_range: tuple[float, float]
-    parameters: dict[str, float]
-    intervals: dict[str, tuple[float, float]]
-    confidence: float
-    bootstrap_draws: np.ndarray = field(repr=False)  # (n_successful, 3) parameters refitted on resamples
+    input_ranges: tuple[tuple[float, float], ...]
+    law_fit: LawFit
 
-    def error(self, x: np.ndarray) -> np.ndarray:
-        """The fitted error at x."""
-        return saturating_power_law(np.asarray(x, dtype=float), *(self.parameters[n] for n in PARAMETER_NAMES))
+    @property
+    def x_name(self) -> str:
+        """The data-size or compute axis this law is a function of."""
+        return self.inputs[-1]
 
-    def error_band(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pointwise (low, high) of the fitted error over the bootstrap draws, at this fit's confidence."""
-        curves = np.stack([saturating_power_law(np.asarray(x, dtype=float), *draw) for draw in self.bootstrap_draws])
-        tail = 50 * (1 - self.confidence)
-        return np.percentile(curves, tail, axis=0), np.percentile(curves, 100 - tail, axis=0)
+    @property
+    def x_range(self) -> tuple[float, float]:
+        """The smallest and largest x the law was fitted on."""
+        return self.input_ranges[-1]
+
+    @property
+    def is_joint(self) -> bool:
+        """Whether the law spans model sizes as well as x."""
+        return len(self.inputs) > 1
+
+    @cached_property
+    def parameters(self) -> dict[str, float]:
+        """The fitted parameters in the units of the inputs."""
+        return self.law_fit.parameters()
+
+    @cached_property
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Each parameter's interval at `confidence`."""
+        return self.law_fit.parameter_intervals()
+
+    @property
+    def confidence(self) -> float:
+        """The coverage the intervals are drawn for."""
+        return self.law_fit.confidence
+
+    def error(self, inputs: np.ndarray) -> np.ndarray:
+        """The fitted error at inputs: x values, or (params, x) rows for a joint law."""
+        return self.law_fit.error(inputs)
+
+    def error_band(self, inputs: np.ndarray, *, one_run: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) error at inputs: the law's confidence band, or with `one_run` the prediction interval
+        of a single trial's measurement."""
+        return self.law_fit.error_intervals(inputs, one_run=one_run)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no bootstrap draws)."""
         return {
             "series": self.series,
             "x": self.x_name,
+            "inputs": list(self.inputs),
             "metric": self.metric,
-            "law": "error = a * x**(-b) + c",
+            "law": self.law_fit.law.formula,
             "n_points": self.n_points,
             "x_range": list(self.x_range),
             "parameters": self.parameters,
-            # JSON has no NaN: an interval the bootstrap could not estimate is null.
-            "intervals": {
-                name: None if math.isnan(low) else [low, high] for name, (low, high) in self.intervals.items()
-            },
+            "intervals": {name: list(bounds) for name, bounds in self.intervals.items()},
             "confidence": self.confidence,
-            "bootstrap_fits": len(self.bootstrap_draws),
+            "bootstrap_fits": len(self.law_fit.draws),
         }
+
+
+def _check_sizes(label: str, name: str, values: np.ndarray, needed: int, reason: str) -> None:
+    distinct = len(np.unique(values, axis=0))
+    if distinct < needed:
+        raise CannotFit(f"{label}: {distinct} distinct {name} value(s), but {reason} needs {needed}; not fitted")
+
+
+def _check_error_falls(label: str, x: np.ndarray, error: np.ndarray) -> None:
+    """Refuse when the mean error per x is flat or does not mostly fall with x: b is then unidentifiable."""
+    sizes = np.unique(x)
+    means = np.array([error[x == size].mean() for size in sizes])
+    rho = stats.spearmanr(sizes, means).statistic
+    if not rho < -0.5:
+        raise CannotFit(
+            f"{label}: error does not fall with x (Spearman ρ = {rho:+.2f} over {len(sizes)} sizes, "
+            f"{means[0]:.3g} at the smallest, {means[-1]:.3g} at the largest), so its exponent is not identifiable; "
+            "not fitted"
+        )
 
 
 def fit_scaling_law(
@@ -97,70 +177,65 @@ def fit_scaling_law(
     series: str = "",
     x_name: str = "x",
     metric: str = "error",
+    params: Iterable[float] | None = None,
     n_bootstrap: int = 300,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> ScalingFit:
-    """Fit E(x) = a·x^(−b) + c to the points and bootstrap `confidence` intervals for a, b and c.
+    """Fit E(x) = a·x^(−b) + c to the points, or with `params` (model sizes N, one per point) the joint law
+    E∞ + A·N^(−α) + B·x^(−β), and bootstrap `confidence` intervals. Every point is a trial: repeated trials
+    at one size (seeds) all enter the fit.
 
-    Raises `NotEnoughPoints` when there are fewer distinct x values than the law's three parameters.
-    """
+    Raises `CannotFit` when there are fewer distinct sizes than the law has parameters plus one (no residual
+    left to measure the noise), fewer than 3 model sizes for a joint law (E∞, A and α would be confounded),
+    or an error that does not fall with x."""
     x, error = np.asarray(list(x), dtype=float), np.asarray(list(error), dtype=float)
     label = f"{series or 'series'}, {metric} vs {x_name}"
-    distinct = len(np.unique(x))
-    if distinct < len(PARAMETER_NAMES):
-        raise NotEnoughPoints(
-            f"{label}: {distinct} distinct point(s), but E = a·x^(−b) + c has {len(PARAMETER_NAMES)} parameters; "
-            "not fitted"
-        )
     if np.any(x <= 0):
-        raise ValueError(f"{label}: x must be positive for a power law, got {x.min()}")
-    try:
-        best = _fit_normalised(x, error)
-    except RuntimeError as failure:
-        raise RuntimeError(f"{label}: curve_fit did not converge ({failure})") from None
-    rng = np.random.default_rng(seed)
-    draws = []
-    # With exactly as many distinct points as parameters the curve interpolates every resample: the bootstrap
-    # spread would be zero, which is no confidence at all, so the intervals are left undefined (NaN).
-    for _ in range(n_bootstrap if distinct > len(PARAMETER_NAMES) else 0):
-        pick = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[pick])) < len(PARAMETER_NAMES):
-            continue  # a resample with too few distinct sizes cannot identify the law
-        try:
-            draws.append(_fit_normalised(x[pick], error[pick]))
-        except RuntimeError:  # curve_fit gave up on this resample; the others still describe the spread
-            continue
-    draws = np.array(draws).reshape(-1, len(PARAMETER_NAMES))
-    tail = 50 * (1 - confidence)
-    intervals = {
-        name: (
-            (float(np.percentile(draws[:, i], tail)), float(np.percentile(draws[:, i], 100 - tail)))
-            if len(draws)
-            else (float("nan"), float("nan"))
-        )
-        for i, name in enumerate(PARAMETER_NAMES)
-    }
+        raise CannotFit(f"{label}: x must be positive for a power law, got {x.min()}")
+    if params is None:
+        law, inputs = POWER_LAW, x[:, None]
+        _check_sizes(label, x_name, x, 4,
+                     "E = a·x^(−b) + c has 3 parameters and, with one more to measure the noise,")
+    else:
+        law, inputs = JOINT_LAW, np.column_stack([np.asarray(list(params), dtype=float), x])
+        if np.any(inputs[:, 0] <= 0):
+            raise CannotFit(f"{label}: a trial has no parameter count (tag mixer.params), so no joint law; not fitted")
+        _check_sizes(label, "model size", inputs[:, 0], 3, "separating E∞ from A·N^(−α)")
+        _check_sizes(label, x_name, x, 3, "fitting B·x^(−β)")
+        _check_sizes(label, "(model size, x)", inputs, 6,
+                     "the joint law has 5 parameters and, with one more to measure the noise,")
+    _check_error_falls(label, x, error)
+    fitted = fit_law(law, inputs, error, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     return ScalingFit(
         series=series,
-        x_name=x_name,
         metric=metric,
+        inputs=(x_name,) if params is None else ("params", x_name),
         n_points=len(x),
-        x_range=(float(x.min()), float(x.max())),
-        parameters=dict(zip(PARAMETER_NAMES, map(float, best))),
-        intervals=intervals,
-        confidence=confidence,
-        bootstrap_draws=draws,
+        input_ranges=tuple((float(column.min()), float(column.max())) for column in inputs.T),
+        law_fit=fitted,
     )
 
 
-def best_points(points: Iterable[tuple[str, float, float]]) -> dict[str, list[tuple[float, float]]]:
-    """Per series, one (x, accuracy) point per distinct x: the best trial there, as the paper reports the
-    best hyperparameters per model and data size. Points come as (series, x, accuracy); sorted by x."""
-    best: dict[str, dict[float, float]] = defaultdict(dict)
-    for series, x, accuracy in points:
-        best[series][x] = max(accuracy, best[series].get(x, -np.inf))
-    return {series: sorted(by_x.items()) for series, by_x in sorted(best.items())}
+def replicate_key(config: dict[str, str]) -> tuple:
+    """What makes two trials replicates: the same config apart from seeds."""
+    return tuple(sorted((key, value) for key, value in config.items() if key.rsplit(".", 1)[-1] != "seed"))
+
+
+def chosen_trials(points: Iterable[tuple[Hashable, float, float, tuple]]) -> dict[Hashable, list[tuple[float, float]]]:
+    """Per series, the (x, accuracy) points of the best configuration at each x (every one of its seeds),
+    as the paper fits the best hyperparameters per model and size. Points come as (series, x, accuracy,
+    replicate key); each series is sorted by x."""
+    groups: dict[Hashable, dict[float, dict[tuple, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for series, x, accuracy, key in points:
+        groups[series][x][key].append(accuracy)
+    return {
+        series: [(x, accuracy) for x in sorted(by_x)
+                 for accuracy in max(by_x[x].values(), key=lambda runs: sum(runs) / len(runs))]
+        for series, by_x in sorted(groups.items())
+    }
 
 
 def fit_series(
@@ -177,17 +252,31 @@ def fit_series(
     for series, series_points in points.items():
         x, accuracy = zip(*series_points)
         try:
-            fits.append(
-                fit_scaling_law(
-                    x,
-                    1.0 - np.asarray(accuracy),
-                    series=series,
-                    x_name=x_name,
-                    metric=metric,
-                    n_bootstrap=n_bootstrap,
-                    confidence=confidence,
-                )
-            )
-        except (ValueError, RuntimeError) as refusal:  # NotEnoughPoints is a ValueError
+            fits.append(fit_scaling_law(x, 1.0 - np.asarray(accuracy), series=series, x_name=x_name, metric=metric,
+                                        n_bootstrap=n_bootstrap, confidence=confidence))
+        except CannotFit as refusal:
             refusals.append(str(refusal))
     return fits, refusals
+
+
+def fit_joint(
+    points: dict[str, list[tuple[float, float, float]]],
+    *,
+    x_name: str,
+    metric: str,
+    n_bootstrap: int = 300,
+) -> tuple[list[ScalingFit], list[str]]:
+    """Fit the joint law to every family of (params, x, accuracy) points that spans at least two model sizes.
+    Returns the fits and one sentence per family that could not be fitted."""
+    fits, refusals = [], []
+    for family, family_points in points.items():
+        params, x, accuracy = map(np.asarray, zip(*family_points))
+        if len(np.unique(params)) < 2:
+            continue  # one size: the per-model law says it all
+        try:
+            fits.append(fit_scaling_law(x, 1.0 - accuracy, params=params, series=family, x_name=x_name,
+                                        metric=metric, n_bootstrap=n_bootstrap))
+        except CannotFit as refusal:
+            refusals.append(str(refusal))
+    return fits, refusals
+

@@ -42,7 +42,7 @@ def test_load_sweep_reads_every_trial_by_the_sweep_tag(store, tmp_path):
     assert all(0.7 < t.metric("test_top1") < 1 and t.metric("train_size") > 0 for t in finished)
     assert not sweep.has_permutation_axis and load_sweep("perm", uri=uri).has_permutation_axis
 
-    with pytest.raises(SweepNotFound, match="sweeps recorded there: fractions, perm, sparse"):
+    with pytest.raises(SweepNotFound, match="sweeps recorded there: fractions, perm, sizes, sparse"):
         load_sweep("nope", uri=uri)
     missing_store = tmp_path / "elsewhere" / "mlflow.db"
     with pytest.raises(SweepNotFound, match="no MLflow store here"):
@@ -88,8 +88,8 @@ def test_report_says_which_series_have_too_few_points(store, capsys, tmp_path):
     status, document, _ = run_report(capsys, uri, "sparse", tmp_path / "sparse", "--no-log")
     assert status == 0
     assert {f["series"] for f in document["fits"]} == {"Ti/4"}
-    assert "resnet18, test_top1 vs train_size: 2 distinct point(s), but E = a·x^(−b) + c has 3 parameters; " \
-           "not fitted" in document["notes"]
+    assert "resnet18, test_top1 vs train_size: 2 distinct train_size value(s), but E = a·x^(−b) + c has 3 " \
+           "parameters and, with one more to measure the noise, needs 4; not fitted" in document["notes"]
 
 
 def test_permutation_axis_draws_the_permutation_study(store, capsys, tmp_path):

@@ -16,6 +16,7 @@ COMMANDS = {
     "data": ("sweeps.cli.data", "dataset tools: convert a source to Parquet shards"),
     "sweep": ("sweeps.cli.sweep", "validate, run, resume and list sweeps"),
     "report": ("dashboards.cli", "scaling-law fits, figures and an HTML report of a sweep"),
+    "predict": ("dashboards.predict_cli", "predicted error at a data or model size a sweep never ran"),
 }
 
 
