@@ -8,11 +8,8 @@ sweep was interrupted (Ctrl-C, SIGTERM) and is left for `mixer sweep resume`.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +41,7 @@ class TrialSummary:
     status: str
     params: dict[str, Any]
     metrics: dict[str, float]
+    ended_at: float | None = None  # when the driver saw it end (time.time()); None if it did not end this run
 
 
 @dataclass
@@ -186,7 +184,7 @@ class SweepCallback(ray.tune.Callback):
         self.total_trials = total_trials
         self.running: set[str] = set()
         self.finished: set[str] = set()
-        self.stopped_early: set[str] = set()
+        self.ended_at: dict[str, float] = {}
         self.interrupted: list[str] = []  # trials left unfinished when the sweep stopped
         self.sweep_cut_short = False  # Ctrl-C or SIGTERM ended the sweep before all its trials
         self.best: tuple[float, str] | None = None
@@ -220,7 +218,6 @@ class SweepCallback(ray.tune.Callback):
         result = trial.last_result or {}
         if metric_names.stopped_early(result):
             step = int(result[metric_names.STEP])
-            self.stopped_early.add(trial.trial_id)
             self._close(trial, "FINISHED", f"stopped early at step {step}", tracking.stopped_early_tags(step))
         else:
             self._close(trial, "FINISHED", "finished")
@@ -248,6 +245,7 @@ class SweepCallback(ray.tune.Callback):
         self.running.discard(trial.trial_id)
         if status != "KILLED":  # an interrupted trial runs again on resume
             self.finished.add(trial.trial_id)
+            self.ended_at[trial.trial_id] = time.time()
         result = trial.last_result or {}
         context = self.context
         run = tracking.find_trial_run(
@@ -271,13 +269,13 @@ def _error_summary(trial) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def _summary_status(trial_id: str, error, callback: SweepCallback) -> str:
+def _summary_status(trial_id: str, result, callback: SweepCallback) -> str:
     """A trial's state in the results table: Tune's ERROR and TERMINATED, or STOPPED (early) or INTERRUPTED."""
-    if error:
+    if result.error:
         return "ERROR"
     if trial_id in callback.interrupted:
         return "INTERRUPTED"
-    return "STOPPED" if trial_id in callback.stopped_early else "TERMINATED"
+    return "STOPPED" if metric_names.stopped_early(result.metrics) else "TERMINATED"
 
 
 def _better(value: float, than: float, mode: str) -> bool:
@@ -384,31 +382,11 @@ def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = No
     return _finish(context, _fit(tuner, context), callback)
 
 
-@contextmanager
-def _sigterm_as_sigint() -> Iterator[None]:
-    """SIGTERM (what schedulers and `kill` send) ends the sweep the way Ctrl-C does: Tune catches only SIGINT."""
-    if sys.platform == "win32" or not _in_main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def _fit(tuner: ray.tune.Tuner, context: SweepContext):
     """`tuner.fit()`. If the sweep fails, its parent run is marked FAILED before the error propagates; a second
     Ctrl-C (which Tune does not catch) marks it and its running trials KILLED, resumable."""
     try:
-        with _sigterm_as_sigint():
-            return tuner.fit()
+        return tuner.fit()
     except KeyboardInterrupt:
         tracking.kill_running_runs(context.tracking_uri, context.experiment_id, context.parent_run_id)
         raise
@@ -468,8 +446,10 @@ def _finish(context: SweepContext, results, callback: SweepCallback) -> SweepRes
     for result in results:
         reported = {key: value for key, value in result.metrics.items() if isinstance(value, (int, float))}
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
-        status = _summary_status(trial_id, result.error, callback)
-        summary.trials.append(TrialSummary(trial_id, status, dict(result.config), reported))
+        status = _summary_status(trial_id, result, callback)
+        summary.trials.append(
+            TrialSummary(trial_id, status, dict(result.config), reported, callback.ended_at.get(trial_id))
+        )
         value = reported.get(metrics[0])
         if value is not None and (best_value is None or _better(value, best_value, modes[0])):
             best_value, summary.best_trial_id = value, trial_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -115,12 +116,17 @@ def resume_command(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _interruptible(name: str):
-    """Turn a second Ctrl-C into the same message and exit status as the first."""
+    """Ctrl-C and SIGTERM (what schedulers and `kill` send) end the sweep alike, with the resume hint and exit
+    status 130. Tune catches the first SIGINT and ends its run in order; Ray's own SIGTERM handler would abort
+    the process, so SIGTERM is turned into SIGINT; a second Ctrl-C, which Tune does not catch, lands here."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     try:
         yield
     except KeyboardInterrupt:
         print(_resume_hint(name), file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_hint(name: str) -> str:
