@@ -173,7 +173,7 @@ def _model_cost(spec: SweepSpec, config: RunConfig, cache: dict[tuple, ModelCost
     channels = facts.image_shape[0] if facts.image_shape else 3
     height, width = (config.data.image_size,) * 2 if config.data.image_size else facts.image_shape[1:]
     name = model_name(config.model)
-    key = (name, (channels, height, width), facts.num_classes or 0)
+    key = (name, (channels, height, width), facts.num_classes or 0, config.model.timm_patch_size)
     if key in cache:
         return cache[key]
     problem = patch_size_problem(config.model, height)

@@ -333,6 +333,14 @@ def test_linked_grid_values_set_their_keys_together(tmp_path: Path) -> None:
     assert {build_run_config(pinned, params).train.lr for params in trial_configs(pinned)} == {0.01}
 
 
+def test_plan_costs_one_timm_model_at_each_patch_size(tmp_path: Path) -> None:
+    vits = [{"label": f"ViT-Ti/{patch}", "model.timm_model": "vit_tiny_patch16_224", "model.timm_patch_size": patch}
+            for patch in (7, 4)]
+    data = {**GOOD, "base": {**GOOD["base"], "data": {"name": "digits", "image_size": 28}}, "grid": {"recipe": vits}}
+    models = plan_sweep(load_spec(write_spec(tmp_path, data)))["models"]
+    assert len(models) == 2 and models[0]["gmacs"] < models[1]["gmacs"]  # 16 tokens, then 49
+
+
 LINKED_MISTAKES = {  # linked value -> the key path and message `mixer sweep validate` must print
     "unknown key": ({"model.variant": "Ti/2", "train.lrr": 0.1},
                     "grid.recipe[1].train.lrr: unknown config key 'train.lrr'; did you mean 'train.lr'?"),
