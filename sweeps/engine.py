@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 from mixer_core import metrics as metric_names
 from sweeps import tracking
 from sweeps.run_artifacts import log_checkpoint
-from sweeps.spec import Distribution, SweepSpec, spec_hash, validate_spec
+from sweeps.spec import Distribution, SweepSpec, grid_choices, spec_hash, validate_spec
 from sweeps.trial import RAY_ENV_DEFAULTS, SweepContext, run_trial, runs_in_trial_process, trial_resources
 
 # Tune's status of trials it has not started (or has paused); left so at the end, the sweep was interrupted.
@@ -116,10 +116,11 @@ def _optuna_distribution(distribution: Distribution) -> optuna.distributions.Bas
 def _search(
     spec: SweepSpec, study_storage: str, study_name: str, max_concurrent: int
 ) -> tuple[dict[str, Any], Any]:
-    """Tune's param space and search algorithm for the spec's searcher. Keys are dotted config paths."""
+    """Tune's param space and search algorithm for the spec's searcher. Keys are dotted config paths, or linked
+    grid axes whose values are labels (`build_run_config` expands them)."""
     metrics, modes = objective_metrics(spec)
     if spec.searcher.startswith("optuna"):
-        space = {key: optuna.distributions.CategoricalDistribution(list(values)) for key, values in spec.grid.items()}
+        space = {key: optuna.distributions.CategoricalDistribution(choices) for key, choices in grid_choices(spec).items()}
         space.update({key: _optuna_distribution(dist) for key, dist in spec.search.items()})
         sampler_class = optuna.samplers.NSGAIISampler if spec.searcher == "optuna-nsga2" else optuna.samplers.TPESampler
         optuna_search = _PruningOptunaSearch(
@@ -131,7 +132,7 @@ def _search(
             storage=optuna.storages.RDBStorage(study_storage),
         )
         return {}, ConcurrencyLimiter(optuna_search, max_concurrent=max_concurrent)
-    param_space = {key: ray.tune.grid_search(list(values)) for key, values in spec.grid.items()}
+    param_space = {key: ray.tune.grid_search(values) for key, values in grid_choices(spec).items()}
     param_space.update({key: _tune_domain(dist) for key, dist in spec.search.items()})
     return param_space, BasicVariantGenerator(random_state=spec.seed, max_concurrent=max_concurrent)
 

@@ -20,7 +20,16 @@ from mixer_core.data.facts import dataset_facts, estimated_train_size
 from mixer_core.flops import training_flops
 from mixer_core.model import count_parameters
 from sweeps.cli.output import format_table
-from sweeps.spec import OPTUNA_SEARCHERS, SpecError, SweepSpec, build_run_config
+from sweeps.spec import (
+    OPTUNA_SEARCHERS,
+    SpecError,
+    SweepSpec,
+    build_run_config,
+    grid_choices,
+    is_linked,
+    linked_settings,
+)
+
 # Keys that change what a trial costs; the plan bounds a search by the extremes of these only.
 _COST_KEYS = (
     "model.variant",
@@ -47,9 +56,10 @@ class ModelCost:
 
 
 def trial_configs(spec: SweepSpec) -> list[dict[str, Any]]:
-    """The grid's points in axis order, each a dict of dotted key path -> value; `[{}]` without a grid."""
-    keys = list(spec.grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*spec.grid.values())]
+    """The grid's points in axis order, each a dict of dotted key path -> value (a linked axis -> its label);
+    `[{}]` without a grid."""
+    choices = grid_choices(spec)
+    return [dict(zip(choices, values)) for values in itertools.product(*choices.values())]
 
 
 def trial_count(spec: SweepSpec) -> int:
@@ -137,12 +147,16 @@ def _cost_bounds(spec: SweepSpec, include_grid: bool) -> list[dict[str, Any]]:
     (Optuna also chooses among grid values, so they count as searched then)."""
     dims = {key: dist.endpoint_values() for key, dist in spec.search.items() if key in _COST_KEYS}
     if include_grid:
-        dims.update({key: values for key, values in spec.grid.items() if key in _COST_KEYS})
+        dims.update({key: values for key, values in grid_choices(spec).items() if key in _COST_KEYS or is_linked(key)})
     return [dict(zip(dims, values)) for values in itertools.product(*dims.values())]
 
 
 def _describe_axes(spec: SweepSpec) -> dict[str, str]:
-    axes = {f"grid {key}": ", ".join(map(str, values)) for key, values in spec.grid.items()}
+    axes, linked = {}, linked_settings(spec)
+    for key, values in grid_choices(spec).items():
+        axes[f"grid {key}"] = ", ".join(map(str, values))
+        for label, settings in linked.get(key, {}).items():  # a linked axis: what each label sets
+            axes[f"  {key}={label}"] = " ".join(f"{path}={value}" for path, value in settings.items())
     for key, dist in spec.search.items():
         if dist.type == "categorical":
             axes[f"search {key}"] = "{" + ", ".join(map(str, dist.choices)) + "}"
@@ -159,15 +173,22 @@ def _model_cost(spec: SweepSpec, config: RunConfig, cache: dict[tuple, ModelCost
     channels = facts.image_shape[0] if facts.image_shape else 3
     height, width = (config.data.image_size,) * 2 if config.data.image_size else facts.image_shape[1:]
     name = model_name(config.model)
-    key = (name, (channels, height, width), facts.num_classes or 0)
+    key = (name, (channels, height, width), facts.num_classes or 0, config.model.timm_patch_size)
     if key in cache:
         return cache[key]
     problem = patch_size_problem(config.model, height)
     if problem:
-        axes = {"grid": spec.grid, "search": spec.search}
-        where = next((f"{kind}.model.variant" for kind, keys in axes.items() if "model.variant" in keys), "base.model.variant")
-        raise SpecError(f"{spec.source}: {where}: {config.data.name} images: {problem}")
+        raise SpecError(f"{spec.source}: {_where_varied(spec, 'model.variant')}: {config.data.name} images: {problem}")
     with torch.device("meta"):  # sizes only: no memory, no initialisation time
         model = build_model(config.model, facts.num_classes or 0, key[1])
         cache[key] = ModelCost(name, key[1], key[2], count_parameters(model), forward_macs(model, key[1]) / 1e9)
     return cache[key]
+
+
+def _where_varied(spec: SweepSpec, key: str) -> str:
+    """The spec entry that varies `key`: `grid.<key>`, `search.<key>`, a linked `grid.<axis>`, else `base.<key>`."""
+    for kind, axes in (("grid", spec.grid), ("search", spec.search)):
+        if key in axes:
+            return f"{kind}.{key}"
+    linked = linked_settings(spec)
+    return next((f"grid.{axis}" for axis in linked if any(key in s for s in linked[axis].values())), f"base.{key}")

@@ -5,6 +5,10 @@ run config would refuse (the rules of `mixer_core.config`, applied to the base a
 search bound), searcher/objective/scheduler combinations that cannot work, and (with `check_resources`)
 resources the cluster lacks. Every problem becomes one line of a `SpecError` that names the spec file and the
 key path (`sweeps/x.yaml: grid.train.lr[2]: ...`), with a close match for typos.
+
+A grid axis named without dots (`recipe`) is linked: each of its values is a mapping of config key paths set
+together (one model with its own learning rate), named by an optional `label:` (default: the model it sets).
+Searchers choose among the labels; `build_run_config` expands a label into its settings.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from mixer_core.config import (
 SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")
 OPTUNA_SEARCHERS = ("optuna-tpe", "optuna-nsga2")
 STORAGE_SCHEMES = ("s3", "gs")
+LABEL = "label"  # the optional key that names a linked grid value
 
 
 class SpecError(ValueError):
@@ -152,7 +157,7 @@ class SweepSpec(_Strict):
     experiment: str | None = None  # MLflow experiment; defaults to `name`
     description: str = ""
     base: RunConfig = RunConfig()
-    grid: dict[str, list[Any]] = {}  # config key path -> values; trials are their product
+    grid: dict[str, list[Any]] = {}  # config key path (or linked axis) -> values; trials are their product
     search: dict[str, Distribution] = {}  # config key path -> distribution (random and Optuna searchers)
     objective: list[Objective] = Field([Objective(metric=metrics.VAL_TOP1, mode="max")], min_length=1, max_length=2)
     searcher: Literal[SEARCHERS] = "grid"  # type: ignore[valid-type]
@@ -240,13 +245,55 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         config_key = apply_override(data.setdefault("base", {}), override)
         for axes in (data.get("grid") or {}, data.get("search") or {}):
             axes.pop(config_key, None)
+        for axis, values in (data.get("grid") or {}).items():
+            linked_values = values if is_linked(axis) and isinstance(values, list) else []
+            for value in filter(lambda value: isinstance(value, dict), linked_values):
+                value.pop(config_key, None)
+
+
+def is_linked(axis: str) -> bool:
+    """Whether a grid axis is linked (named without dots; every run-config key path has one)."""
+    return "." not in axis
+
+
+def linked_label(value: dict[str, Any]) -> str:
+    """A linked value's name: its `label`, else the model it sets, else its settings as `key=value` text."""
+    if LABEL in value:
+        return str(value[LABEL])
+    model = value.get("model.timm_model") or value.get("model.variant")
+    return str(model) if model else ", ".join(f"{key}={setting}" for key, setting in value.items())
+
+
+def linked_settings(spec: SweepSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each linked grid axis: label -> the settings (config key path -> value) that value sets together."""
+    return {
+        axis: {linked_label(value): _settings(value) for value in values}
+        for axis, values in spec.grid.items()
+        if is_linked(axis)
+    }
+
+
+def _settings(value: dict[str, Any]) -> dict[str, Any]:
+    return {key: setting for key, setting in value.items() if key != LABEL}
+
+
+def grid_choices(spec: SweepSpec) -> dict[str, list[Any]]:
+    """What a searcher chooses among on each grid axis: its values, or a linked axis's labels (plain strings,
+    as Optuna's categorical choices must be)."""
+    return {
+        axis: [linked_label(value) for value in values] if is_linked(axis) else list(values)
+        for axis, values in spec.grid.items()
+    }
 
 
 def build_run_config(spec: SweepSpec, params: dict[str, Any]) -> RunConfig:
-    """The trial's run config: the spec's base with `params` (dotted config key path -> value) set on it."""
+    """The trial's run config: the spec's base with `params` (dotted config key path -> value, or linked axis ->
+    label) set on it."""
     data = spec.base.model_dump()
+    linked = linked_settings(spec)
     for key, value in params.items():
-        set_by_path(data, key, value)
+        for path, setting in (linked[key][value] if key in linked else {key: value}).items():
+            set_by_path(data, path, setting)
     try:
         return parse_config(data, spec.source)
     except ConfigError as error:
@@ -298,16 +345,20 @@ def _semantic_problems(spec: SweepSpec) -> list[tuple[str, str]]:
     problems = []
     base = spec.base.model_dump()
     for key, values in spec.grid.items():
-        problems += _key_problems("grid", key)
+        problems += _linked_shape_problems(key, values) if is_linked(key) else _key_problems("grid", key)
         if not values:
             problems.append((f"grid.{key}", "empty grid axis: give at least one value"))
     for key, distribution in spec.search.items():
         problems += _key_problems("search", key)
         if key in spec.grid:
             problems.append((f"search.{key}", "is also a grid axis; vary a key in grid or in search, not both"))
+    problems += _linked_overlap_problems(spec)
     if not problems:  # values can only be checked against keys that exist
         for key, values in spec.grid.items():
-            problems += _value_problems(base, key, values, lambda i, key=key: f"grid.{key}[{i}]")
+            if is_linked(key):
+                problems += _linked_value_problems(base, key, values)
+            else:
+                problems += _value_problems(base, key, values, lambda i, key=key: f"grid.{key}[{i}]")
         for key, distribution in spec.search.items():
             problems += _distribution_problems(base, key, distribution)
     problems += _searcher_problems(spec)
@@ -325,15 +376,63 @@ def _key_problems(section: str, key: str) -> list[tuple[str, str]]:
 
 
 def _value_problems(base: dict, key: str, values: list[Any], where) -> list[tuple[str, str]]:
-    problems = []
-    for i, value in enumerate(values):
-        data = json.loads(json.dumps(base))  # a deep copy of plain data
+    return [
+        (where(i), message) for i, value in enumerate(values) for _, message in _settings_problems(base, {key: value})
+    ]
+
+
+def _settings_problems(base: dict, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """(config key path, message) for each run-config rule that `base` with `settings` set on it breaks."""
+    data = json.loads(json.dumps(base))  # a deep copy of plain data
+    for key, value in settings.items():
         set_by_path(data, key, value)
-        try:
-            RunConfig.model_validate(data)
-        except ValidationError as error:
-            problems += [(where(i), message) for _, message in validation_problems(error, RunConfig, data)]
+    try:
+        RunConfig.model_validate(data)
+    except ValidationError as error:
+        return validation_problems(error, RunConfig, data)
+    return []
+
+
+def _linked_shape_problems(axis: str, values: list[Any]) -> list[tuple[str, str]]:
+    """A linked axis's values must be mappings of known config keys, with distinct labels."""
+    if not all(isinstance(value, dict) for value in values):  # most likely a config key, misspelt
+        return [(f"grid.{axis}", f"{key_path_problem(axis)} (or, for a linked axis, give mappings of config keys)")]
+    problems, labels = [], {}
+    for i, value in enumerate(values):
+        where = f"grid.{axis}[{i}]"
+        problems += [problem for key in _settings(value) for problem in _key_problems(where, key)]
+        label = linked_label(value)
+        if not _settings(value):
+            problems.append((where, "a linked value sets at least one config key"))
+        elif not isinstance(value.get(LABEL, ""), str) or not label:
+            problems.append((f"{where}.{LABEL}", f"a label is a non-empty name, got {value[LABEL]!r}"))
+        elif label in labels:
+            problems.append((where, f"label {label!r} is grid.{axis}[{labels[label]}]'s too; give each its own label"))
+        labels.setdefault(label, i)
     return problems
+
+
+def _linked_overlap_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    """A key set by a linked value must not be varied anywhere else too."""
+    varied = {key: f"grid.{key}" for key in spec.grid if not is_linked(key)}
+    varied.update({key: f"search.{key}" for key in spec.search})
+    problems = []
+    for axis, values in spec.grid.items():
+        if not is_linked(axis):
+            continue
+        keys = {key for value in values if isinstance(value, dict) for key in _settings(value)}
+        problems += [(f"grid.{axis}", f"sets {key}, which {varied[key]} varies too") for key in sorted(keys & {*varied})]
+        varied.update({key: f"grid.{axis}" for key in keys})
+    return problems
+
+
+def _linked_value_problems(base: dict, axis: str, values: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Each linked value's settings, checked together on the base as one run config."""
+    return [
+        (f"grid.{axis}[{i}]" + (f".{path}" if path else ""), message)
+        for i, value in enumerate(values)
+        for path, message in _settings_problems(base, _settings(value))
+    ]
 
 
 def _distribution_problems(base: dict, key: str, distribution: Distribution) -> list[tuple[str, str]]:

@@ -81,6 +81,34 @@ def test_grid_sweep_logs_parent_and_trial_runs(ray_address, mlflow_store, tiny_s
 
 
 
+# Two linked values: each model with its own learning rate (labels: the default, the variant; and a given one).
+RECIPES = [
+    {"model.variant": "Ti/4", "train.lr": 0.001},
+    {"label": "Ti/2-fast", "model.variant": "Ti/2", "train.lr": 0.003},
+]
+
+
+@pytest.mark.parametrize("searcher", ["grid", "optuna-tpe"])
+def test_linked_grid_values_reach_each_trial_together(ray_address, mlflow_store, tiny_spec, capsys, searcher):
+    spec = tiny_spec(f"linked-{searcher}", base={"train": {"epochs": 1}}, grid={"recipe": RECIPES},
+                     searcher=searcher, num_samples=1 if searcher == "grid" else 2)
+    status, result = run_cli(capsys, "sweep", "run", str(spec), "--address", ray_address)
+    assert status == 0
+    labels = {trial["trial_id"]: trial["params"]["recipe"] for trial in result["trials"]}  # the results table's column
+    assert sorted(labels.values()) == ["Ti/2-fast", "Ti/4"]  # TPE's two random start-up draws (seed 0) differ
+    if searcher != "grid":  # Optuna chooses among the labels (its categorical choices are plain values)
+        (summary,) = optuna.study.get_all_study_summaries(result["optuna_storage"])
+        study = optuna.load_study(study_name=summary.study_name, storage=result["optuna_storage"])
+        assert sorted(trial.params["recipe"] for trial in study.trials) == ["Ti/2-fast", "Ti/4"]
+    parent = MlflowClient(mlflow_store).get_run(result["parent_run_id"])
+    trials = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    recipes = {"Ti/4": ("Ti/4", "0.001"), "Ti/2-fast": ("Ti/2", "0.003")}
+    for run in trials:  # MLflow params stay the flattened config: the linked lr beside its variant
+        label = labels[run.data.tags["mixer.trial_id"]]
+        assert (run.data.params["model.variant"], run.data.params["train.lr"]) == recipes[label]
+        assert run.data.tags["mixer.model"] == recipes[label][0]
+
+
 def test_optuna_asha_sweep_keeps_its_study_beside_mlflow(ray_address, mlflow_store, tiny_spec, tmp_path, capsys):
     # The data path is relative to where the sweep is run from, which is not the trials' working directory.
     (tmp_path / "mnist").symlink_to(MNIST)

@@ -96,7 +96,7 @@ BAD_SPECS = {
     ),
     "patches that do not tile data.image_size": (_set("base.data:image_size", 10), "base", None),
     "unknown grid key": (_set("grid:train.lrr", [0.1]), "grid.train.lrr", "train.lr"),
-    "grid key without its section": (_set("grid:lr", [0.1]), "grid.lr", "train.lr"),
+    "grid key without its section": (_set("grid:lr", [0.1]), "grid.lr", "train.lr"),  # not a linked axis either
     "grid over a section": (_set("grid:data.augment", [{}]), "grid.data.augment", None),
     "unknown searcher": (_replace(searcher="optuna_tpe"), "searcher", "optuna-tpe"),
     "unknown metric": (_replace(objective={"metric": "val_top5", "mode": "max"}), "objective.metric", "val_top1"),
@@ -298,9 +298,79 @@ def test_plan_counts_parameters_macs_and_training_flops(tmp_path: Path) -> None:
 def test_plan_model_sizes_match_the_paper(tmp_path: Path) -> None:
     plan = plan_sweep(load_spec(SWEEPS / "jft_subsets.yaml"))
     params = {cost["model"]: cost["params"] / 1e6 for cost in plan["models"]}
-    # Table 1 of the paper: B/32 60M (our Parquet head is sized from the data, here 0); timm's ViT-B/32 88M.
-    assert params["B/32"] == pytest.approx(60, rel=0.015) and params["vit_base_patch32_224"] == pytest.approx(87.5, rel=0.01)
-    assert plan["trial_count"] == 16
+    # Table 1 of the paper: B/32 60M, L/32 206M, L/16 208M (our Parquet head is sized from the data, here 0).
+    mixers = {variant: params[variant] for variant in ("B/32", "L/32", "L/16")}
+    assert mixers == pytest.approx({"B/32": 60, "L/32": 206, "L/16": 208}, rel=0.015)
+    assert params["vit_base_patch32_224"] == pytest.approx(87.5, rel=0.01)  # timm's ViT-B/32
+    assert plan["trial_count"] == 6 * 4  # three Mixers and three baselines, each on four subsets
+
+
+LINKED = {
+    "recipe": [
+        {"model.variant": "Ti/4", "train.lr": 0.003},
+        {"label": "small", "model.variant": "Ti/2", "train.lr": 0.001, "train.weight_decay": 0.1},
+    ],
+    "data.fraction": [0.5, 1.0],
+}
+
+
+def test_linked_grid_values_set_their_keys_together(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, {**GOOD, "grid": LINKED}))
+    assert trial_configs(spec)[1:3] == [
+        {"recipe": "Ti/4", "data.fraction": 1.0},
+        {"recipe": "small", "data.fraction": 0.5},
+    ]
+    configs = [build_run_config(spec, params) for params in trial_configs(spec)]
+    assert [(c.model.variant, c.train.lr, c.train.weight_decay, c.data.fraction) for c in configs] == [
+        ("Ti/4", 0.003, 0.0, 0.5), ("Ti/4", 0.003, 0.0, 1.0), ("Ti/2", 0.001, 0.1, 0.5), ("Ti/2", 0.001, 0.1, 1.0)
+    ]
+    plan = plan_sweep(spec)
+    assert plan["trial_count"] == 4 and {cost["model"] for cost in plan["models"]} == {"Ti/4", "Ti/2"}
+    assert plan["axes"]["grid recipe"] == "Ti/4, small"
+    assert plan["axes"]["  recipe=small"] == "model.variant=Ti/2 train.lr=0.001 train.weight_decay=0.1"
+    # A pinned key leaves every linked value too.
+    pinned = load_spec(write_spec(tmp_path, {**GOOD, "grid": LINKED}), ["train.lr=0.01"])
+    assert {build_run_config(pinned, params).train.lr for params in trial_configs(pinned)} == {0.01}
+
+
+def test_plan_costs_one_timm_model_at_each_patch_size(tmp_path: Path) -> None:
+    vits = [{"label": f"ViT-Ti/{patch}", "model.timm_model": "vit_tiny_patch16_224", "model.timm_patch_size": patch}
+            for patch in (7, 4)]
+    data = {**GOOD, "base": {**GOOD["base"], "data": {"name": "digits", "image_size": 28}}, "grid": {"recipe": vits}}
+    models = plan_sweep(load_spec(write_spec(tmp_path, data)))["models"]
+    assert len(models) == 2 and models[0]["gmacs"] < models[1]["gmacs"]  # 16 tokens, then 49
+
+
+LINKED_MISTAKES = {  # linked value -> the key path and message `mixer sweep validate` must print
+    "unknown key": ({"model.variant": "Ti/2", "train.lrr": 0.1},
+                    "grid.recipe[1].train.lrr: unknown config key 'train.lrr'; did you mean 'train.lr'?"),
+    "bad value": ({"model.variant": "Ti/2", "train.lr": -1}, "grid.recipe[1].train.lr: Input should be greater than 0"),
+    "bad variant": ({"model.variant": "Ti/3"}, "grid.recipe[1].model.variant: unknown Mixer variant 'Ti/3'"),
+    "bad combination": ({"model.variant": "Ti/7", "data.image_size": 8},
+                        "grid.recipe[1]: model.variant Ti/7 needs an image size divisible by its patch size 7"),
+    "repeated label": ({"model.variant": "Ti/4", "train.lr": 0.1}, "grid.recipe[1]: label 'Ti/4' is grid.recipe[0]'s"),
+    "label that is no name": ({"label": 2, "train.lr": 0.1}, "grid.recipe[1].label: a label is a non-empty name"),
+    "key varied twice": ({"model.variant": "Ti/2", "data.fraction": 0.3},
+                         "grid.recipe: sets data.fraction, which grid.data.fraction varies too"),
+}
+
+
+@pytest.mark.parametrize("mistake", LINKED_MISTAKES, ids=list(LINKED_MISTAKES))
+def test_sweep_validate_names_the_key_path_inside_a_linked_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture, mistake: str
+) -> None:
+    value, expected = LINKED_MISTAKES[mistake]
+    grid = {**LINKED, "recipe": [LINKED["recipe"][0], value]}
+    path = write_spec(tmp_path, {**GOOD, "grid": grid})
+    assert main(["sweep", "validate", str(path)]) == 2
+    assert f"{path}: {expected}" in capsys.readouterr().err
+
+
+def test_sweep_validate_shows_each_label_with_its_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["sweep", "validate", str(SWEEPS / "jft_subsets.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert "grid recipe: Mixer-B/32, Mixer-L/32, Mixer-L/16, ViT-B/32, ViT-L/16, BiT-R50x1" in printed
+    assert "recipe=ViT-L/16: model.timm_model=vit_large_patch16_224 train.lr=0.0004 train.weight_decay=0.1" in printed
 
 
 @pytest.mark.parametrize("axis", ["search", "grid"])
