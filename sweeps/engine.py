@@ -7,6 +7,7 @@ sweep was interrupted (Ctrl-C, SIGTERM) and is left for `mixer sweep resume`.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -30,6 +31,7 @@ from mixer_core import metrics as metric_names
 from sweeps import tracking
 from sweeps.spec import Distribution, SweepSpec, spec_hash, validate_spec
 from sweeps.trial import RAY_ENV_DEFAULTS, SweepContext, run_trial, runs_in_trial_process, trial_resources
+from sweeps.worker import FINAL_ERROR
 
 # Tune's status of trials it has not started (or has paused); left so at the end, the sweep was interrupted.
 _NOT_STARTED = ("PENDING", "PAUSED")
@@ -139,6 +141,7 @@ class _PruningOptunaSearch(OptunaSearch):
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        error = error or bool(result and FINAL_ERROR in result)  # ended on an error a retry would repeat
         if error or not result or not metric_names.stopped_early(result) or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
@@ -178,6 +181,7 @@ class SweepCallback(ray.tune.Callback):
         self.running: set[str] = set()
         self.finished: set[str] = set()
         self.stopped_early: set[str] = set()
+        self.failed_final: set[str] = set()  # trials that ended themselves on an error a retry would repeat
         self.interrupted: list[str] = []  # trials left unfinished when the sweep stopped
         self.sweep_cut_short = False  # Ctrl-C or SIGTERM ended the sweep before all its trials
         self.best: tuple[float, str] | None = None
@@ -204,12 +208,16 @@ class SweepCallback(ray.tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if value is not None and (self.best is None or _better(value, self.best[0], self.mode)):
+        if value is not None and math.isfinite(value) and (self.best is None or _better(value, self.best[0], self.mode)):
             self.best = (float(value), trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        if metric_names.stopped_early(result):
+        if FINAL_ERROR in result:
+            self.failed_final.add(trial.trial_id)
+            self._close(trial, "FAILED", "failed", {tracking.TAG_ERROR: result[FINAL_ERROR]})
+            print(f"  {trial.trial_id}: {result[FINAL_ERROR]} (not retried)", file=sys.stderr, flush=True)
+        elif metric_names.stopped_early(result):
             step = int(result[metric_names.STEP])
             self.stopped_early.add(trial.trial_id)
             self._close(trial, "FINISHED", f"stopped early at step {step}", tracking.stopped_early_tags(step))
@@ -264,7 +272,7 @@ def _error_summary(trial) -> str:
 
 def _summary_status(trial_id: str, error, callback: SweepCallback) -> str:
     """A trial's state in the results table: Tune's ERROR and TERMINATED, or STOPPED (early) or INTERRUPTED."""
-    if error:
+    if error or trial_id in callback.failed_final:
         return "ERROR"
     if trial_id in callback.interrupted:
         return "INTERRUPTED"
@@ -456,7 +464,7 @@ def _finish(context: SweepContext, results, callback: SweepCallback) -> SweepRes
         trial_id = result.metrics.get("trial_id") or Path(result.path).name
         status = _summary_status(trial_id, result.error, callback)
         summary.trials.append(TrialSummary(trial_id, status, dict(result.config), reported))
-        value = reported.get(metrics[0])
+        value = reported.get(metrics[0]) if status != "ERROR" else None
         if value is not None and (best_value is None or _better(value, best_value, modes[0])):
             best_value, summary.best_trial_id = value, trial_id
     if summary.interrupted:

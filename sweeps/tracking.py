@@ -33,6 +33,7 @@ TAG_GIT_COMMIT = "mixer.git_commit"
 TAG_CHECKPOINT = "mixer.checkpoint"
 TAG_STOPPED_EARLY = "mixer.stopped_early"  # "true" on a trial the scheduler (ASHA) stopped before its last step
 TAG_STOPPED_AT_STEP = "mixer.stopped_at_step"
+TAG_ERROR = "mixer.error"  # why a trial failed, on one that ended on an error a retry would repeat
 TAG_EXPERIMENT_DIR = "mixer.experiment_dir"  # where Tune keeps the sweep's state; `mixer sweep resume` reads it
 TAG_PARENT = "mlflow.parentRunId"
 RESOLVED_SPEC_ARTIFACT = "resolved_spec.json"

@@ -19,10 +19,13 @@ from typing import Any
 import ray.train
 
 from mixer_core import metrics as metric_names
-from mixer_core.config import RunConfig, parse_config
+from mixer_core.config import ConfigError, RunConfig, parse_config
+from mixer_core.data.errors import DataError
 
 # Hands one report to Ray: the metrics, and the checkpoint directory written with them (or None).
 RayReport = Callable[[dict[str, float], Path | None], None]
+# The result key of a trial's last report when it ended on an error that a retry would only repeat (`final_report`).
+FINAL_ERROR = "mixer_error"
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,9 @@ def open_trial_run(tracking: TrialTracking, config: RunConfig):
 def run_worker(
     loop_config: dict[str, Any], report_to_ray: RayReport, checkpoint: ray.train.Checkpoint | None, world_rank: int
 ) -> None:
-    """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict) and `tracking` (a
-    TrialTracking as a dict); `checkpoint` is the one to resume from (None for a fresh start).
+    """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict), `tracking` (a
+    TrialTracking as a dict) and `objective` (the metric names); `checkpoint` is the one to resume from (None for
+    a fresh start).
 
     Only evaluation reports reach Ray: they carry the objective, and one Tune iteration per evaluation is what
     ASHA's `training_iteration` budget counts. Every report goes to MLflow from rank 0. When Tune stops the trial
@@ -65,6 +69,26 @@ def run_worker(
     """
     # Imported here, not above: a trial of several workers imports this module only to hand `train_worker` to
     # Ray Train, and needs neither torch's training stack nor timm in that process.
+    from mixer_core.train import TrainingError
+
+    try:
+        _train(loop_config, report_to_ray, checkpoint, world_rank)
+    except (TrainingError, DataError, ConfigError) as error:
+        # A non-finite loss, unusable data or a bad config fails the same way on every retry: the trial ends
+        # now, and the driver (`sweeps.engine.SweepCallback`) marks it failed with this message. Ray Train's
+        # report is collective; every rank gets here at the same step (the loss checked is all-reduced).
+        report_to_ray(final_report(error, loop_config["objective"]), None)
+
+
+def final_report(error: Exception, objective: list[str]) -> dict[str, Any]:
+    """The last report of a trial ended by `error`: its message, and NaN for each objective metric (Tune insists
+    on them; ASHA and the searchers take NaN as no value)."""
+    return {FINAL_ERROR: f"{type(error).__name__}: {error}", **{name: float("nan") for name in objective}}
+
+
+def _train(
+    loop_config: dict[str, Any], report_to_ray: RayReport, checkpoint: ray.train.Checkpoint | None, world_rank: int
+) -> None:
     from mixer_core.train import train
 
     tracking = TrialTracking(**loop_config["tracking"])
