@@ -98,12 +98,18 @@ def _train(
 
         def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
             if trial_run is not None:
+                from sweeps.mlflow_retry import best_effort
+
                 size_tags = {
                     f"mixer.{name}": metrics[name]
                     for name in (metric_names.PARAMS, metric_names.GMACS)
                     if name in metrics
                 }
-                trial_run.result().log(metrics, step=int(metrics[metric_names.STEP]), tags=size_tags)
+                step = int(metrics[metric_names.STEP])
+                best_effort(  # the store was unavailable past its retries: training goes on
+                    f"trial {tracking.trial_id} step {step}",
+                    lambda: trial_run.result().log(metrics, step=step, tags=size_tags),
+                )
             if metric_names.is_eval_report(metrics):
                 report_to_ray(metrics, checkpoint_dir)
 

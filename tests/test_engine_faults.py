@@ -141,8 +141,8 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
     try:
         finished, running = wait_for(first_finished_and_second_evaluated, "trial 1 done and trial 2 evaluated")
         # Tune snapshots its experiment state at least every 10 s; wait for one taken after trial 1 ended.
-        state_files = (tmp_path / "ray_results" / "crash").glob
-        wait_for(lambda: max((f.stat().st_mtime for f in state_files("experiment_state*.json")), default=0)
+        state_files = (tmp_path / "ray_results").glob
+        wait_for(lambda: max((f.stat().st_mtime for f in state_files("crash-*/experiment_state*.json")), default=0)
                  > finished.info.end_time / 1000, "a Tune snapshot with trial 1 finished")
     finally:
         driver.send_signal(signal.SIGKILL)

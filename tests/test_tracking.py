@@ -21,7 +21,10 @@ def test_default_uri_is_absolute_sqlite_under_cwd(tmp_path, monkeypatch):
 def _sweep(uri: str, tmp_path: Path, name: str = "s1") -> str:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(f"name: {name}\n")
-    return tracking.start_sweep_run(uri, "exp", name, "abc123", spec_file, {"name": name}, str(tmp_path / name))
+    return tracking.start_sweep_run(
+        uri, "exp", name, f"{name}-id", "abc123", spec_file, {"name": name}, {"name": name, "seed": 0},
+        str(tmp_path / name),
+    )
 
 
 def test_parent_run_has_schema_tags_spec_and_resolved_spec(mlflow_store, tmp_path):
@@ -32,9 +35,11 @@ def test_parent_run_has_schema_tags_spec_and_resolved_spec(mlflow_store, tmp_pat
     assert parent.data.tags["mixer.spec_hash"] == "abc123"
     assert "mixer.git_commit" in parent.data.tags
     artifacts = {item.path for item in MlflowClient(mlflow_store).list_artifacts(parent_id)}
-    assert artifacts == {"spec.yaml", tracking.RESOLVED_SPEC_ARTIFACT}
-    assert tracking.load_resolved_spec(mlflow_store, parent_id) == {"name": "s1"}
+    assert artifacts == {"spec.yaml", tracking.RESOLVED_SPEC_ARTIFACT, tracking.VALIDATED_SPEC_ARTIFACT}
+    assert tracking.load_spec_artifact(mlflow_store, parent_id) == {"name": "s1"}
+    assert tracking.load_spec_artifact(mlflow_store, parent_id, tracking.VALIDATED_SPEC_ARTIFACT)["seed"] == 0
     assert tracking.find_sweep_run(mlflow_store, "s1").info.run_id == parent_id
+    assert tracking.find_sweep_run(mlflow_store, "s1-id").info.run_id == parent_id  # by the sweep's id
     assert tracking.find_sweep_run(mlflow_store, "no-such-sweep") is None
     assert (tmp_path / "mlartifacts").is_dir()  # local store: artifacts beside the database
 
