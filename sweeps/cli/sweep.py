@@ -193,11 +193,20 @@ def _check_local_resources(spec) -> None:
 
 
 def _check_cluster_resources(spec) -> None:
+    """Refuse a sweep whose trial does not fit the cluster's live nodes, unless an autoscaler may add nodes that
+    hold it: then say what is missing, and let the trials wait for it."""
     import ray
 
+    from sweeps.autoscaling import autoscaler_running
     from sweeps.spec import check_resources
 
-    check_resources(spec, ray.cluster_resources())
+    try:
+        check_resources(spec, ray.cluster_resources())
+    except SpecError as shortfall:
+        if not autoscaler_running():
+            raise
+        print(f"{shortfall}\n(not yet: the cluster's autoscaler is to add nodes that have them; trials wait until"
+              " it does)", file=sys.stderr)
 
 
 def _print_result(result, as_json: bool) -> None:
