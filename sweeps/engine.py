@@ -209,7 +209,9 @@ class SweepCallback(ray.tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if value is not None and math.isfinite(value) and (self.best is None or _better(value, self.best[0], self.mode)):
+        if value is None or not math.isfinite(value):  # NaN: the last report of a trial that failed
+            return
+        if self.best is None or _better(value, self.best[0], self.mode):
             self.best = (float(value), trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -257,7 +259,6 @@ class SweepCallback(ray.tune.Callback):
         value = result.get(self.metric)
         shown = "-" if value is None else f"{value:.4g}"
         self._say(f"trial {trial.trial_id} {outcome} {self.metric}={shown}")
-
 
     def _close_run(self, trial_id: str, status: str, tags: dict[str, str]) -> None:
         context = self.context
@@ -335,7 +336,7 @@ def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -
     time nor keeps checkpoints of its own for them.
     """
     in_trial_process = runs_in_trial_process(spec)
-    storage_path, name = directory.rsplit("/", 1)
+    storage_path, name = directory.rsplit("/", 1)  # `sweeps.sweep_runs.experiment_dir`
     return ray.tune.RunConfig(
         name=name,
         storage_path=storage_path,
@@ -399,7 +400,8 @@ def _parent_run_ended_on_error(uri: str, parent_run_id: str) -> Iterator[None]:
         raise
     except BaseException as error:
         reason = f"{type(error).__name__}: {error}"
-        best_effort("the sweep's failure", tracking.finish_run, uri, parent_run_id, "FAILED", {tracking.TAG_ERROR: reason})
+        tags = {tracking.TAG_ERROR: reason}
+        best_effort("the sweep's failure", tracking.finish_run, uri, parent_run_id, "FAILED", tags)
         raise
 
 

@@ -35,7 +35,9 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError))
 
 
-def call_with_retries(call: Callable[..., Returned], *args: Any, seconds: float = RETRY_SECONDS, **kwargs: Any) -> Returned:
+def call_with_retries(
+    call: Callable[..., Returned], *args: Any, seconds: float = RETRY_SECONDS, **kwargs: Any
+) -> Returned:
     """`call(*args, **kwargs)`, retried with exponential backoff for up to `seconds` while the store is
     unavailable; any other error, or the last one, is raised."""
     deadline = time.monotonic() + seconds

@@ -59,10 +59,10 @@ def resumable(uri: str, parent: Any) -> tuple[SweepSpec, str]:
         raise LookupError(f"{source}: its recorded spec names another sweep, {spec.name!r}")
     if spec_hash(spec) != tags.get(tracking.TAG_SPEC_HASH):
         recorded = tracking.load_spec_artifact(uri, parent.info.run_id, tracking.VALIDATED_SPEC_ARTIFACT)
-        changes = spec_changes(recorded, spec.model_dump(mode="json"))
+        differences = "; ".join(spec_changes(recorded, spec.model_dump(mode="json"))) or "its spec hash differs"
         raise LookupError(
             f"{source}: its spec validates differently now than when it started (defaults changed in this version"
-            f" of mixer-sweeps?), so its trials would not continue as they began: {'; '.join(changes) or 'spec hash differs'}"
+            f" of mixer-sweeps?), so its trials would not continue as they began: {differences}"
         )
     return spec, experiment_dir(spec, sweep_id)
 

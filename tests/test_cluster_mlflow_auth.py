@@ -146,7 +146,8 @@ def test_the_ray_up_heads_mlflow_server_asks_for_the_login_in_the_credentials_fi
     )
     port = free_loopback_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update(HOME=str(tmp_path), MLFLOW_PORT=str(port), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    env.update(HOME=str(tmp_path), MLFLOW_PORT=str(port),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
     script = MANIFESTS.parent / "launcher" / "head-mlflow.sh"
     # The script leaves the server running in its own process group, which the test ends.
     starter = subprocess.Popen(["bash", str(script), str(tmp_path / "mlartifacts")], env=env, start_new_session=True,
