@@ -17,7 +17,7 @@ from sweeps.tracking import tracking_uri
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `mixer report` options."""
-    parser.add_argument("sweep", help="sweep name (the mixer.sweep tag of its MLflow runs)")
+    parser.add_argument("sweep", help="sweep id, or name (the mixer.sweep tag of its MLflow runs; its latest run)")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/SWEEP under the working dir)")
     parser.add_argument("--experiment", help="MLflow experiment to look in (default: every experiment)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")

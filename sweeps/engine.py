@@ -7,9 +7,12 @@ sweep was interrupted (Ctrl-C, SIGTERM) and is left for `mixer sweep resume`.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,12 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from mixer_core import metrics as metric_names
-from sweeps import tracking
+from sweeps import sweep_runs, tracking
+from sweeps.mlflow_retry import best_effort
 from sweeps.run_artifacts import log_checkpoint
 from sweeps.spec import Distribution, SweepSpec, grid_choices, spec_hash, validate_spec
 from sweeps.trial import RAY_ENV_DEFAULTS, SweepContext, run_trial, runs_in_trial_process, trial_resources
+from sweeps.worker import FINAL_ERROR
 
 # Tune's status of trials it has not started (or has paused); left so at the end, the sweep was interrupted.
 _NOT_STARTED = ("PENDING", "PAUSED")
@@ -147,6 +152,7 @@ class _PruningOptunaSearch(OptunaSearch):
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        error = error or bool(result and FINAL_ERROR in result)  # ended on an error a retry would repeat
         if error or not result or not metric_names.stopped_early(result) or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
@@ -186,6 +192,7 @@ class SweepCallback(ray.tune.Callback):
         self.running: set[str] = set()
         self.finished: set[str] = set()
         self.ended_at: dict[str, float] = {}
+        self.failed_final: set[str] = set()  # trials that ended themselves on an error a retry would repeat
         self.interrupted: list[str] = []  # trials left unfinished when the sweep stopped
         self.sweep_cut_short = False  # Ctrl-C or SIGTERM ended the sweep before all its trials
         self.best: tuple[float, str] | None = None
@@ -212,12 +219,18 @@ class SweepCallback(ray.tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if value is not None and (self.best is None or _better(value, self.best[0], self.mode)):
+        if value is None or not math.isfinite(value):  # NaN: the last report of a trial that failed
+            return
+        if self.best is None or _better(value, self.best[0], self.mode):
             self.best = (float(value), trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        if metric_names.stopped_early(result):
+        if FINAL_ERROR in result:
+            self.failed_final.add(trial.trial_id)
+            self._close(trial, "FAILED", "failed", {tracking.TAG_ERROR: result[FINAL_ERROR]})
+            print(f"  {trial.trial_id}: {result[FINAL_ERROR]} (not retried)", file=sys.stderr, flush=True)
+        elif metric_names.stopped_early(result):
             step = int(result[metric_names.STEP])
             self._close(trial, "FINISHED", f"stopped early at step {step}", tracking.stopped_early_tags(step))
         else:
@@ -249,17 +262,19 @@ class SweepCallback(ray.tune.Callback):
             self.ended_at[trial.trial_id] = time.time()
         result = trial.last_result or {}
         context = self.context
-        run = tracking.find_trial_run(
-            context.tracking_uri, context.experiment_id, context.parent_run_id, trial.trial_id
-        )
-        if run is not None:
-            # Ray Train's runs name their checkpoint in the result; Tune's own trials hold it themselves.
-            checkpoint = result.get(CHECKPOINT_PATH_KEY) or (trial.checkpoint.path if trial.checkpoint else None)
-            all_tags = {**({tracking.TAG_CHECKPOINT: checkpoint} if checkpoint else {}), **(tags or {})}
-            tracking.finish_run(context.tracking_uri, run.info.run_id, status, all_tags)
+        # Ray Train's runs name their checkpoint in the result; Tune's own trials hold it themselves.
+        checkpoint = result.get(CHECKPOINT_PATH_KEY) or (trial.checkpoint.path if trial.checkpoint else None)
+        all_tags = {**({tracking.TAG_CHECKPOINT: checkpoint} if checkpoint else {}), **(tags or {})}
+        best_effort(f"trial {trial.trial_id} {status}", self._close_run, trial.trial_id, status, all_tags)
         value = result.get(self.metric)
         shown = "-" if value is None else f"{value:.4g}"
         self._say(f"trial {trial.trial_id} {outcome} {self.metric}={shown}")
+
+    def _close_run(self, trial_id: str, status: str, tags: dict[str, str]) -> None:
+        context = self.context
+        run = tracking.find_trial_run(context.tracking_uri, context.experiment_id, context.parent_run_id, trial_id)
+        if run is not None:
+            tracking.finish_run(context.tracking_uri, run.info.run_id, status, tags)
 
 
 def _error_summary(trial) -> str:
@@ -272,7 +287,7 @@ def _error_summary(trial) -> str:
 
 def _summary_status(trial_id: str, result, callback: SweepCallback) -> str:
     """A trial's state in the results table: Tune's ERROR and TERMINATED, or STOPPED (early) or INTERRUPTED."""
-    if result.error:
+    if result.error or trial_id in callback.failed_final:
         return "ERROR"
     if trial_id in callback.interrupted:
         return "INTERRUPTED"
@@ -308,11 +323,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
 
 
-def experiment_dir(spec: SweepSpec) -> str:
-    """Where Tune keeps the sweep's state: `<storage_path>/<name>` (an absolute path or a URL)."""
-    return f"{spec.resolved_storage_path()}/{spec.name}"
-
-
 def _max_concurrent_trials(spec: SweepSpec) -> int:
     """The spec's limit, else as many trials as the cluster's CPUs (GPUs) hold at once (trials hold 0 CPU)."""
     resources = spec.resources
@@ -329,16 +339,17 @@ def _trainable(context: SweepContext):
     return ray.tune.with_resources(ray.tune.with_parameters(run_trial, context=context), trial_resources(context.spec))
 
 
-def _tune_run_config(spec: SweepSpec, callback: SweepCallback) -> ray.tune.RunConfig:
+def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -> ray.tune.RunConfig:
     """Where Tune keeps the sweep, and how it retries and checkpoints the trials that train in its processes.
 
     Trials of several workers leave both to Ray Train (`sweeps.trial`), so Tune neither retries them a second
     time nor keeps checkpoints of its own for them.
     """
     in_trial_process = runs_in_trial_process(spec)
+    storage_path, name = directory.rsplit("/", 1)  # `sweeps.sweep_runs.experiment_dir`
     return ray.tune.RunConfig(
-        name=spec.name,
-        storage_path=spec.resolved_storage_path(),
+        name=name,
+        storage_path=storage_path,
         callbacks=[callback],
         verbose=0,
         failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures if in_trial_process else 0),
@@ -351,75 +362,100 @@ def _tune_run_config(spec: SweepSpec, callback: SweepCallback) -> ray.tune.RunCo
 
 
 def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = None) -> SweepResult:
-    """Run a whole sweep on the connected Ray cluster (call `init_ray` first); log it to MLflow."""
+    """Run a whole sweep on the connected Ray cluster (call `init_ray` first); log it to MLflow.
+
+    Raises `SweepConflict` while another sweep of the same name is running.
+    """
     uri = tracking.tracking_uri()
-    directory = experiment_dir(spec)
+    sweep_runs.refuse_if_running(uri, spec.name)
+    sweep_id = sweep_runs.new_sweep_id()
+    directory = sweep_runs.experiment_dir(spec, sweep_id)
     study_storage = optuna_storage_url(spec, uri)
-    # What was written and overridden (defaults stay implicit), with the storages made absolute for `resume`.
+    # What was written and overridden (defaults stay implicit), with the storages made absolute for `resume`, and
+    # what that validates to now (`resume` checks it still does).
     resolved = {**spec.model_dump(mode="json", exclude_unset=True), "storage_path": spec.resolved_storage_path()}
     if spec.searcher.startswith("optuna"):
         resolved["optuna_storage"] = study_storage
+    validated = validate_spec(resolved, str(spec_path))
     parent_run_id = tracking.start_sweep_run(
-        uri, spec.experiment, spec.name, spec_hash(spec), spec_path, resolved, directory
+        uri, spec.experiment, spec.name, sweep_id, spec_hash(validated), spec_path, resolved,
+        validated.model_dump(mode="json"), directory,
     )
-    experiment_id = tracking.ensure_experiment(tracking.MlflowClient(uri), spec.experiment)
-    context = SweepContext(spec, uri, experiment_id, parent_run_id, f"{directory}/train")
-    study_name = f"{spec.name}-{parent_run_id[:8]}"
-    if spec.searcher.startswith("optuna"):
-        print(f"Optuna study {study_name}: {study_storage}", file=sys.stderr, flush=True)
-    param_space, searcher = _search(spec, study_storage, study_name, _max_concurrent_trials(spec))
-    callback = SweepCallback(context, total_trials)
-    tuner = ray.tune.Tuner(
-        _trainable(context),
-        param_space=param_space,
-        tune_config=ray.tune.TuneConfig(  # the searcher and ASHA carry the objective themselves
-            search_alg=searcher,
-            scheduler=_scheduler(spec),
-            num_samples=spec.num_samples,
-            reuse_actors=True,  # a finished trial's process runs the next trial: torch and timm stay imported
-        ),
-        run_config=_tune_run_config(spec, callback),
-    )
-    return _finish(context, _fit(tuner, context), callback)
+    with _parent_run_ended_on_error(uri, parent_run_id):
+        experiment_id = tracking.ensure_experiment(tracking.RetryingMlflowClient(uri), spec.experiment)
+        context = SweepContext(spec, uri, experiment_id, parent_run_id, f"{directory}/train")
+        study_name = f"{spec.name}-{parent_run_id[:8]}"
+        if spec.searcher.startswith("optuna"):
+            print(f"Optuna study {study_name}: {study_storage}", file=sys.stderr, flush=True)
+        param_space, searcher = _search(spec, study_storage, study_name, _max_concurrent_trials(spec))
+        callback = SweepCallback(context, total_trials)
+        tuner = ray.tune.Tuner(
+            _trainable(context),
+            param_space=param_space,
+            tune_config=ray.tune.TuneConfig(  # the searcher and ASHA carry the objective themselves
+                search_alg=searcher,
+                scheduler=_scheduler(spec),
+                num_samples=spec.num_samples,
+                reuse_actors=True,  # a finished trial's process runs the next trial: torch and timm stay imported
+            ),
+            run_config=_tune_run_config(spec, directory, callback),
+        )
+        return _finish(context, _fit(tuner, context), callback, directory)
+
+
+@contextmanager
+def _parent_run_ended_on_error(uri: str, parent_run_id: str) -> Iterator[None]:
+    """Whatever fails while the sweep's parent run is open ends it FAILED, tagged with the error, before the error
+    propagates (an interrupted sweep has already been marked KILLED by `_fit`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {error}"
+        tags = {tracking.TAG_ERROR: reason}
+        best_effort("the sweep's failure", tracking.finish_run, uri, parent_run_id, "FAILED", tags)
+        raise
 
 
 def _fit(tuner: ray.tune.Tuner, context: SweepContext):
-    """`tuner.fit()`. If the sweep fails, its parent run is marked FAILED before the error propagates; a second
-    Ctrl-C (which Tune does not catch) marks it and its running trials KILLED, resumable."""
+    """`tuner.fit()`. A second Ctrl-C (which Tune does not catch) marks the parent run and its running trials
+    KILLED, resumable."""
     try:
         return tuner.fit()
     except KeyboardInterrupt:
-        tracking.kill_running_runs(context.tracking_uri, context.experiment_id, context.parent_run_id)
+        best_effort(
+            "the sweep's interruption",
+            tracking.kill_running_runs, context.tracking_uri, context.experiment_id, context.parent_run_id,
+        )
         raise
-    except BaseException:
-        tracking.finish_run(context.tracking_uri, context.parent_run_id, "FAILED")
-        raise
 
 
-def find_resumable(name: str) -> tuple[SweepContext, str]:
-    """The context and Tune state directory of sweep `name`, read back from its MLflow parent run.
+def find_resumable(sweep: str) -> tuple[SweepContext, str]:
+    """The context and Tune state directory of the sweep with id `sweep` (else the latest named `sweep`), read back
+    from its MLflow parent run (`sweeps.sweep_runs.resumable`).
 
-    Raises `LookupError` when the MLflow store has no such sweep or Tune kept no state for it.
+    Raises `LookupError` when the MLflow store has no such sweep, its spec validates differently now, or Tune
+    kept no state for it.
     """
     uri = tracking.tracking_uri()
-    parent = tracking.find_sweep_run(uri, name)
+    parent = tracking.find_sweep_run(uri, sweep)
     if parent is None:
-        raise LookupError(f"no sweep named {name!r} in {uri}")
-    directory = parent.data.tags[tracking.TAG_EXPERIMENT_DIR]
+        raise LookupError(f"no sweep named {sweep!r} or with that id in {uri}")
+    spec, directory = sweep_runs.resumable(uri, parent)
     if not ray.tune.Tuner.can_restore(directory):
-        raise LookupError(f"sweep {name!r}: no Tune state to restore at {directory}")
-    source = f"sweep {name} (MLflow run {parent.info.run_id})"
-    spec = validate_spec(tracking.load_resolved_spec(uri, parent.info.run_id), source)
+        raise LookupError(f"sweep {sweep!r}: no Tune state to restore at {directory}")
     return SweepContext(spec, uri, parent.info.experiment_id, parent.info.run_id, f"{directory}/train"), directory
 
 
 def resume_sweep(context: SweepContext, directory: str) -> SweepResult:
     """Finish a sweep after its driver died: `Tuner.restore` runs only the unfinished trials again."""
-    tracking.MlflowClient(context.tracking_uri).update_run(context.parent_run_id, status="RUNNING")
-    tuner = ray.tune.Tuner.restore(
-        directory, trainable=_trainable(context), resume_unfinished=True, resume_errored=True
-    )
-    return _finish(context, _fit(tuner, context), _restored_callback(tuner))
+    tracking.RetryingMlflowClient(context.tracking_uri).update_run(context.parent_run_id, status="RUNNING")
+    with _parent_run_ended_on_error(context.tracking_uri, context.parent_run_id):
+        tuner = ray.tune.Tuner.restore(
+            directory, trainable=_trainable(context), resume_unfinished=True, resume_errored=True
+        )
+        return _finish(context, _fit(tuner, context), _restored_callback(tuner), directory)
 
 
 def _restored_callback(tuner: ray.tune.Tuner) -> SweepCallback:
@@ -428,14 +464,14 @@ def _restored_callback(tuner: ray.tune.Tuner) -> SweepCallback:
     return next(callback for callback in callbacks if isinstance(callback, SweepCallback))
 
 
-def _finish(context: SweepContext, results, callback: SweepCallback) -> SweepResult:
+def _finish(context: SweepContext, results, callback: SweepCallback, directory: str) -> SweepResult:
     """Summarise every trial, put the best one's metrics, params and final weights on the parent run, and close
     it: KILLED when interrupted, FAILED when a trial failed, else FINISHED."""
     spec = context.spec
     metrics, modes = objective_metrics(spec)
     summary = SweepResult(
         name=spec.name,
-        experiment_dir=experiment_dir(spec),
+        experiment_dir=directory,
         tracking_uri=context.tracking_uri,
         experiment_id=context.experiment_id,
         parent_run_id=context.parent_run_id,
@@ -451,7 +487,7 @@ def _finish(context: SweepContext, results, callback: SweepCallback) -> SweepRes
         summary.trials.append(
             TrialSummary(trial_id, status, dict(result.config), reported, callback.ended_at.get(trial_id))
         )
-        value = reported.get(metrics[0])
+        value = reported.get(metrics[0]) if status != "ERROR" else None
         if value is not None and (best_value is None or _better(value, best_value, modes[0])):
             best_value, summary.best_trial_id = value, trial_id
     failed = any(trial.status == "ERROR" for trial in summary.trials)

@@ -1,15 +1,18 @@
 """MLflow for sweeps: a parent run per sweep, a child run per trial, keyed so that retries continue their run.
 
+Every call to the store is retried while it is unavailable (`sweeps.mlflow_retry`).
+
 The schema, whose names below are the only copy (`dashboards/` reads them from here): the experiment carries
 `mlflow.experimentKind` so the MLflow UI opens it as model training. Every run carries what `mlflow.start_run`
 would record (`mlflow.user`, `mlflow.source.name` = the spec file, `mlflow.source.type`, and the commit, branch
 and remote of the spec's git repository); trial runs copy them from their parent. Parent run tags
-`mixer.sweep`, `mixer.role=sweep`, `mixer.spec_hash`, `mixer.experiment_dir` and, at the end,
+`mixer.sweep`, `mixer.sweep_id`, `mixer.role=sweep`, `mixer.spec_hash`, `mixer.experiment_dir` and, at the end,
 `mixer.best_trial_id`, `mixer.best_run_id`, the best trial's final metrics, the number of trials in each state
 (`trials_finished`, `trials_failed`, ...) and, once every trial finished, the best trial's params. Child run
 tags `mlflow.parentRunId`, `mixer.sweep`, `mixer.role=trial`, `mixer.trial_id`, `mixer.model`,
 `mixer.patch_size`, `mixer.data_fraction`, `mixer.params`, `mixer.gmacs`, `mixer.permutation` and, at the end,
-`mixer.checkpoint` (and `mixer.stopped_early`, `mixer.stopped_at_step` on a trial the scheduler stopped); params
+`mixer.checkpoint` (and `mixer.stopped_early`, `mixer.stopped_at_step` on a trial the scheduler stopped, or
+`mixer.error` on one that ended on an error a retry would repeat); params
 are the flattened trial config; metrics carry the training step.
 """
 
@@ -41,8 +44,10 @@ from mlflow.utils.mlflow_tags import (
 from mixer_core import metrics as metric_names
 from mixer_core.config import RunConfig
 from mixer_core.variants import VARIANTS
+from sweeps.mlflow_retry import RetryingMlflowClient
 
 TAG_SWEEP = "mixer.sweep"
+TAG_SWEEP_ID = "mixer.sweep_id"  # one run of a sweep: its Tune state is `<storage_path>/<name>-<id>`
 TAG_ROLE = "mixer.role"
 ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"  # the values of TAG_ROLE
 TAG_TRIAL_ID = "mixer.trial_id"
@@ -51,7 +56,8 @@ TAG_GIT_COMMIT = MLFLOW_GIT_COMMIT
 TAG_CHECKPOINT = "mixer.checkpoint"
 TAG_STOPPED_EARLY = "mixer.stopped_early"  # "true" on a trial the scheduler (ASHA) stopped before its last step
 TAG_STOPPED_AT_STEP = "mixer.stopped_at_step"
-TAG_EXPERIMENT_DIR = "mixer.experiment_dir"  # where Tune keeps the sweep's state; `mixer sweep resume` reads it
+TAG_ERROR = "mixer.error"  # why a trial failed, on one that ended on an error a retry would repeat
+TAG_EXPERIMENT_DIR = "mixer.experiment_dir"  # where Tune keeps the sweep's state (resume derives it from the spec)
 TAG_PARENT = MLFLOW_PARENT_RUN_ID
 TAG_MODEL = "mixer.model"
 TAG_PATCH_SIZE = "mixer.patch_size"
@@ -67,6 +73,7 @@ EXPERIMENT_KIND_TRAINING = "custom_model_development"
 LOCAL_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 TRIALS_METRIC = "trials"  # on the parent run, with `trials_<state>` per MLflow run state
 RESOLVED_SPEC_ARTIFACT = "resolved_spec.json"
+VALIDATED_SPEC_ARTIFACT = "validated_spec.json"  # every field, defaults included: what resume compares against
 # MLflow's log_batch limits (1000 metrics, 100 params, 100 tags per call).
 _BATCH_PARAMS = 100
 _BATCH_METRICS = 1000
@@ -96,7 +103,7 @@ def ui_hint(uri: str, experiment_id: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}, then {experiment_url(LOCAL_UI_URL, experiment_id)}"
 
 
-def ensure_experiment(client: MlflowClient, name: str) -> str:
+def ensure_experiment(client: MlflowClient | RetryingMlflowClient, name: str) -> str:
     """The id of experiment `name`, created (artifacts under `<cwd>/mlartifacts` for a local store) if missing,
     and marked as model training for the MLflow UI."""
     experiment = client.get_experiment_by_name(name)
@@ -139,21 +146,24 @@ def start_sweep_run(
     uri: str,
     experiment: str,
     sweep_name: str,
+    sweep_id: str,
     spec_hash: str,
     spec_path: Path,
     resolved_spec: dict[str, Any],
+    validated_spec: dict[str, Any],
     experiment_dir: str,
 ) -> str:
     """Create the sweep's parent run; returns its run id.
 
-    Artifacts: the spec file as written, and the resolved spec (overrides applied) that `mixer sweep resume`
-    reads back.
+    Artifacts: the spec file as written, the resolved spec (overrides applied) that `mixer sweep resume` reads
+    back, and the validated spec (defaults filled in) that it checks the resolved one still validates to.
     """
-    client = MlflowClient(uri)
+    client = RetryingMlflowClient(uri)
     experiment_id = ensure_experiment(client, experiment)
     tags = {
         **run_context_tags(spec_path),
         TAG_SWEEP: sweep_name,
+        TAG_SWEEP_ID: sweep_id,
         TAG_ROLE: ROLE_SWEEP,
         TAG_SPEC_HASH: spec_hash,
         TAG_EXPERIMENT_DIR: experiment_dir,
@@ -161,35 +171,41 @@ def start_sweep_run(
     run = client.create_run(experiment_id, tags=tags, run_name=sweep_name)
     client.log_artifact(run.info.run_id, str(spec_path))
     client.log_dict(run.info.run_id, resolved_spec, RESOLVED_SPEC_ARTIFACT)
+    client.log_dict(run.info.run_id, validated_spec, VALIDATED_SPEC_ARTIFACT)
     return run.info.run_id
 
 
-def load_resolved_spec(uri: str, run_id: str) -> dict[str, Any]:
-    """The resolved spec a sweep's parent run was started with."""
+def load_spec_artifact(uri: str, run_id: str, artifact: str = RESOLVED_SPEC_ARTIFACT) -> dict[str, Any]:
+    """A spec a sweep's parent run was started with: the resolved one, or `VALIDATED_SPEC_ARTIFACT`."""
     with tempfile.TemporaryDirectory() as directory:
-        path = MlflowClient(uri).download_artifacts(run_id, RESOLVED_SPEC_ARTIFACT, directory)
+        path = RetryingMlflowClient(uri).download_artifacts(run_id, artifact, directory)
         return json.loads(Path(path).read_text())
 
 
-def find_sweep_run(uri: str, sweep_name: str, experiment_ids: list[str] | None = None):
-    """The latest parent run of sweep `sweep_name` in `experiment_ids` (default: every experiment), or None."""
-    client = MlflowClient(uri)
+def find_sweep_run(uri: str, sweep: str, experiment_ids: list[str] | None = None, status: str | None = None):
+    """The parent run of the sweep whose id is `sweep`, else the latest of those named `sweep`, in `experiment_ids`
+    (default: every experiment) and with `status` (default: any); None when there is none."""
+    client = RetryingMlflowClient(uri)
     if experiment_ids is None:
         experiment_ids = [experiment.experiment_id for experiment in client.search_experiments()]
     if not experiment_ids:
         return None
-    runs = client.search_runs(
-        experiment_ids,
-        filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}' AND tags.`{TAG_SWEEP}` = '{sweep_name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    status_filter = f" AND attributes.status = '{status}'" if status else ""
+    for tag in (TAG_SWEEP_ID, TAG_SWEEP):
+        runs = client.search_runs(
+            experiment_ids,
+            filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}' AND tags.`{tag}` = '{sweep}'{status_filter}",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if runs:
+            return runs[0]
+    return None
 
 
 def list_sweeps(uri: str) -> list[dict[str, Any]]:
     """Every sweep in the store, newest first: name, experiment, status, start time and its trials' states."""
-    client = MlflowClient(uri)
+    client = RetryingMlflowClient(uri)
     experiments = {experiment.experiment_id: experiment.name for experiment in client.search_experiments()}
     if not experiments:
         return []
@@ -203,6 +219,7 @@ def list_sweeps(uri: str) -> list[dict[str, Any]]:
         sweeps.append(
             {
                 "name": parent.data.tags.get(TAG_SWEEP),
+                "id": parent.data.tags.get(TAG_SWEEP_ID),
                 "experiment": experiments[parent.info.experiment_id],
                 "status": parent.info.status,
                 "run_id": parent.info.run_id,
@@ -216,7 +233,7 @@ def list_sweeps(uri: str) -> list[dict[str, Any]]:
 
 def trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     """The child runs of a sweep's parent run."""
-    return MlflowClient(uri).search_runs(
+    return RetryingMlflowClient(uri).search_runs(
         [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=10000
     )
 
@@ -279,7 +296,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def finish_run(uri: str, run_id: str, status: str, tags: Mapping[str, str] | None = None) -> None:
     """Set final tags and the terminal status (`FINISHED`, `FAILED`, `KILLED`) of a run."""
-    client = MlflowClient(uri)
+    client = RetryingMlflowClient(uri)
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, status)
@@ -300,7 +317,7 @@ def kill_running_runs(uri: str, experiment_id: str, parent_run_id: str) -> None:
 
 def find_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str):
     """The child run of trial `trial_id` under `parent_run_id`, or None."""
-    runs = MlflowClient(uri).search_runs(
+    runs = RetryingMlflowClient(uri).search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' AND tags.`{TAG_TRIAL_ID}` = '{trial_id}'",
         max_results=1,
@@ -325,7 +342,7 @@ class TrialRun:
         params: Mapping[str, Any],
         tags: Mapping[str, Any],
     ):
-        self.client = MlflowClient(uri)
+        self.client = RetryingMlflowClient(uri)
         existing = find_trial_run(uri, experiment_id, parent_run_id, trial_id)
         self.last_step: dict[str, int] = {}
         if existing is None:

@@ -82,6 +82,7 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
         "tracking": asdict(
             TrialTracking(context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name, trial_id)
         ),
+        "objective": [objective.metric for objective in spec.objective],
     }
     if runs_in_trial_process(spec):
         run_worker(loop_config, _report_to_tune, ray.tune.get_checkpoint(), world_rank=0)

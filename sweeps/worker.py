@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,13 @@ from typing import Any
 import ray.train
 
 from mixer_core import metrics as metric_names
-from mixer_core.config import RunConfig, parse_config
+from mixer_core.config import ConfigError, RunConfig, parse_config
 from sweeps.run_artifacts import fetch_init_from
 
 # Hands one report to Ray: the metrics, and the checkpoint directory written with them (or None).
 RayReport = Callable[[dict[str, float], Path | None], None]
+# The result key of a trial's last report when it ended on an error that a retry would only repeat (`final_report`).
+FINAL_ERROR = "mixer_error"
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,37 @@ def open_trial_run(tracking: TrialTracking, config: RunConfig):
 def run_worker(
     loop_config: dict[str, Any], report_to_ray: RayReport, checkpoint: ray.train.Checkpoint | None, world_rank: int
 ) -> None:
-    """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict) and `tracking` (a
-    TrialTracking as a dict); `checkpoint` is the one to resume from (None for a fresh start).
+    """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict), `tracking` (a
+    TrialTracking as a dict) and `objective` (the metric names); `checkpoint` is the one to resume from (None for
+    a fresh start).
 
     Only evaluation reports reach Ray: they carry the objective, and one Tune iteration per evaluation is what
     ASHA's `training_iteration` budget counts. Every report goes to MLflow from rank 0. When Tune stops the trial
     (ASHA, a stop condition, Ctrl-C), `report_to_ray` does not return: the trial's thread exits there.
     """
     # Imported here, not above: a trial of several workers imports this module only to hand `train_worker` to
-    # Ray Train, and needs neither torch's training stack nor timm in that process.
+    # Ray Train, and needs neither torch's training stack nor timm in that process (`mixer_core.data` imports both).
+    from mixer_core.data import DataError
+    from mixer_core.train import TrainingError
+
+    try:
+        _train(loop_config, report_to_ray, checkpoint, world_rank)
+    except (TrainingError, DataError, ConfigError) as error:
+        # A non-finite loss, unusable data or a bad config fails the same way on every retry: the trial ends
+        # now, and the driver (`sweeps.engine.SweepCallback`) marks it failed with this message. Ray Train's
+        # report is collective; every rank gets here at the same step (the loss checked is all-reduced).
+        report_to_ray(final_report(error, loop_config["objective"]), None)
+
+
+def final_report(error: Exception, objective: list[str]) -> dict[str, Any]:
+    """The last report of a trial ended by `error`: its message, and NaN for each objective metric (Tune insists
+    on them; ASHA and the searchers take NaN as no value)."""
+    return {FINAL_ERROR: f"{type(error).__name__}: {error}", **{name: float("nan") for name in objective}}
+
+
+def _train(
+    loop_config: dict[str, Any], report_to_ray: RayReport, checkpoint: ray.train.Checkpoint | None, world_rank: int
+) -> None:
     from mixer_core.train import train
 
     tracking = TrialTracking(**loop_config["tracking"])
@@ -75,7 +99,13 @@ def run_worker(
 
         def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
             if trial_run is not None:
-                trial_run.result().log(metrics, step=int(metrics[metric_names.STEP]))
+                wait([trial_run])  # its thread imports MLflow, which fails if imported by two threads at once
+                from sweeps.mlflow_retry import best_effort
+
+                step = int(metrics[metric_names.STEP])
+                best_effort(  # the store was unavailable past its retries: training goes on
+                    f"trial {tracking.trial_id} step {step}", lambda: trial_run.result().log(metrics, step=step)
+                )
             if metric_names.is_eval_report(metrics):
                 report_to_ray(metrics, checkpoint_dir)
 

@@ -89,6 +89,8 @@ def test_launcher_yaml_starts_ray_with_real_options_token_auth_and_a_loopback_da
     assert all("--dashboard-host=127.0.0.1" in arguments for arguments in head_arguments)
     # Every node needs the token the local `ray get-auth-token --generate` wrote.
     assert any(local.endswith(".ray/auth_token") for local in config["file_mounts"].values())
+    # and the MLflow login head-mlflow.sh starts its server with, which trials log in with.
+    assert any(local == "~/.mlflow/credentials" for local in config["file_mounts"].values())
 
 
 @pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda path: path.name)
@@ -172,6 +174,61 @@ def test_shared_storage_claim_is_read_write_many_and_named_by_the_ray_pods():
     claims = {volume["persistentVolumeClaim"]["claimName"] for volume in cluster["spec"]["headGroupSpec"]["template"]
               ["spec"]["volumes"] if "persistentVolumeClaim" in volume}
     assert claims == {claim["metadata"]["name"]}
+
+
+def kuberay_cluster_specs() -> dict[str, dict]:
+    """The Ray cluster spec of raycluster.yaml and of rayjob.yaml, by file name."""
+    (cluster,) = load_documents(CLUSTER / "kuberay" / "raycluster.yaml")
+    (job,) = load_documents(CLUSTER / "kuberay" / "rayjob.yaml")
+    return {"raycluster.yaml": cluster["spec"], "rayjob.yaml": job["spec"]["rayClusterSpec"]}
+
+
+def pod_labels(spec: dict) -> list[dict[str, str]]:
+    """The labels of the head's and each worker group's pods."""
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [group["template"].get("metadata", {}).get("labels", {}) for group in groups]
+
+
+def test_kuberay_clusters_require_rays_token_from_a_kubernetes_secret():
+    for name, spec in kuberay_cluster_specs().items():
+        assert spec["authOptions"] == {"mode": "token", "secretName": "mixer-ray-token"}, name
+    # The submitter runs `ray job submit` against the cluster, so it carries the same token.
+    (job,) = load_documents(CLUSTER / "kuberay" / "rayjob.yaml")
+    (submitter,) = job["spec"]["submitterPodTemplate"]["spec"]["containers"]
+    env = {variable["name"]: variable for variable in submitter["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mixer-ray-token", "key": "auth_token"}
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels only) selects pods labelled `labels`."""
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is read here: {selector}"
+    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+
+
+def test_network_policy_admits_only_the_clusters_pods_and_on_the_job_api_the_operator_and_submitter():
+    (policy,) = load_documents(CLUSTER / "kuberay" / "network-policy.yaml")
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    for name, cluster_spec in kuberay_cluster_specs().items():
+        assert all(selects(spec["podSelector"], labels) for labels in pod_labels(cluster_spec)), name
+    (job,) = load_documents(CLUSTER / "kuberay" / "rayjob.yaml")
+    submitter_labels = job["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    operator_labels = {"app.kubernetes.io/name": "kuberay-operator"}  # the KubeRay Helm chart's operator pod
+    ray_pod_labels = pod_labels(kuberay_cluster_specs()["raycluster.yaml"])[0]
+    for rule in spec["ingress"]:
+        sources = rule["from"]  # a rule without `from` would admit every source
+        assert all(set(source) <= {"podSelector", "namespaceSelector"} for source in sources), "no ipBlock"
+        if any(selects(source["podSelector"], ray_pod_labels) for source in sources):
+            assert "ports" not in rule and len(sources) == 1  # the cluster's own pods, on any port
+            assert "namespaceSelector" not in sources[0]  # and only from the policy's own namespace
+        else:
+            assert rule["ports"] == [{"protocol": "TCP", "port": 8265}]
+            admitted = [source for source in sources if selects(source["podSelector"], submitter_labels)
+                        or selects(source["podSelector"], operator_labels)]
+            assert admitted == sources
+    assert any(selects(source["podSelector"], submitter_labels) for rule in spec["ingress"] for source in rule["from"])
 
 
 # --------------------------------------------------------------------------------- MLflow tracking server

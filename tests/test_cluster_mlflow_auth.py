@@ -135,3 +135,40 @@ def test_a_user_created_by_the_admin_logs_a_run(auth_server, monkeypatch):
     run = client.create_run(client.create_experiment("cluster-auth"))
     client.log_metric(run.info.run_id, "val_top1", 0.5, step=1)
     assert client.get_run(run.info.run_id).data.metrics == {"val_top1": 0.5}
+
+
+def test_the_ray_up_heads_mlflow_server_asks_for_the_login_in_the_credentials_file(tmp_path):
+    # cluster/launcher/head-mlflow.sh, run as the launcher runs it, with HOME and the artifact store made local.
+    password = "head-password-for-tests"
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "credentials").write_text(
+        f"[mlflow]\nmlflow_tracking_username = admin\nmlflow_tracking_password = {password}\n"
+    )
+    port = free_loopback_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(HOME=str(tmp_path), MLFLOW_PORT=str(port),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    script = MANIFESTS.parent / "launcher" / "head-mlflow.sh"
+    # The script leaves the server running in its own process group, which the test ends.
+    starter = subprocess.Popen(["bash", str(script), str(tmp_path / "mlartifacts")], env=env, start_new_session=True,
+                               stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert starter.wait(timeout=60) == 0, starter.stderr.read()
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while request_or_none(f"{url}/health") != 200:
+            assert time.monotonic() < deadline, (tmp_path / "mlflow" / "server.log").read_text()[-3000:]
+            time.sleep(1)
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert request(search) == 401
+        assert request(search, "admin", password) == 200
+    finally:
+        os.killpg(starter.pid, signal.SIGTERM)
+
+
+def request_or_none(url: str) -> int | None:
+    """`request(url)`, or None while nothing listens there."""
+    try:
+        return request(url)
+    except OSError:
+        return None

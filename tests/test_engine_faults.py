@@ -141,8 +141,8 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
     try:
         finished, running = wait_for(first_finished_and_second_evaluated, "trial 1 done and trial 2 evaluated")
         # Tune snapshots its experiment state at least every 10 s; wait for one taken after trial 1 ended.
-        state_files = (tmp_path / "ray_results" / "crash").glob
-        wait_for(lambda: max((f.stat().st_mtime for f in state_files("experiment_state*.json")), default=0)
+        state_files = (tmp_path / "ray_results").glob
+        wait_for(lambda: max((f.stat().st_mtime for f in state_files("crash-*/experiment_state*.json")), default=0)
                  > finished.info.end_time / 1000, "a Tune snapshot with trial 1 finished")
     finally:
         driver.send_signal(signal.SIGKILL)
@@ -200,3 +200,28 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_address, mlflow_store
         if before.info.status == "FINISHED":
             assert runs[run_id].info.end_time == before.info.end_time  # finished trials were not run again
     assert MlflowClient(mlflow_store).get_run(result["parent_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_non_finite_loss_ends_its_trial_at_once_though_retries_are_unlimited(ray_address, mlflow_store, tiny_spec,
+                                                                             workers):
+    # Sigmoid cross-entropy at a learning rate of 1e12 overflows a few steps in (tests/test_train.py); with
+    # max_failures -1 a retried trial would fail again forever, and the sweep would run past the timeout.
+    spec = tiny_spec(
+        "diverges",
+        max_failures=-1,
+        base={"train": {"lr": 1e12, "warmup_steps": 0, "grad_clip": None, "loss": "sigmoid"}},
+        resources={"workers_per_trial": workers, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+    )
+    mixer = str(Path(sys.executable).with_name("mixer"))
+    driver = subprocess.run([mixer, "sweep", "run", str(spec), "--address", ray_address, "--json"],
+                            capture_output=True, text=True, timeout=WAIT_SECONDS)
+
+    assert driver.returncode == 1, driver.stderr
+    result = json.loads(driver.stdout)
+    assert [trial["status"] for trial in result["trials"]] == ["ERROR"]
+    assert "TrainingError: training loss is" in driver.stderr and "(not retried)" in driver.stderr
+    [run] = trial_runs_of(mlflow_store, "diverges")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mixer.error"].startswith("TrainingError: training loss is")
+    assert MlflowClient(mlflow_store).get_run(result["parent_run_id"]).info.status == "FAILED"

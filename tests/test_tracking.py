@@ -38,7 +38,10 @@ def test_ui_hint_is_the_servers_page_of_the_experiment_in_the_model_training_vie
 def _sweep(uri: str, tmp_path: Path, name: str = "s1") -> str:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(f"name: {name}\n")
-    return tracking.start_sweep_run(uri, "exp", name, "abc123", spec_file, {"name": name}, str(tmp_path / name))
+    return tracking.start_sweep_run(
+        uri, "exp", name, f"{name}-id", "abc123", spec_file, {"name": name}, {"name": name, "seed": 0},
+        str(tmp_path / name),
+    )
 
 
 def _trial(uri: str, parent_id: str, trial_id: str, config: RunConfig) -> tracking.TrialRun:
@@ -59,9 +62,11 @@ def test_parent_run_has_schema_tags_spec_and_resolved_spec(mlflow_store, tmp_pat
     assert parent.data.tags["mlflow.source.type"] == "LOCAL"
     assert "mlflow.source.git.commit" not in parent.data.tags  # tmp_path is no git repository
     artifacts = {item.path for item in MlflowClient(mlflow_store).list_artifacts(parent_id)}
-    assert artifacts == {"spec.yaml", tracking.RESOLVED_SPEC_ARTIFACT}
-    assert tracking.load_resolved_spec(mlflow_store, parent_id) == {"name": "s1"}
+    assert artifacts == {"spec.yaml", tracking.RESOLVED_SPEC_ARTIFACT, tracking.VALIDATED_SPEC_ARTIFACT}
+    assert tracking.load_spec_artifact(mlflow_store, parent_id) == {"name": "s1"}
+    assert tracking.load_spec_artifact(mlflow_store, parent_id, tracking.VALIDATED_SPEC_ARTIFACT)["seed"] == 0
     assert tracking.find_sweep_run(mlflow_store, "s1").info.run_id == parent_id
+    assert tracking.find_sweep_run(mlflow_store, "s1-id").info.run_id == parent_id  # by the sweep's id
     assert tracking.find_sweep_run(mlflow_store, "no-such-sweep") is None
     assert (tmp_path / "mlartifacts").is_dir()  # local store: artifacts beside the database
 
@@ -78,7 +83,7 @@ def test_experiment_opens_as_model_training_in_the_mlflow_ui(mlflow_store, tmp_p
 
 def test_runs_record_the_git_commit_of_the_spec_and_trials_inherit_user_and_source(mlflow_store):
     spec_path = REPO / "sweeps" / "quickstart.yaml"
-    parent_id = tracking.start_sweep_run(mlflow_store, "exp", "s1", "abc123", spec_path, {}, "/tmp/s1")
+    parent_id = tracking.start_sweep_run(mlflow_store, "exp", "s1", "s1-id", "abc123", spec_path, {}, {}, "/tmp/s1")
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     client = MlflowClient(mlflow_store)
     parent_tags = client.get_run(parent_id).data.tags

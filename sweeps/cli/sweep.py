@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.set_defaults(run_sweep_command=run_command)
 
     resume = subparsers.add_parser("resume", help="finish a sweep whose driver died; finished trials are kept")
-    resume.add_argument("name", help="the sweep's name (the spec's `name`)")
+    resume.add_argument("name", help="the sweep's id, or its name (the spec's `name`; its latest run)")
     resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start Ray locally)")
     add_json_flag(resume)
     resume.set_defaults(run_sweep_command=resume_command)
@@ -91,10 +91,15 @@ def run_command(args: argparse.Namespace) -> int:
     print(format_plan(plan), file=sys.stderr)
     from sweeps import engine
 
+    from sweeps.sweep_runs import SweepConflict
+
     engine.init_ray(args.address)
     _check_cluster_resources(spec)
-    with _interruptible(spec.name), contextlib.redirect_stdout(sys.stderr):  # stdout is for results
-        result = engine.run_sweep(spec, args.spec, total_trials=plan["trial_count"])
+    try:
+        with _interruptible(spec.name), contextlib.redirect_stdout(sys.stderr):  # stdout is for results
+            result = engine.run_sweep(spec, args.spec, total_trials=plan["trial_count"])
+    except SweepConflict as conflict:
+        return refuse("sweep run", conflict)
     _print_result(result, args.json)
     return _exit_status(result)
 
@@ -152,6 +157,7 @@ def ls_command(args: argparse.Namespace) -> int:
     rows = [
         {
             "sweep": sweep["name"],
+            "id": sweep["id"],
             "experiment": sweep["experiment"],
             "status": sweep["status"],
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(sweep["start_time"] / 1000)),
@@ -193,11 +199,20 @@ def _check_local_resources(spec) -> None:
 
 
 def _check_cluster_resources(spec) -> None:
+    """Refuse a sweep whose trial does not fit the cluster's live nodes, unless an autoscaler may add nodes that
+    hold it: then say what is missing, and let the trials wait for it."""
     import ray
 
+    from sweeps.autoscaling import autoscaler_running
     from sweeps.spec import check_resources
 
-    check_resources(spec, ray.cluster_resources())
+    try:
+        check_resources(spec, ray.cluster_resources())
+    except SpecError as shortfall:
+        if not autoscaler_running():
+            raise
+        print(f"{shortfall}\n(not yet: the cluster's autoscaler is to add nodes that have them; trials wait until"
+              " it does)", file=sys.stderr)
 
 
 def _print_result(result, as_json: bool) -> None:

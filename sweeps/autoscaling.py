@@ -1,0 +1,25 @@
+"""Whether the connected Ray cluster can grow: a sweep that its live nodes cannot hold yet (every shipped cluster
+starts without GPU workers, and with a head that offers no CPUs for work) is for the autoscaler to make room for.
+
+Ray 2.60 shows a driver neither the autoscaler's node types nor whether it could fit a request, so the engine can
+tell only that an autoscaler is there; it warns instead of refusing (`sweeps.cli.sweep`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from ray._private import ray_constants
+from ray.autoscaler.v2.utils import is_autoscaler_v2
+from ray.experimental.internal_kv import _internal_kv_get
+
+
+def autoscaler_running() -> bool:
+    """Whether an autoscaler manages the connected cluster (call after `ray.init`).
+
+    Autoscaler v1 (`ray up`, KubeRay's default) reports a summary on every update in the GCS; v2 marks itself there.
+    """
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    if status and "autoscaler_report" in json.loads(status):
+        return True
+    return is_autoscaler_v2(fetch_from_server=True)

@@ -1,0 +1,74 @@
+"""MLflow calls that outlast a store that is briefly unavailable: a SQLite file locked past its busy timeout, a
+tracking server restarting or unreachable for longer than MLflow's own HTTP retries wait.
+
+`RetryingMlflowClient` is an `MlflowClient` whose calls are retried with exponential backoff while the error says
+the store is unavailable (not that the request is wrong); `best_effort` runs bookkeeping that must never fail a
+trial or the sweep, and warns instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+# How long one call keeps trying before it gives up: a server restart or a long SQLite write lock, not an outage
+# that needs a person.
+RETRY_SECONDS = 300.0
+_FIRST_WAIT_SECONDS, _LONGEST_WAIT_SECONDS = 0.5, 15.0
+# What an unavailable store answers: SQLite's "database is locked" and a server's 503 arrive as
+# TEMPORARILY_UNAVAILABLE; a refused connection, once MLflow's own HTTP retries are spent, as INTERNAL_ERROR.
+_UNAVAILABLE_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"})
+
+Returned = TypeVar("Returned")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the MLflow store could not be reached or was busy (worth retrying)."""
+    if isinstance(error, MlflowException):
+        return error.error_code in _UNAVAILABLE_CODES
+    return isinstance(error, (requests.ConnectionError, requests.Timeout, ConnectionError))
+
+
+def call_with_retries(
+    call: Callable[..., Returned], *args: Any, seconds: float = RETRY_SECONDS, **kwargs: Any
+) -> Returned:
+    """`call(*args, **kwargs)`, retried with exponential backoff for up to `seconds` while the store is
+    unavailable; any other error, or the last one, is raised."""
+    deadline = time.monotonic() + seconds
+    wait = _FIRST_WAIT_SECONDS
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:
+            if not is_unavailable(error) or time.monotonic() + wait > deadline:
+                raise
+        time.sleep(wait)
+        wait = min(wait * 2, _LONGEST_WAIT_SECONDS)
+
+
+class RetryingMlflowClient:
+    """An `MlflowClient` on `uri` whose every call goes through `call_with_retries`."""
+
+    def __init__(self, uri: str):
+        self._client = MlflowClient(uri)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: call_with_retries(attribute, *args, **kwargs)
+
+
+def best_effort(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run bookkeeping `call(*args, **kwargs)`; if it still fails after its retries, say so on stderr (naming
+    `what` was not recorded) and go on: training and the sweep never stop over MLflow."""
+    try:
+        call(*args, **kwargs)
+    except Exception as error:
+        print(f"MLflow: {what} not recorded: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
