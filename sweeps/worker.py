@@ -95,6 +95,9 @@ def _train(
     tracking = TrialTracking(**loop_config["tracking"])
     config = parse_config(loop_config["run_config"], source=f"trial {tracking.trial_id}")
     with ThreadPoolExecutor(max_workers=1) as background, tempfile.TemporaryDirectory(prefix="mixer-trial-") as work:
+        # A `runs:/` init_from is downloaded first: that imports MLflow here, and MLflow fails when two threads
+        # import it at once. The run's params keep the URI.
+        local_config = fetch_init_from(config, Path(work) / "init_from", tracking.uri)
         trial_run: Future | None = background.submit(open_trial_run, tracking, config) if world_rank == 0 else None
 
         def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
@@ -109,12 +112,11 @@ def _train(
             if metric_names.is_eval_report(metrics):
                 report_to_ray(metrics, checkpoint_dir)
 
-        config = fetch_init_from(config, Path(work) / "init_from", tracking.uri)  # a runs:/ URI, downloaded
         if checkpoint is None:
-            train(config, on_report, work_dir=Path(work))
+            train(local_config, on_report, work_dir=Path(work))
             return
         with checkpoint.as_directory() as resume_dir:
-            train(config, on_report, resume_from=Path(resume_dir), work_dir=Path(work))
+            train(local_config, on_report, resume_from=Path(resume_dir), work_dir=Path(work))
 
 
 def _report_to_ray_train(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
