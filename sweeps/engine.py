@@ -192,7 +192,6 @@ class SweepCallback(ray.tune.Callback):
         self.running: set[str] = set()
         self.finished: set[str] = set()
         self.ended_at: dict[str, float] = {}
-        self.failed_final: set[str] = set()  # trials that ended themselves on an error a retry would repeat
         self.interrupted: list[str] = []  # trials left unfinished when the sweep stopped
         self.sweep_cut_short = False  # Ctrl-C or SIGTERM ended the sweep before all its trials
         self.best: tuple[float, str] | None = None
@@ -227,7 +226,6 @@ class SweepCallback(ray.tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
         if FINAL_ERROR in result:
-            self.failed_final.add(trial.trial_id)
             self._close(trial, "FAILED", "failed", {tracking.TAG_ERROR: result[FINAL_ERROR]})
             print(f"  {trial.trial_id}: {result[FINAL_ERROR]} (not retried)", file=sys.stderr, flush=True)
         elif metric_names.stopped_early(result):
@@ -287,7 +285,7 @@ def _error_summary(trial) -> str:
 
 def _summary_status(trial_id: str, result, callback: SweepCallback) -> str:
     """A trial's state in the results table: Tune's ERROR and TERMINATED, or STOPPED (early) or INTERRUPTED."""
-    if result.error or trial_id in callback.failed_final:
+    if result.error or FINAL_ERROR in result.metrics:  # a trial that ended itself on an error a retry would repeat
         return "ERROR"
     if trial_id in callback.interrupted:
         return "INTERRUPTED"
