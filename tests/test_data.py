@@ -10,7 +10,7 @@ import torch
 from mixer_core.config import DataConfig
 from mixer_core.data import DataError, build_mixup, build_splits, make_loader
 from mixer_core.data.facts import dataset_facts, estimated_train_size
-from mixer_core.data.fractions import carve
+from mixer_core.data.fractions import fraction_count, subset_ranks
 from mixer_core.data.permutations import apply_permutation, permutation_index
 from shipped_data import MNIST
 
@@ -51,15 +51,17 @@ def test_fraction_subsets_are_nested_exact_and_reproducible(trial):
     keys = [f"shard{rng.randrange(100)}/{rng.getrandbits(40):x}" for _ in range(rng.randrange(50, 5000))]
     keys = list(dict.fromkeys(keys))
     fractions = sorted(rng.uniform(0.01, 1.0) for _ in range(4)) + [1.0]
-    chosen = [set(carve(keys, fraction, "fraction")[0].tolist()) for fraction in fractions]
+    ranks = subset_ranks(keys)
+    chosen = [set(np.flatnonzero(ranks < fraction).tolist()) for fraction in fractions]
     for smaller, larger in zip(chosen, chosen[1:]):
         assert smaller <= larger
     for fraction, subset in zip(fractions, chosen):
-        assert abs(len(subset) - fraction * len(keys)) <= max(0.5, 0.01 * fraction * len(keys))
+        assert len(subset) == fraction_count(len(keys), fraction)
+        assert 0 <= len(subset) - fraction * len(keys) < 1
     # the choice depends on the keys only, not on their order (shards may be listed in any order)
     shuffled = keys[:]
     rng.shuffle(shuffled)
-    picked = {shuffled[i] for i in carve(shuffled, fractions[0], "fraction")[0]}
+    picked = {shuffled[i] for i in np.flatnonzero(subset_ranks(shuffled) < fractions[0])}
     assert picked == {keys[i] for i in chosen[0]}
 
 

@@ -8,14 +8,14 @@ used; `--set data.KEY=VALUE` then sets its fields, as `mixer train` does:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, apply_override, load_config, parse_as, suggestion
 from mixer_core.data import DataError, build_splits, make_loader
-from mixer_core.data.parquet import write_parquet
-from mixer_core.data.sources import load_source
+from mixer_core.data.convert import convert
 from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
 
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     helps = {
         "info": "counts per split, classes and image shape after carving",
-        "convert": "write a source as Parquet shards plus manifest.json",
+        "convert": "write a source as train/val/test Parquet shards (original image bytes) plus manifest.json",
         "bench": "training-loader throughput in images/s",
     }
     for name, help_text in helps.items():
@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         command.add_argument("src", help=f"a dataset name ({', '.join(DATASET_NAMES)}) or a YAML config")
         if name == "convert":
             command.add_argument("dest", help="output folder or fsspec URL (e.g. s3://bucket/mnist)")
-            command.add_argument("--shard-size", type=int, default=4096, help="examples per shard (default 4096)")
+            command.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default 1024)")
+            command.add_argument("--processes", type=int, default=os.cpu_count(),
+                                 help="shards written at once (default: one per CPU; 1 for memory:// URLs)")
         if name == "bench":
             command.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
             command.add_argument("--batches", type=int, default=50, help="timed batches (after 3 warm-up batches)")
@@ -81,10 +83,10 @@ def run_info(cfg: DataConfig, args: argparse.Namespace) -> dict:
 
 
 def run_convert(cfg: DataConfig, args: argparse.Namespace) -> dict:
-    """Write the source's own splits (before carving, keys kept) as Parquet; returns the manifest."""
-    if args.shard_size <= 0:
-        raise ConfigError(f"--shard-size must be positive, got {args.shard_size}")
-    manifest = write_parquet(load_source(cfg, seed=args.seed), args.dest, args.shard_size, _progress)
+    """Write the source as train/val/test Parquet shard sets (`mixer_core.data.convert`); returns the manifest."""
+    if args.shard_size <= 0 or args.processes <= 0:
+        raise ConfigError(f"--shard-size and --processes must be positive, got {args.shard_size}, {args.processes}")
+    manifest = convert(cfg, args.dest, args.shard_size, args.processes, _progress, seed=args.seed)
     return {"dest": args.dest, **manifest}
 
 
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_table([{"split": split, "examples": count} for split, count in result["splits"].items()]))
     elif args.data_command == "convert":
         counts = {split: info["count"] for split, info in result["splits"].items()}
-        print(f"wrote {counts} to {result['dest']} ({len(result['classes'])} classes, shape {result['image_shape']})")
+        print(f"wrote {counts} to {result['dest']} ({len(result['classes'])} classes)")
     else:
         print(format_table([{k: v for k, v in result.items() if k != "augment"}]))
     return 0
