@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+from ray.data import DataIterator
 
 from mixer_core import metrics as metric_names
 from mixer_core.config import RunConfig, parse_config
@@ -54,10 +55,17 @@ def open_trial_run(tracking: TrialTracking, config: RunConfig):
 
 
 def run_worker(
-    loop_config: dict[str, Any], report_to_ray: RayReport, checkpoint: ray.train.Checkpoint | None, world_rank: int
+    loop_config: dict[str, Any],
+    report_to_ray: RayReport,
+    checkpoint: ray.train.Checkpoint | None,
+    world_rank: int,
+    world_size: int = 1,
+    dataset_shard: DataIterator | None = None,
 ) -> None:
     """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict) and `tracking` (a
-    TrialTracking as a dict); `checkpoint` is the one to resume from (None for a fresh start).
+    TrialTracking as a dict); `checkpoint` is the one to resume from (None for a fresh start). A streamed source
+    (`data.streams`) is read from `dataset_shard` (Ray Train) or, for a one-worker trial, from its own Ray Data
+    pipeline (`sweeps.stream`).
 
     Only evaluation reports reach Ray: they carry the objective, and one Tune iteration per evaluation is what
     ASHA's `training_iteration` budget counts. Every report goes to MLflow from rank 0. When Tune stops the trial
@@ -66,6 +74,7 @@ def run_worker(
     # Imported here, not above: a trial of several workers imports this module only to hand `train_worker` to
     # Ray Train, and needs neither torch's training stack nor timm in that process.
     from mixer_core.train import train
+    from sweeps.stream import open_stream
 
     tracking = TrialTracking(**loop_config["tracking"])
     config = parse_config(loop_config["run_config"], source=f"trial {tracking.trial_id}")
@@ -83,11 +92,15 @@ def run_worker(
             if metric_names.is_eval_report(metrics):
                 report_to_ray(metrics, checkpoint_dir)
 
+        stream = None
+        if config.data.streams:
+            stream = open_stream(config.data, config.train.seed, config.eval.max_examples, world_rank, world_size,
+                                 dataset_shard)
         if checkpoint is None:
-            train(config, on_report, work_dir=Path(work))
+            train(config, on_report, work_dir=Path(work), stream=stream)
             return
         with checkpoint.as_directory() as resume_dir:
-            train(config, on_report, resume_from=Path(resume_dir), work_dir=Path(work))
+            train(config, on_report, resume_from=Path(resume_dir), work_dir=Path(work), stream=stream)
 
 
 def _report_to_ray_train(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
@@ -101,6 +114,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     `loop_config` is plain data because Ray Train's controller unpickles it too: a class from this module would
     make every controller import torch, timm and `mixer_core` (about 2 s per trial on 2 cores).
     """
-    run_worker(
-        loop_config, _report_to_ray_train, ray.train.get_checkpoint(), ray.train.get_context().get_world_rank()
-    )
+    context = ray.train.get_context()
+    shard = ray.train.get_dataset_shard("train") if loop_config["streams"] else None
+    run_worker(loop_config, _report_to_ray_train, ray.train.get_checkpoint(), context.get_world_rank(),
+               context.get_world_size(), shard)
