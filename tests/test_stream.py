@@ -115,3 +115,42 @@ def test_resuming_mid_epoch_continues_the_stream_without_repeats_or_gaps(ray_add
     # The resumed run replays the checkpoint's first 5 batches, then takes the next ones: the same epoch.
     assert consumed[1] == consumed[0]
     assert runs["resumed"]["step"] == runs["whole"]["step"] == 7
+
+
+def test_a_sweep_streams_jpeg_shards_and_a_bad_row_fails_its_trial_keeping_what_mlflow_has(
+    ray_address, mlflow_store, tiny_spec, jpeg_shards, tmp_path, capsys
+):
+    from mlflow.tracking import MlflowClient
+
+    from sweeps import tracking
+    from sweeps.cli import main
+
+    base = {
+        "data": {**STREAM, "path": str(jpeg_shards), "fraction": 0.3},
+        "train": {"epochs": 1, "eval_every_steps": 4, "log_every_steps": 1, "checkpoint_every_epochs": None},
+        "eval": {"fewshot_shots": [], "max_examples": 4},
+    }
+    assert main(["sweep", "run", str(tiny_spec("streamed", base=base)), "--address", ray_address]) == 0
+    capsys.readouterr()
+
+    # Truncate the image the trial meets last in its epoch, so that it has logged steps before it fails.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in jpeg_shards.iterdir():
+        (broken / file.name).write_bytes(file.read_bytes())
+    last_key = _epoch_keys(open_stream(_data(jpeg_shards, fraction=0.3), 0, 4, 0, 1), 0)[-1]
+    shard = next(path for path in sorted(broken.glob("train-*")) if last_key in pq.read_table(path)["key"].to_pylist())
+    table = pq.read_table(shard)
+    images = table["image"].to_pylist()
+    images[table["key"].to_pylist().index(last_key)] = b"\xff\xd8\xff not a jpeg"
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [images]), shard)
+    base["data"]["path"] = str(broken)
+    assert main(["sweep", "run", str(tiny_spec("broken", base=base)), "--address", ray_address]) != 0
+    output = capsys.readouterr()
+    assert f"{shard}: row {last_key}: not a decodable image" in output.out + output.err
+
+    parent = tracking.find_sweep_run(mlflow_store, "broken")
+    [run] = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    assert run.info.status == "FAILED"
+    losses = MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "train_loss")
+    assert [metric.step for metric in losses] == list(range(1, 7))  # every step before the bad batch

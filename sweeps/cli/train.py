@@ -1,4 +1,5 @@
-"""`mixer train CONFIG.yaml [--set key=value ...] [--json] [--resume DIR] [--out DIR]`: one run, without Ray.
+"""`mixer train CONFIG.yaml [--set key=value ...] [--json] [--resume DIR] [--out DIR]`: one run, without Ray
+unless its data streams (Parquet, `data.stream`), which then flows through a Ray started on this machine.
 
 CONFIG is a run config or a sweep spec (its `base:` is used), so a single run and a sweep trial are configured
 alike. Progress goes to stderr; the final metrics are printed as a table, or with `--json` as one JSON document.
@@ -49,7 +50,14 @@ def run(args: argparse.Namespace) -> int:
         started = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         work_dir = args.out or _run_dir_of(args.resume) or Path("runs") / f"{args.config.stem}-{started}"
     try:
-        final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True)
+        stream = None
+        if config.data.streams:
+            from sweeps.engine import init_ray
+            from sweeps.stream import open_stream
+
+            init_ray()
+            stream = open_stream(config.data, config.train.seed, config.eval.max_examples, rank=0, world_size=1)
+        final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True, stream=stream)
     except (DataError, ValueError, FileNotFoundError) as error:  # a dataset, value or checkpoint we cannot use
         return refuse("train", f"{args.config}: {error}")
     except TrainingError as error:
