@@ -154,3 +154,20 @@ def test_a_sweep_streams_jpeg_shards_and_a_bad_row_fails_its_trial_keeping_what_
     assert run.info.status == "FAILED"
     losses = MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "train_loss")
     assert [metric.step for metric in losses] == list(range(1, 7))  # every step before the bad batch
+
+
+def test_data_bench_measures_the_stream_and_torchvision_alike(ray_address, jpeg_shards, tmp_path, capsys):
+    from sweeps.cli import main
+
+    folder = write_jpeg_folder(tmp_path / "folder", count=12)
+    common = ["--set", "data.image_size=32", "--set", "data.augment.inception_crop=true", "--batch-size", "4",
+              "--batches", "3", "--warmup", "1", "--processes", "1", "--json"]
+    results = {}
+    for pipeline, path in (("stream", jpeg_shards), ("torchvision", folder)):
+        source = "parquet" if pipeline == "stream" else "imagefolder"
+        assert main(["data", "bench", source, "--set", f"data.path={path}", "--pipeline", pipeline, *common]) == 0
+        results[pipeline] = json.loads(capsys.readouterr().out)
+    for result in results.values():
+        assert result["images"] == 12 and result["img_per_sec"] == result["img_per_sec_per_core"] > 0
+    # Ray's raylet and workers are descendants of this process when it started Ray; here the session's Ray did.
+    assert results["stream"]["peak_rss_mb"] > 50

@@ -1,0 +1,142 @@
+"""`mixer data bench`: images/s of a training input pipeline, and the peak memory of the processes running it.
+
+Three pipelines do the same work (decode, augment, batch) on the same images:
+- `stream`: a Parquet source through `sweeps.stream` (Ray Data; `--processes` decoding tasks on a local Ray of
+  that many CPUs);
+- `memory`: an in-memory source through `mixer_core`'s DataLoader (`--processes` workers, 0 for none);
+- `torchvision`: the reference, torchvision's `ImageFolder` + `RandomResizedCrop` + `RandomHorizontalFlip` +
+  `DataLoader` with `--processes` workers, on an image folder.
+
+Timing starts after `warmup` batches (Ray's start, worker start-up); `img_per_sec_per_core` divides by the
+loading processes. `peak_rss_mb` is the largest sum of resident memory over this process and all its
+descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.1 s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from mixer_core.config import DataConfig
+
+SAMPLE_SECONDS = 0.1
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory of `root` and all its descendants in MB (Linux /proc)."""
+    tree, pending, total = _children(), [root], 0
+    while pending:
+        pid = pending.pop()
+        pending.extend(tree.get(pid, []))
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return total / 1024
+
+
+class PeakMemory:
+    """Samples `tree_rss_mb` of this process in a thread while in use; `peak_mb` is the largest sample."""
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_mb, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
+            if self._stop.wait(SAMPLE_SECONDS):
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
+
+
+def _timed(batches: Iterator, count: int, warmup: int) -> tuple[int, float]:
+    """(images, seconds) over `count` batches after `warmup` ones."""
+    for _ in range(warmup):
+        next(batches)
+    started, images = time.perf_counter(), 0
+    for batch in itertools.islice(batches, count):
+        images += len(batch[0] if isinstance(batch, (list, tuple)) else batch["label"])
+    return images, time.perf_counter() - started
+
+
+def _forever(epochs: Iterable[Iterable]) -> Iterator:
+    return itertools.chain.from_iterable(epochs)
+
+
+def _stream_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
+    from sweeps.engine import init_ray
+    from sweeps.stream import open_stream
+
+    init_ray(num_cpus=processes)
+    cfg = cfg.model_copy(update={"loader_processes": processes, "batch_size": batch_size})
+    stream = open_stream(cfg, seed=0, max_eval_examples=1, rank=0, world_size=1)
+    return _forever(stream.epoch_batches(epoch) for epoch in itertools.count())
+
+
+def _memory_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
+    from mixer_core.data import build_splits, make_loader
+
+    splits = build_splits(cfg)
+    loader = make_loader(splits.train, batch_size, shuffle=True, seed=0, num_workers=processes, drop_last=True)
+    return _forever(loader for _ in itertools.count())
+
+
+def _torchvision_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([
+        transforms.RandomResizedCrop(cfg.image_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.PILToTensor(),
+    ])
+    folder = datasets.ImageFolder(cfg.path, transform=transform)
+    loader = DataLoader(folder, batch_size=batch_size, shuffle=True, num_workers=processes, drop_last=True,
+                        persistent_workers=processes > 0)
+    return _forever(loader for _ in itertools.count())
+
+
+PIPELINES = {"stream": _stream_batches, "memory": _memory_batches, "torchvision": _torchvision_batches}
+
+
+def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int, batches: int, warmup: int) -> dict:
+    """Throughput and peak memory of one pipeline (see the module docstring) as a JSON-ready dict."""
+    with PeakMemory() as memory:
+        images, seconds = _timed(PIPELINES[pipeline](cfg, processes, batch_size), batches, warmup)
+    return {
+        "pipeline": pipeline,
+        "path": cfg.path,
+        "image_size": cfg.image_size,
+        "augment": cfg.augment.model_dump(),
+        "processes": processes,
+        "batch_size": batch_size,
+        "images": images,
+        "seconds": seconds,
+        "img_per_sec": images / seconds,
+        "img_per_sec_per_core": images / seconds / max(processes, 1),
+        "peak_rss_mb": memory.peak_mb,
+    }
