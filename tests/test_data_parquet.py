@@ -42,8 +42,16 @@ def test_convert_keeps_the_original_bytes_and_carves_each_split_once(jpeg_folder
         assert row["image"] == (jpeg_folder / key).read_bytes()
         assert row["label"] == int(key.split("/")[0].removeprefix("class_"))
     ranks = np.array([row["subset_rank"] for row in splits["train"].values()])
-    assert sorted(ranks) == pytest.approx(np.arange(43) / 43)  # uniform in [0, 1): one rank per example
+    assert ranks.tolist() == pytest.approx(np.arange(43) / 43)  # one rank per example, written in rank order
     assert len(list(jpeg_shards.glob("train-*.parquet"))) == 3
+
+
+def test_training_shards_hold_rank_ranges_so_a_small_fraction_skips_the_rest(jpeg_shards):
+    ranges = []
+    for shard in sorted(jpeg_shards.glob("train-*.parquet")):
+        statistics = pq.ParquetFile(shard).metadata.row_group(0).column(3).statistics  # subset_rank's min/max
+        ranges.append((statistics.min, statistics.max))
+    assert ranges == [(0.0, 15 / 43), (16 / 43, 31 / 43), (32 / 43, 42 / 43)]  # data.fraction 0.3 reads one shard
 
 
 def test_fractions_are_nested_row_filters_and_match_the_in_memory_path(jpeg_shards):
@@ -59,7 +67,8 @@ def test_digits_convert_to_shards_that_select_the_same_examples(tmp_path):
     for fraction in (0.03, 0.3):
         direct = build_splits(DataConfig(name="digits", fraction=fraction))
         shards = build_splits(DataConfig(name="parquet", path="memory://digits", fraction=fraction, stream=False))
-        for split in ("train", "val", "test"):
+        assert sorted(shards.train.keys) == sorted(direct.train.keys)  # shards hold training rows in rank order
+        for split in ("val", "test"):
             assert getattr(shards, split).keys == getattr(direct, split).keys
         assert torch.equal(shards.val.batch(range(20))[0], direct.val.batch(range(20))[0])
 

@@ -28,6 +28,11 @@ from mixer_core.data.sources import encode_png, list_image_folder, load_source
 from mixer_core.data.splits import carve_held_out
 
 
+# Training rows are written in subset_rank order, in row groups of this many rows, so the row groups' min/max
+# statistics let the reader skip everything above data.fraction: a 3% run reads about 3% of the bytes.
+ROW_GROUP_ROWS = 128
+
+
 @dataclass(frozen=True)
 class Rows:
     """One split's rows before writing: `images[i]` is the encoded image, or the file holding it."""
@@ -52,8 +57,15 @@ class ShardJob:
 def _write_shard(job: ShardJob) -> str:
     images = [image if isinstance(image, bytes) else Path(image).read_bytes() for image in job.images]
     filesystem, root = fsspec.core.url_to_fs(job.dest)
-    pq.write_table(shard_table(job.keys, job.labels, images, job.subset_rank), posixpath.join(root, job.name),
-                   filesystem=filesystem)
+    pq.write_table(
+        shard_table(job.keys, job.labels, images, job.subset_rank),
+        posixpath.join(root, job.name),
+        filesystem=filesystem,
+        row_group_size=ROW_GROUP_ROWS,
+        # encoded images neither compress nor repeat: storing them plain saves the reader's time
+        compression={"key": "snappy", "label": "snappy", "image": "none", "subset_rank": "snappy"},
+        use_dictionary=["key"],
+    )
     return job.name
 
 
@@ -94,8 +106,10 @@ def convert(
         raise DataError(f"{cfg.path}: already Parquet shards; convert reads the other sources")
     facts, train, test = _source_rows(cfg, seed)
     held_out = carve_held_out(train.keys, test is not None, False, cfg)
+    pool_ranks = subset_ranks([train.keys[p] for p in held_out.train])
+    by_rank = np.argsort(pool_ranks)
     splits = {
-        "train": _rows(train.keys, train.labels, train.images, held_out.train),
+        "train": _rows(train.keys, train.labels, train.images, held_out.train[by_rank]),
         "val": _rows(train.keys, train.labels, train.images, held_out.val),
         "test": test or _rows(train.keys, train.labels, train.images, held_out.test),
     }
@@ -103,7 +117,7 @@ def convert(
     filesystem.makedirs(root, exist_ok=True)
     jobs, manifest_splits = [], {}
     for split, rows in splits.items():
-        ranks = subset_ranks(rows.keys) if split == "train" else np.full(len(rows.keys), np.nan)
+        ranks = pool_ranks[by_rank] if split == "train" else np.full(len(rows.keys), np.nan)
         count = max(1, -(-len(rows.keys) // shard_size))
         names = [shard_name(split, index, count) for index in range(count)]
         for index, name in enumerate(names):
