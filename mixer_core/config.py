@@ -89,6 +89,7 @@ class DataConfig(_Section):
     stream: Literal["auto"] | bool = "auto"
     loader_processes: int | None = Field(None, gt=0)
     loader_resources: dict[str, float] = {}
+    loader_buffer_mb: int = Field(256, gt=0)  # object store memory the stream's blocks may hold at once
     shuffle_buffer: int = Field(1024, ge=0)  # examples per training process shuffled locally after decoding
     augment: AugmentConfig = AugmentConfig()
     permutation: Literal[PERMUTATIONS] = "none"  # type: ignore[valid-type]

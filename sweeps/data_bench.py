@@ -9,7 +9,8 @@ Three pipelines do the same work (decode, augment, batch) on the same images:
 
 Timing starts after `warmup` batches (Ray's start, worker start-up); `img_per_sec_per_core` divides by the
 loading processes. `peak_rss_mb` is the largest sum of resident memory over this process and all its
-descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.1 s.
+descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.1 s;
+`peak_pss_mb` the same with shared memory counted once.
 """
 
 from __future__ import annotations
@@ -38,39 +39,47 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss_mb(root: int) -> float:
-    """Resident memory of `root` and all its descendants in MB (Linux /proc)."""
-    tree, pending, total = _children(), [root], 0
+def tree_memory_mb(root: int) -> tuple[float, float]:
+    """(RSS, PSS) summed over `root` and all its descendants, in MB (Linux /proc). The RSS sum counts shared
+    memory (Ray's object store) once per process that maps it; PSS shares it out, so its sum is the real total."""
+    tree, pending, totals = _children(), [root], {"Rss:": 0, "Pss:": 0}
     while pending:
         pid = pending.pop()
         pending.extend(tree.get(pid, []))
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-    return total / 1024
+        for line in rollup.splitlines():
+            if line.split(":")[0] + ":" in totals:
+                totals[line.split()[0]] += int(line.split()[1])
+    return totals["Rss:"] / 1024, totals["Pss:"] / 1024
 
 
 class PeakMemory:
-    """Samples `tree_rss_mb` of this process in a thread while in use; `peak_mb` is the largest sample."""
+    """Samples `tree_memory_mb` of this process in a thread while in use; `peak_rss_mb` and `peak_pss_mb` are
+    the largest samples."""
 
     def __enter__(self) -> PeakMemory:
-        self.peak_mb, self._stop = 0.0, threading.Event()
+        self.peak_rss_mb, self.peak_pss_mb, self._stop = 0.0, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
+    def _record(self) -> None:
+        rss, pss = tree_memory_mb(os.getpid())
+        self.peak_rss_mb, self.peak_pss_mb = max(self.peak_rss_mb, rss), max(self.peak_pss_mb, pss)
+
     def _sample(self) -> None:
         while True:
-            self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
+            self._record()
             if self._stop.wait(SAMPLE_SECONDS):
                 return
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, tree_rss_mb(os.getpid()))
+        self._record()
 
 
 def _timed(batches: Iterator, count: int, warmup: int) -> tuple[int, float]:
@@ -138,5 +147,6 @@ def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int
         "seconds": seconds,
         "img_per_sec": images / seconds,
         "img_per_sec_per_core": images / seconds / max(processes, 1),
-        "peak_rss_mb": memory.peak_mb,
+        "peak_rss_mb": memory.peak_rss_mb,
+        "peak_pss_mb": memory.peak_pss_mb,
     }

@@ -37,6 +37,10 @@ from mixer_core.checkpoint import derived_seed
 from mixer_core.data.streamed import StreamedTraining, streamed_splits
 
 PREFETCH_BATCHES = 2
+# A read task decodes a whole shard; small output blocks let its first images reach the trainer while it still
+# decodes the rest, and keep what waits in the object store to a few blocks per task.
+DECODE_BATCH_ROWS = 32
+OUTPUT_BLOCK_BYTES = 8 * 2**20
 
 
 class DecodeBatch:
@@ -76,13 +80,21 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
     selected = dataset.select_columns(["key", "label", "image", "path", "subset_rank"]).filter(
         expr=col("subset_rank") < lit(cfg.fraction)
     )
-    return selected.map_batches(
+    decoded = selected.map_batches(
         DecodeBatch(cfg, decoded_size(sets, cfg.image_size, cfg.path), sets.channels),
         batch_format="numpy",
+        batch_size=DECODE_BATCH_ROWS,
         num_cpus=1,
         concurrency=cfg.loader_processes,
         resources=cfg.loader_resources or None,
     )
+    decoded.context.target_max_block_size = OUTPUT_BLOCK_BYTES
+    # Reading is cheap and decoding slow: without a cap the reader runs ahead into the object store by up to a
+    # fraction of the node's memory, which then grows with the dataset wherever the dataset is smaller.
+    decoded.context.execution_options.resource_limits = decoded.context.execution_options.resource_limits.copy(
+        object_store_memory=cfg.loader_buffer_mb * 2**20
+    )
+    return decoded
 
 
 def _rank_batches(iterator: DataIterator | ray.data.Dataset, cfg: DataConfig, rank_batch_size: int, seed: int):
