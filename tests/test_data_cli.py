@@ -33,8 +33,10 @@ def test_convert_writes_shards_that_read_back(capsys, tmp_path):
     manifest = _json(capsys, ["data", "convert", "digits", str(dest), "--shard-size", "1000", "--json"])
     assert manifest["splits"]["train"] == {"count": 1294, "shards": ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]}
     assert json.loads((dest / "manifest.json").read_text())["image_shape"] == [1, 8, 8]
-    info = _json(capsys, ["data", "info", "parquet", "--set", f"data.path={dest}", "--set", "data.stream=false", "--json"])
-    assert info["splits"] == {"train": 1294, "val": 144, "test": 359}
+    for stream in ("true", "false"):  # counted from the shards, or decoded into memory
+        info = _json(capsys, ["data", "info", "parquet", "--set", f"data.path={dest}", "--set", f"data.stream={stream}",
+                              "--set", "data.fraction=0.5", "--json"])
+        assert info["splits"] == {"train": 647, "val": 144, "test": 359} and info["image_shape"] == [1, 8, 8]
 
 
 def test_bench_prints_loader_throughput(capsys):

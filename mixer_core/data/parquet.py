@@ -120,6 +120,14 @@ def find_shards(path: str) -> ShardSets:
     return ShardSets(filesystem, by_split, manifest)
 
 
+def row_count(sets: ShardSets, split: str) -> int:
+    """Rows in a split's shards, from their footers."""
+    try:
+        return sum(pq.ParquetFile(shard, filesystem=sets.filesystem).metadata.num_rows for shard in sets.shards[split])
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{sets.shards[split]}: not readable Parquet shards ({error})") from None
+
+
 def count_selected(sets: ShardSets, fraction: float) -> int:
     """Training rows with `subset_rank < fraction`, reading only that column of every shard."""
     return sum(

@@ -15,6 +15,7 @@ from pathlib import Path
 from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, apply_override, load_config, parse_as, suggestion
 from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
+from mixer_core.data.parquet import class_names, count_selected, decoded_size, find_shards, row_count
 from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
 from sweeps.data_bench import PIPELINES, bench_loader
 
@@ -75,7 +76,14 @@ def _progress(message: str) -> None:
 
 
 def run_info(cfg: DataConfig, args: argparse.Namespace) -> dict:
-    """Counts, classes and shape of the splits `build_splits` makes from `cfg`."""
+    """Counts, classes and shape of the splits training makes from `cfg` (a streamed source is not decoded)."""
+    if cfg.streams:
+        sets = find_shards(cfg.path)
+        size, names = decoded_size(sets, cfg.image_size, cfg.path), class_names(sets, cfg.path)
+        counts = {"train": count_selected(sets, cfg.fraction), "val": row_count(sets, "val"),
+                  "test": row_count(sets, "test")}
+        return {"name": cfg.name, "path": cfg.path, "num_classes": len(names), "class_names": names,
+                "image_shape": [sets.channels, size, size], "train_size": counts["train"], "splits": counts}
     splits = build_splits(cfg, seed=args.seed)
     return {
         "name": cfg.name,
