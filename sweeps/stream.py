@@ -4,7 +4,7 @@ The pipeline is Ray Data's: `read_parquet` (local, s3://, gs://, any fsspec URL)
 filter pushed down to the row groups; `map_batches` decodes with `mixer_core.data.decode.TrainingDecoder`
 (Inception crop from the original, flip, RandAugment) on tasks of one CPU each plus `data.loader_resources`, at
 most `data.loader_processes` at once; the consumer batches with a local shuffle buffer and prefetches. Memory
-is bounded by Ray Data's streaming backpressure and the shuffle buffer, not by the dataset.
+is bounded by the object store budget `data.loader_buffer_mb` and the shuffle buffer, not by the dataset.
 
 Shuffling per epoch: shard order is shuffled by a seed derived from (train.seed, epoch), rows by a local
 shuffle buffer of `data.shuffle_buffer` examples seeded by (train.seed, epoch, rank).
@@ -29,15 +29,15 @@ import ray.data
 from ray.data import DataIterator, FileShuffleConfig
 from ray.data.expressions import col, lit
 
+from mixer_core.checkpoint import derived_seed
 from mixer_core.config import DataConfig
 from mixer_core.data.decode import TrainingDecoder
 from mixer_core.data.errors import DataError
 from mixer_core.data.parquet import decoded_size, find_shards
-from mixer_core.checkpoint import derived_seed
 from mixer_core.data.streamed import StreamedTraining, streamed_splits
 
 PREFETCH_BATCHES = 2
-# A read task decodes a whole shard; small output blocks let its first images reach the trainer while it still
+# A decoded 224 px image is 150 KB: small output blocks let a task's first images reach the trainer while it
 # decodes the rest, and keep what waits in the object store to a few blocks per task.
 DECODE_BATCH_ROWS = 32
 OUTPUT_BLOCK_BYTES = 8 * 2**20
