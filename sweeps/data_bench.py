@@ -7,8 +7,9 @@ Three pipelines do the same work (decode, augment, batch) on the same images:
 - `torchvision`: the reference, torchvision's `ImageFolder` + `RandomResizedCrop` + `RandomHorizontalFlip` +
   `DataLoader` with `--processes` workers, on an image folder.
 
-Timing starts after `warmup` batches (Ray's start, worker start-up); `img_per_sec_per_core` divides by the
-loading processes. `peak_rss_mb` is the largest sum of resident memory over this process and all its
+Timing starts after `warmup` batches (Ray's start, worker start-up). `img_per_sec_per_core` is images per
+CPU-second used by the whole process tree in that time (this process, Ray's daemons and workers, or the
+DataLoader's workers), so machines shared with other work still compare pipelines fairly. `peak_rss_mb` is the largest sum of resident memory over this process and all its
 descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.1 s;
 `peak_pss_mb` the same with shared memory counted once.
 """
@@ -39,13 +40,31 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
+def _tree(root: int) -> list[int]:
+    tree, pending, pids = _children(), [root], []
+    while pending:
+        pids.append(pending.pop())
+        pending.extend(tree.get(pids[-1], []))
+    return pids
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) used so far by `root` and its living descendants (Linux /proc)."""
+    ticks = 0
+    for pid in _tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def tree_memory_mb(root: int) -> tuple[float, float]:
     """(RSS, PSS) summed over `root` and all its descendants, in MB (Linux /proc). The RSS sum counts shared
     memory (Ray's object store) once per process that maps it; PSS shares it out, so its sum is the real total."""
-    tree, pending, totals = _children(), [root], {"Rss:": 0, "Pss:": 0}
-    while pending:
-        pid = pending.pop()
-        pending.extend(tree.get(pid, []))
+    totals = {"Rss:": 0, "Pss:": 0}
+    for pid in _tree(root):
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
@@ -82,14 +101,14 @@ class PeakMemory:
         self._record()
 
 
-def _timed(batches: Iterator, count: int, warmup: int) -> tuple[int, float]:
-    """(images, seconds) over `count` batches after `warmup` ones."""
+def _timed(batches: Iterator, count: int, warmup: int) -> tuple[int, float, float]:
+    """(images, seconds, CPU seconds of the process tree) over `count` batches after `warmup` ones."""
     for _ in range(warmup):
         next(batches)
-    started, images = time.perf_counter(), 0
+    started, cpu_started, images = time.perf_counter(), tree_cpu_seconds(os.getpid()), 0
     for batch in itertools.islice(batches, count):
         images += len(batch[0] if isinstance(batch, (list, tuple)) else batch["label"])
-    return images, time.perf_counter() - started
+    return images, time.perf_counter() - started, tree_cpu_seconds(os.getpid()) - cpu_started
 
 
 def _forever(epochs: Iterable[Iterable]) -> Iterator:
@@ -135,7 +154,7 @@ PIPELINES = {"stream": _stream_batches, "memory": _memory_batches, "torchvision"
 def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int, batches: int, warmup: int) -> dict:
     """Throughput and peak memory of one pipeline (see the module docstring) as a JSON-ready dict."""
     with PeakMemory() as memory:
-        images, seconds = _timed(PIPELINES[pipeline](cfg, processes, batch_size), batches, warmup)
+        images, seconds, cpu_seconds = _timed(PIPELINES[pipeline](cfg, processes, batch_size), batches, warmup)
     return {
         "pipeline": pipeline,
         "path": cfg.path,
@@ -146,7 +165,8 @@ def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int
         "images": images,
         "seconds": seconds,
         "img_per_sec": images / seconds,
-        "img_per_sec_per_core": images / seconds / max(processes, 1),
+        "cpu_seconds": cpu_seconds,
+        "img_per_sec_per_core": images / max(cpu_seconds, 1e-9),
         "peak_rss_mb": memory.peak_rss_mb,
         "peak_pss_mb": memory.peak_pss_mb,
     }

@@ -37,9 +37,8 @@ from mixer_core.data.parquet import decoded_size, find_shards
 from mixer_core.data.streamed import StreamedTraining, streamed_splits
 
 PREFETCH_BATCHES = 2
-# A decoded 224 px image is 150 KB: small output blocks let a task's first images reach the trainer while it
-# decodes the rest, and keep what waits in the object store to a few blocks per task.
-DECODE_BATCH_ROWS = 32
+# A decoded 224 px image is 150 KB: small blocks let a task's first images reach the trainer while it decodes
+# the rest, and keep what waits in the object store to a few blocks per task.
 OUTPUT_BLOCK_BYTES = 8 * 2**20
 
 
@@ -76,6 +75,10 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
         filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(sets.filesystem)),
         shuffle=FileShuffleConfig(seed=shard_seed, reseed_after_execution=reseed_each_epoch),
         include_paths=True,
+        # the decoding tasks' settings, so that Ray Data fuses reading into them (no encoded blocks queue up
+        # between reading and decoding, and each task decodes what it has just read)
+        concurrency=cfg.loader_processes,
+        resources=cfg.loader_resources or None,
     )
     selected = dataset.select_columns(["key", "label", "image", "path", "subset_rank"]).filter(
         expr=col("subset_rank") < lit(cfg.fraction)
@@ -83,7 +86,7 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
     decoded = selected.map_batches(
         DecodeBatch(cfg, decoded_size(sets, cfg.image_size, cfg.path), sets.channels),
         batch_format="numpy",
-        batch_size=DECODE_BATCH_ROWS,
+        batch_size=None,  # a whole read block: a batch size would stop Ray Data fusing reading into decoding
         num_cpus=1,
         concurrency=cfg.loader_processes,
         resources=cfg.loader_resources or None,

@@ -36,6 +36,14 @@ def test_digits_splits_are_disjoint_normalised_and_cover_the_source():
     assert set(labels.tolist()) == set(range(10))
 
 
+def test_evaluation_keeps_the_first_max_examples_of_validation_and_test_whatever_the_fraction():
+    full = build_splits(DataConfig())
+    for fraction in (0.1, 1.0):
+        bounded = build_splits(DataConfig(fraction=fraction), max_eval_examples=50)
+        assert bounded.val.keys == full.val.keys[:50] and bounded.test.keys == full.test.keys[:50]
+        assert bounded.train_size == build_splits(DataConfig(fraction=fraction)).train_size
+
+
 def test_mnist_idx_gives_the_real_test_set_split_and_resized(mnist_splits):
     assert (len(mnist_splits.train), len(mnist_splits.val), len(mnist_splits.test)) == (7200, 800, 2000)
     assert mnist_splits.image_shape == (1, 28, 28)

@@ -168,6 +168,6 @@ def test_data_bench_measures_the_stream_and_torchvision_alike(ray_address, jpeg_
         assert main(["data", "bench", source, "--set", f"data.path={path}", "--pipeline", pipeline, *common]) == 0
         results[pipeline] = json.loads(capsys.readouterr().out)
     for result in results.values():
-        assert result["images"] == 12 and result["img_per_sec"] == result["img_per_sec_per_core"] > 0
+        assert result["images"] == 12 and result["img_per_sec"] > 0 and result["img_per_sec_per_core"] > 0
     # Ray's raylet and workers are descendants of this process when it started Ray; here the session's Ray did.
     assert results["stream"]["peak_rss_mb"] > 50
