@@ -35,7 +35,7 @@ def _resample(image: Image.Image, box: tuple[float, float, float, float], size: 
     image.draft(mode, (math.ceil(width * size / crop_w), math.ceil(height * size / crop_h)))
     scale_x, scale_y = image.size[0] / width, image.size[1] / height
     try:
-        image = image.convert(mode)
+        image = image if image.mode == mode else image.convert(mode)  # convert() copies even when it is a no-op
         scaled = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
         return image.resize((size, size), Image.Resampling.BILINEAR, box=scaled)
     except Exception as error:  # a truncated or corrupt file fails here, when its pixels are decoded
