@@ -10,8 +10,8 @@ Three pipelines do the same work (decode, augment, batch) on the same images:
 Timing starts after `warmup` batches (Ray's start, worker start-up). `img_per_sec_per_core` is images per
 CPU-second used by the whole process tree in that time (this process, Ray's daemons and workers, or the
 DataLoader's workers), so machines shared with other work still compare pipelines fairly. `peak_rss_mb` is the largest sum of resident memory over this process and all its
-descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.1 s;
-`peak_pss_mb` the same with shared memory counted once.
+descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.2 s;
+`peak_pss_mb` the same with shared memory counted once, every 2 s.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from mixer_core.config import DataConfig
 
-SAMPLE_SECONDS = 0.1
+SAMPLE_SECONDS = 0.2
+PSS_EVERY = 10
 
 
 def _children() -> dict[int, list[int]]:
@@ -60,24 +61,35 @@ def tree_cpu_seconds(root: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def tree_memory_mb(root: int) -> tuple[float, float]:
-    """(RSS, PSS) summed over `root` and all its descendants, in MB (Linux /proc). The RSS sum counts shared
-    memory (Ray's object store) once per process that maps it; PSS shares it out, so its sum is the real total."""
-    totals = {"Rss:": 0, "Pss:": 0}
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def _pss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_memory_mb(root: int, read: Callable[[int], int]) -> float:
+    """`read(pid)` (kB) summed over `root` and all its descendants, in MB (Linux /proc)."""
+    total = 0
     for pid in _tree(root):
         try:
-            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            total += read(pid)
         except OSError:
             continue
-        for line in rollup.splitlines():
-            if line.split(":")[0] + ":" in totals:
-                totals[line.split()[0]] += int(line.split()[1])
-    return totals["Rss:"] / 1024, totals["Pss:"] / 1024
+    return total / 1024
 
 
 class PeakMemory:
-    """Samples `tree_memory_mb` of this process in a thread while in use; `peak_rss_mb` and `peak_pss_mb` are
-    the largest samples."""
+    """Samples the process tree's memory in a thread while in use: RSS every `SAMPLE_SECONDS` (its sum counts
+    shared memory, such as Ray's object store, once per process that maps it), and PSS, which shares it out so
+    that its sum is the real total, every `PSS_EVERY` samples (reading it costs the kernel a page-table walk)."""
 
     def __enter__(self) -> PeakMemory:
         self.peak_rss_mb, self.peak_pss_mb, self._stop = 0.0, 0.0, threading.Event()
@@ -85,20 +97,21 @@ class PeakMemory:
         self._thread.start()
         return self
 
-    def _record(self) -> None:
-        rss, pss = tree_memory_mb(os.getpid())
-        self.peak_rss_mb, self.peak_pss_mb = max(self.peak_rss_mb, rss), max(self.peak_pss_mb, pss)
+    def _record(self, with_pss: bool) -> None:
+        self.peak_rss_mb = max(self.peak_rss_mb, tree_memory_mb(os.getpid(), lambda pid: _status_kb(pid, "VmRSS:")))
+        if with_pss:
+            self.peak_pss_mb = max(self.peak_pss_mb, tree_memory_mb(os.getpid(), _pss_kb))
 
     def _sample(self) -> None:
-        while True:
-            self._record()
+        for count in itertools.count():
+            self._record(with_pss=count % PSS_EVERY == 0)
             if self._stop.wait(SAMPLE_SECONDS):
                 return
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._record()
+        self._record(with_pss=True)
 
 
 def _timed(batches: Iterator, count: int, warmup: int) -> tuple[int, float, float]:

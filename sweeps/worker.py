@@ -14,13 +14,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
-from ray.data import DataIterator
 
 from mixer_core import metrics as metric_names
 from mixer_core.config import RunConfig, parse_config
+
+if TYPE_CHECKING:  # Ray Data is imported only by trials that stream
+    from ray.data import DataIterator
 
 # Hands one report to Ray: the metrics, and the checkpoint directory written with them (or None).
 RayReport = Callable[[dict[str, float], Path | None], None]
@@ -74,7 +76,6 @@ def run_worker(
     # Imported here, not above: a trial of several workers imports this module only to hand `train_worker` to
     # Ray Train, and needs neither torch's training stack nor timm in that process.
     from mixer_core.train import train
-    from sweeps.stream import open_stream
 
     tracking = TrialTracking(**loop_config["tracking"])
     config = parse_config(loop_config["run_config"], source=f"trial {tracking.trial_id}")
@@ -94,6 +95,8 @@ def run_worker(
 
         stream = None
         if config.data.streams:
+            from sweeps.stream import open_stream
+
             stream = open_stream(config.data, config.train.seed, config.eval.max_examples, world_rank, world_size,
                                  dataset_shard)
         if checkpoint is None:

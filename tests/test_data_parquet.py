@@ -88,3 +88,10 @@ def test_a_truncated_jpeg_or_a_bad_shard_is_one_error_naming_shard_and_row(tmp_p
     with pytest.raises(DataError, match="not a readable Parquet shard") as error:
         read_examples(find_shards(str(tmp_path)), "test", 32)
     assert str(tmp_path / "test-00000-of-00001.parquet") in str(error.value)
+
+
+def test_auto_streams_parquet_only_and_true_asks_for_a_conversion():
+    assert DataConfig(name="parquet", path="shards").streams and not DataConfig(name="digits").streams
+    assert not DataConfig(name="parquet", path="shards", stream=False).streams
+    with pytest.raises(ValueError, match="mixer data convert digits DEST"):
+        DataConfig(name="digits", stream=True)
