@@ -26,6 +26,7 @@ from pathlib import Path
 from mixer_core.config import DataConfig
 
 SAMPLE_SECONDS = 0.2
+OBJECT_STORE_BUFFERS = 2
 PSS_EVERY = 10
 
 
@@ -129,10 +130,16 @@ def _forever(epochs: Iterable[Iterable]) -> Iterator:
 
 
 def _stream_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
-    from sweeps.engine import init_ray
+    import ray
+
     from sweeps.stream import open_stream
 
-    init_ray(num_cpus=processes)
+    if not ray.is_initialized():
+        # A local Ray of `processes` CPUs whose object store holds two of the stream's buffers, not Ray's default
+        # of 30% of the machine: the store's pages are reused instead of each being touched once (RSS counts
+        # every page a process has touched in it).
+        ray.init(num_cpus=processes, object_store_memory=OBJECT_STORE_BUFFERS * cfg.loader_buffer_mb * 2**20,
+                 include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     cfg = cfg.model_copy(update={"loader_processes": processes, "batch_size": batch_size})
     stream = open_stream(cfg, seed=0, max_eval_examples=1, rank=0, world_size=1)
     return _forever(stream.epoch_batches(epoch) for epoch in itertools.count())
