@@ -69,6 +69,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def derived_seed(*entropy: int) -> int:
+    """A 31-bit seed from several integers, well mixed (seed, epoch, rank give unrelated streams)."""
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
+
+
 def checkpoint_name(step: int) -> str:
     """The directory name of the checkpoint taken after `step` steps; names sort in step order."""
     return f"step_{step:08d}"

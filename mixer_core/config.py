@@ -88,7 +88,15 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # "upstream validation" carved from training data
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # for sources without a test split of their own
     batch_size: int = Field(128, gt=0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)  # DataLoader workers of the in-memory path
+    # Streaming (Parquet through Ray Data, `sweeps.stream`): "auto" streams Parquet sources and keeps every
+    # other source in memory. The decoding tasks run `loader_processes` at once (None: Ray Data scales them),
+    # each on one CPU plus `loader_resources` (e.g. {data_node: 1} keeps them on CPU-only nodes that offer it).
+    stream: Literal["auto"] | bool = "auto"
+    loader_processes: int | None = Field(None, gt=0)
+    loader_resources: dict[str, float] = {}
+    loader_buffer_mb: int = Field(256, gt=0)  # object store memory the stream's blocks may hold at once
+    shuffle_buffer: int = Field(1024, ge=0)  # examples per training process shuffled locally after decoding
     augment: AugmentConfig = AugmentConfig()
     permutation: Literal[PERMUTATIONS] = "none"  # type: ignore[valid-type]
     permutation_seed: int = 0
@@ -101,6 +109,11 @@ class DataConfig(_Section):
     def _path_for_sources_that_read_files(self) -> DataConfig:
         if self.path is None and self.name not in SOURCES_WITHOUT_PATH:
             raise ValueError(f"name {self.name} reads its files from path; set data.path (a folder, glob or URL)")
+        if self.stream is True and self.name != "parquet":
+            raise ValueError(
+                f"stream is true but name is {self.name}; only Parquet streams (write shards with "
+                f"`mixer data convert {self.name} DEST`, then set name: parquet and path: DEST)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -109,6 +122,11 @@ class DataConfig(_Section):
             raise ValueError(f"eval_resize {self.eval_resize} is smaller than image_size {self.image_size}: "
                              "the centre crop would not fit")
         return self
+
+    @property
+    def streams(self) -> bool:
+        """Whether training data streams through Ray Data (Parquet, unless `stream: false`)."""
+        return self.name == "parquet" and self.stream is not False
 
 
 class TrainConfig(_Section):
@@ -129,7 +147,8 @@ class TrainConfig(_Section):
     bf16: bool = True  # autocast on CUDA; ignored on CPU
     compile: bool = False
     eval_every_epochs: float = Field(1.0, gt=0.0)
-    eval_every_steps: int | None = Field(None, gt=0)  # replaces eval_every_epochs: equal-step budgets evaluate alike
+    # replaces eval_every_epochs when set: equal-step budgets (every fraction) evaluate alike
+    eval_every_steps: int | None = Field(None, gt=0)
     log_every_steps: int = Field(50, gt=0)
     checkpoint_every_epochs: float | None = Field(1.0, gt=0.0)
     init_from: str | None = None  # our checkpoint or a timm Mixer state dict (fine-tuning)
@@ -166,6 +185,7 @@ class EvalConfig(_Section):
     fewshot_datasets: list[FewshotDatasetConfig] = []
     fewshot_pretraining: bool = True  # shots from the pre-training subset itself; the study specs turn it off
     fewshot_every_evaluation: bool = False  # few-shot curves (the permutation study's Figure 4), not just the end
+    max_examples: int | None = Field(None, gt=0)  # validation and test examples evaluated (all when None)
 
     @field_validator("fewshot_shots")
     @classmethod

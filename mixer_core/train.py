@@ -9,10 +9,11 @@ every worker to report), with metric names from `mixer_core.metrics`:
 - a *progress report* every `train.log_every_steps` optimizer steps carries the training metrics
   `step, total_steps, epoch, examples_seen, train_size, train_loss, lr, images_per_sec, train_flops, wall_seconds,
   params, gmacs`; `checkpoint_dir` is None.
-- an *evaluation report* every `train.eval_every_epochs` epochs (or `train.eval_every_steps` steps), and
-  always after the last step, carries the training metrics plus `val_top1`, `val_loss` (when the validation
-  split is not empty) and `test_top1` (when the test split is not empty). When a step is due for both, only
-  the evaluation report is made. `metrics.is_eval_report` tells the two kinds apart.
+- an *evaluation report* every `train.eval_every_steps` steps (when set; else every `train.eval_every_epochs`
+  epochs), and always after the last step, on at most `eval.max_examples` held-out examples, carries the
+  training metrics plus `val_top1`, `val_loss` (when the validation split is not empty) and `test_top1` (when
+  the test split is not empty). When a step is due for both, only the evaluation report is made.
+  `metrics.is_eval_report` tells the two kinds apart.
 - the *final report* (the evaluation report after the last step) adds few-shot linear top-1 for every k in
   `eval.fewshot_shots`: `fewshot_<label>_{k}shot_top1` per downstream dataset of `eval.fewshot_datasets`, and
   `fewshot_{k}shot_top1` on the pre-training data's own splits when `eval.fewshot_pretraining`. `train`
@@ -56,7 +57,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -68,6 +68,7 @@ from mixer_core.build import build_model, forward_macs, model_name
 from mixer_core.checkpoint import (
     capture_rng_state,
     checkpoint_name,
+    derived_seed,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -77,6 +78,7 @@ from mixer_core.checkpoint import (
 )
 from mixer_core.config import RunConfig
 from mixer_core.data import build_mixup, build_splits, make_loader
+from mixer_core.data.streamed import StreamedTraining
 from mixer_core.device import autocast, resolve_device
 from mixer_core.evaluate import evaluate_fewshot_tasks, evaluate_top1, fewshot_tasks
 from mixer_core.flops import training_flops
@@ -112,11 +114,6 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _derived_seed(*entropy: int) -> int:
-    """A 31-bit seed from several integers, well mixed (seed, epoch, rank give unrelated streams)."""
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0] & 0x7FFFFFFF)
-
-
 def _every(epochs: float | None, steps_per_epoch: int) -> int | None:
     """An interval in epochs as a whole number of steps (at least one); None stays None."""
     return None if epochs is None else max(1, round(epochs * steps_per_epoch))
@@ -129,8 +126,13 @@ def train(
     resume_from: Path | None = None,
     work_dir: Path | None = None,
     progress: bool = False,
+    stream: StreamedTraining | None = None,
 ) -> dict[str, float]:
-    """Train and evaluate one run as `config` says; return the final report's metrics (see the module docstring)."""
+    """Train and evaluate one run as `config` says; return the final report's metrics (see the module docstring).
+
+    `stream` supplies the training batches and held-out splits of a streamed source (`sweeps.stream`); without
+    it the data is built in memory here.
+    """
     rank, world_size = _rank_and_world()
     train_cfg, data_cfg = config.train, config.data
     if data_cfg.permutation_patch_size is None and not config.model.timm_model:
@@ -142,7 +144,10 @@ def train(
     rank_batch_size = data_cfg.batch_size // world_size
 
     seed_everything(train_cfg.seed)  # same model initialisation on every rank
-    splits = build_splits(data_cfg, seed=train_cfg.seed)
+    if stream is not None:
+        splits = stream.splits
+    else:
+        splits = build_splits(data_cfg, seed=train_cfg.seed, max_eval_examples=config.eval.max_examples)
     checkpoint = latest_checkpoint(Path(resume_from)) if resume_from is not None else None
     init_from = None
     if train_cfg.init_from:
@@ -162,12 +167,15 @@ def train(
     drop_last = splits.train_size >= data_cfg.batch_size
 
     def epoch_loader(epoch: int) -> Iterator:
-        seed_everything(_derived_seed(train_cfg.seed, epoch, rank))
-        loader = make_loader(splits.train, rank_batch_size, shuffle=True, seed=_derived_seed(train_cfg.seed, epoch),
+        seed_everything(derived_seed(train_cfg.seed, epoch, rank))
+        if stream is not None:
+            return stream.epoch(epoch)
+        loader = make_loader(splits.train, rank_batch_size, shuffle=True, seed=derived_seed(train_cfg.seed, epoch),
                              num_workers=data_cfg.num_workers, drop_last=drop_last)
         return iter(loader)
 
-    steps_per_epoch = len(make_loader(splits.train, rank_batch_size, shuffle=True, seed=0, drop_last=drop_last))
+    steps_per_epoch = stream.steps_per_epoch if stream is not None else len(
+        make_loader(splits.train, rank_batch_size, shuffle=True, seed=0, drop_last=drop_last))
     if steps_per_epoch == 0:
         raise ValueError(f"the training split of {data_cfg.name} is empty after data.fraction={data_cfg.fraction}")
     num_steps = total_steps(train_cfg, steps_per_epoch, data_cfg.batch_size)

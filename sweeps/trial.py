@@ -22,7 +22,7 @@ from typing import Any
 import ray.train
 import ray.tune
 
-from mixer_core.config import resolve_paths
+from mixer_core.config import RunConfig, resolve_paths
 from sweeps.spec import SweepSpec, build_run_config
 from sweeps.worker import TrialTracking, run_worker, train_worker
 
@@ -87,12 +87,20 @@ def run_trial(params: dict[str, Any], context: SweepContext) -> None:
     if runs_in_trial_process(spec):
         run_worker(loop_config, _report_to_tune, ray.tune.get_checkpoint(), world_rank=0)
         return
-    _fit_with_ray_train(loop_config, context, trial_id)
+    _fit_with_ray_train(loop_config, context, trial_id, run_config)
 
 
-def _fit_with_ray_train(loop_config: dict[str, Any], context: SweepContext, trial_id: str) -> None:
+def _fit_with_ray_train(loop_config: dict[str, Any], context: SweepContext, trial_id: str, run_config: RunConfig) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from sweeps.stream import training_dataset
+
+    # A streamed source is one dataset that Ray Train splits between the workers, reshuffled every epoch.
+    loop_config = {**loop_config, "streams": run_config.data.streams}
+    datasets = None
+    if run_config.data.streams:
+        datasets = {"train": training_dataset(run_config.data, run_config.train.seed, reseed_each_epoch=True)}
 
     for name, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
@@ -100,6 +108,7 @@ def _fit_with_ray_train(loop_config: dict[str, Any], context: SweepContext, tria
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
+        datasets=datasets,
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers_per_trial,
             use_gpu=resources.use_gpu,

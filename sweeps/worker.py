@@ -14,13 +14,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
 
 from mixer_core import metrics as metric_names
 from mixer_core.config import ConfigError, RunConfig, parse_config
 from sweeps.run_artifacts import fetch_init_from
+
+if TYPE_CHECKING:  # Ray Data is imported only by trials that stream
+    from ray.data import DataIterator
 
 # Hands one report to Ray: the metrics, and the checkpoint directory written with them (or None).
 RayReport = Callable[[dict[str, float], Path | None], None]
@@ -57,11 +60,17 @@ def open_trial_run(tracking: TrialTracking, config: RunConfig):
 
 
 def run_worker(
-    loop_config: dict[str, Any], report_to_ray: RayReport, checkpoint: ray.train.Checkpoint | None, world_rank: int
+    loop_config: dict[str, Any],
+    report_to_ray: RayReport,
+    checkpoint: ray.train.Checkpoint | None,
+    world_rank: int,
+    world_size: int = 1,
+    dataset_shard: DataIterator | None = None,
 ) -> None:
     """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict), `tracking` (a
     TrialTracking as a dict) and `objective` (the metric names); `checkpoint` is the one to resume from (None for
-    a fresh start).
+    a fresh start). A streamed source (`data.streams`) is read from `dataset_shard` (Ray Train) or, for a
+    one-worker trial, from its own Ray Data pipeline (`sweeps.stream`).
 
     Only evaluation reports reach Ray: they carry the objective, and one Tune iteration per evaluation is what
     ASHA's `training_iteration` budget counts. Every report goes to MLflow from rank 0. When Tune stops the trial
@@ -73,7 +82,7 @@ def run_worker(
     from mixer_core.train import TrainingError
 
     try:
-        _train(loop_config, report_to_ray, checkpoint, world_rank)
+        _train(loop_config, report_to_ray, checkpoint, world_rank, world_size, dataset_shard)
     except (TrainingError, DataError, ConfigError) as error:
         # A non-finite loss, unusable data or a bad config fails the same way on every retry: the trial ends
         # now, and the driver (`sweeps.engine.SweepCallback`) marks it failed with this message. Ray Train's
@@ -88,7 +97,12 @@ def final_report(error: Exception, objective: list[str]) -> dict[str, Any]:
 
 
 def _train(
-    loop_config: dict[str, Any], report_to_ray: RayReport, checkpoint: ray.train.Checkpoint | None, world_rank: int
+    loop_config: dict[str, Any],
+    report_to_ray: RayReport,
+    checkpoint: ray.train.Checkpoint | None,
+    world_rank: int,
+    world_size: int,
+    dataset_shard: DataIterator | None,
 ) -> None:
     from mixer_core.train import train
 
@@ -112,11 +126,17 @@ def _train(
             if metric_names.is_eval_report(metrics):
                 report_to_ray(metrics, checkpoint_dir)
 
+        stream = None
+        if config.data.streams:
+            from sweeps.stream import open_stream
+
+            stream = open_stream(config.data, config.train.seed, config.eval.max_examples, world_rank, world_size,
+                                 dataset_shard)
         if checkpoint is None:
-            train(local_config, on_report, work_dir=Path(work))
+            train(local_config, on_report, work_dir=Path(work), stream=stream)
             return
         with checkpoint.as_directory() as resume_dir:
-            train(local_config, on_report, resume_from=Path(resume_dir), work_dir=Path(work))
+            train(local_config, on_report, resume_from=Path(resume_dir), work_dir=Path(work), stream=stream)
 
 
 def _report_to_ray_train(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
@@ -130,6 +150,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     `loop_config` is plain data because Ray Train's controller unpickles it too: a class from this module would
     make every controller import torch, timm and `mixer_core` (about 2 s per trial on 2 cores).
     """
-    run_worker(
-        loop_config, _report_to_ray_train, ray.train.get_checkpoint(), ray.train.get_context().get_world_rank()
-    )
+    context = ray.train.get_context()
+    shard = ray.train.get_dataset_shard("train") if loop_config["streams"] else None
+    run_worker(loop_config, _report_to_ray_train, ray.train.get_checkpoint(), context.get_world_rank(),
+               context.get_world_size(), shard)

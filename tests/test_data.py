@@ -11,7 +11,7 @@ import torch
 from mixer_core.config import DataConfig
 from mixer_core.data import DataError, build_mixup, build_splits, make_loader
 from mixer_core.data.facts import dataset_facts, estimated_train_size
-from mixer_core.data.fractions import carve
+from mixer_core.data.fractions import fraction_count, subset_ranks
 from mixer_core.data.permutations import apply_permutation, permutation_index
 from shipped_data import MNIST
 
@@ -36,6 +36,14 @@ def test_digits_splits_are_disjoint_normalised_and_cover_the_source():
     assert set(labels.tolist()) == set(range(10))
 
 
+def test_evaluation_keeps_the_first_max_examples_of_validation_and_test_whatever_the_fraction():
+    full = build_splits(DataConfig())
+    for fraction in (0.1, 1.0):
+        bounded = build_splits(DataConfig(fraction=fraction), max_eval_examples=50)
+        assert bounded.val.keys == full.val.keys[:50] and bounded.test.keys == full.test.keys[:50]
+        assert bounded.train_size == build_splits(DataConfig(fraction=fraction)).train_size
+
+
 def test_mnist_idx_gives_the_real_test_set_split_and_resized(mnist_splits):
     assert (len(mnist_splits.train), len(mnist_splits.val), len(mnist_splits.test)) == (7200, 800, 2000)
     assert mnist_splits.image_shape == (1, 28, 28)
@@ -52,15 +60,17 @@ def test_fraction_subsets_are_nested_exact_and_reproducible(trial):
     keys = [f"shard{rng.randrange(100)}/{rng.getrandbits(40):x}" for _ in range(rng.randrange(50, 5000))]
     keys = list(dict.fromkeys(keys))
     fractions = sorted(rng.uniform(0.01, 1.0) for _ in range(4)) + [1.0]
-    chosen = [set(carve(keys, fraction, "fraction")[0].tolist()) for fraction in fractions]
+    ranks = subset_ranks(keys)
+    chosen = [set(np.flatnonzero(ranks < fraction).tolist()) for fraction in fractions]
     for smaller, larger in zip(chosen, chosen[1:]):
         assert smaller <= larger
     for fraction, subset in zip(fractions, chosen):
-        assert abs(len(subset) - fraction * len(keys)) <= max(0.5, 0.01 * fraction * len(keys))
+        assert len(subset) == fraction_count(len(keys), fraction)
+        assert 0 <= len(subset) - fraction * len(keys) < 1
     # the choice depends on the keys only, not on their order (shards may be listed in any order)
     shuffled = keys[:]
     rng.shuffle(shuffled)
-    picked = {shuffled[i] for i in carve(shuffled, fractions[0], "fraction")[0]}
+    picked = {shuffled[i] for i in np.flatnonzero(subset_ranks(shuffled) < fractions[0])}
     assert picked == {keys[i] for i in chosen[0]}
 
 

@@ -7,8 +7,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -17,7 +15,6 @@ from sklearn.linear_model import LogisticRegression
 
 from mixer_core.config import DataConfig
 from mixer_core.data import DataError, build_splits
-from mixer_core.data.parquet import encode_png, write_parquet
 from mixer_core.data.sources import load_source
 from mixer_core.data.synthetic import generate_synthetic
 from shipped_data import MNIST
@@ -28,13 +25,6 @@ def _batch(dataset, count=None):
     return dataset.batch(list(range(count or len(dataset))))
 
 
-@pytest.fixture(scope="module")
-def mnist_parquet(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("parquet") / "mnist"
-    write_parquet(load_source(DataConfig(name="mnist_idx", path=str(MNIST))), str(dest), shard_size=3000)
-    return dest
-
-
 def test_digits_are_scikit_learns_digits_scaled_to_bytes():
     source = load_source(DataConfig(name="digits"))
     reference = load_digits()
@@ -42,63 +32,6 @@ def test_digits_are_scikit_learns_digits_scaled_to_bytes():
     expected = torch.as_tensor(np.round(reference.images * (255 / 16)), dtype=torch.uint8).unsqueeze(1)
     assert torch.equal(source.train.images, expected)
     assert torch.equal(source.train.labels, torch.as_tensor(reference.target))
-
-
-def test_parquet_copy_matches_its_source_example_for_example(mnist_parquet):
-    assert sorted(p.name for p in mnist_parquet.iterdir())[:2] == ["manifest.json", "train-00000-of-00004.parquet"]
-    for fraction in (0.1, 1.0):
-        idx = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), fraction=fraction))
-        parquet = build_splits(DataConfig(name="parquet", path=str(mnist_parquet), fraction=fraction))
-        assert (parquet.num_classes, parquet.image_shape, parquet.train_size) == (10, (1, 28, 28), idx.train_size)
-        for split in ("train", "val", "test"):
-            assert getattr(parquet, split).keys == getattr(idx, split).keys
-        images, labels = _batch(parquet.test, 300)
-        assert torch.equal(images, _batch(idx.test, 300)[0]) and torch.equal(labels, _batch(idx.test, 300)[1])
-
-
-def test_parquet_reads_globs_and_fsspec_urls(mnist_parquet):
-    one_shard = build_splits(DataConfig(name="parquet", path=str(mnist_parquet / "train-00000-*.parquet")))
-    assert len(one_shard.train) + len(one_shard.val) + len(one_shard.test) == 3000
-    source = load_source(DataConfig())
-    write_parquet(source, "memory://digits", shard_size=500)
-    from_url = build_splits(DataConfig(name="parquet", path="memory://digits"))
-    assert from_url.train.keys == build_splits(DataConfig()).train.keys
-    assert torch.equal(_batch(from_url.val)[0], _batch(build_splits(DataConfig()).val)[0])
-
-
-def test_parquet_test_shards_form_the_test_split(tmp_path, mnist_parquet):
-    shutil.copy(mnist_parquet / "train-00000-of-00004.parquet", tmp_path / "train-00000-of-00001.parquet")
-    shutil.copy(mnist_parquet / "train-00003-of-00004.parquet", tmp_path / "test-00000-of-00001.parquet")
-    splits = build_splits(DataConfig(name="parquet", path=str(tmp_path)))  # no manifest: classes from labels
-    assert splits.test.keys == [f"t10k/{i}" for i in range(9000, 10000)]
-    assert len(splits.train) + len(splits.val) == 3000 and splits.num_classes == 10
-
-
-def _write_shard(path: Path, keys, labels, images: list[bytes]) -> None:
-    pq.write_table(pa.table({"key": keys, "label": pa.array(labels, pa.int64()), "image": pa.array(images, pa.binary())}), path)
-
-
-def test_bad_parquet_shards_are_one_error_naming_the_shard(tmp_path, mnist_parquet):
-    good = tmp_path / "good"
-    shutil.copytree(mnist_parquet, good)
-    cases = {
-        "corrupt": lambda shard: shard.write_bytes(b"PAR1 this is not parquet"),
-        "empty": lambda shard: _write_shard(shard, [], [], []),
-        "label": lambda shard: _write_shard(shard, ["k0", "k1"], [3, 10], [encode_png(torch.zeros(1, 28, 28, dtype=torch.uint8))] * 2),
-        "shape": lambda shard: _write_shard(shard, ["k0"], [1], [encode_png(torch.zeros(1, 32, 32, dtype=torch.uint8))]),
-    }
-    messages = {"corrupt": "not a readable Parquet shard", "empty": "empty shard", "label": "label 10",
-                "shape": r"image shape \(1, 32, 32\)"}
-    for case, write in cases.items():
-        folder = tmp_path / case
-        shutil.copytree(good, folder)
-        shard = folder / "train-00002-of-00004.parquet"
-        write(shard)
-        with pytest.raises(DataError, match=messages[case]) as error:
-            build_splits(DataConfig(name="parquet", path=str(folder)))
-        assert str(shard) in str(error.value)
-    with pytest.raises(DataError, match="no such Parquet folder"):
-        build_splits(DataConfig(name="parquet", path=str(tmp_path / "missing")))
 
 
 def test_mnist_idx_reads_raw_files_and_train_plus_t10k_pairs(tmp_path):
@@ -195,35 +128,3 @@ def test_synthetic_is_learnable_scales_with_data_and_difficulty():
     small, large = _linear_accuracy(0.5, 100), _linear_accuracy(0.5, 2000)
     assert 0.2 < small < large - 0.05  # well above chance (0.1), and more data helps
     assert _linear_accuracy(0.1, 2000) > large + 0.05  # easier data is learnt better
-
-
-def test_multi_label_parquet_trains_with_the_sigmoid_loss(tmp_path):
-    """JFT's form: label lists. Digits labelled with the digit and, below 8, its parity (classes 10 and 11)."""
-    from mixer_core import metrics as m
-    from mixer_core.config import parse_config
-    from mixer_core.losses import soft_targets
-    from mixer_core.train import train
-
-    source = load_source(DataConfig(name="digits"))
-    labels = [[d, 10 + d % 2] if d < 8 else [d] for d in source.train.labels.tolist()]
-    pq.write_table(pa.table({
-        "key": source.train.keys,
-        "label": pa.array(labels, pa.list_(pa.int64())),
-        "image": [encode_png(image) for image in source.train.images],
-    }), tmp_path / "train-00000-of-00001.parquet")
-    splits = build_splits(DataConfig(name="parquet", path=str(tmp_path)))
-    assert splits.num_classes == 12 and splits.train.labels.shape[1] == 2
-    images, batch_labels = next(iter(torch.utils.data.DataLoader(splits.train, batch_size=64)))
-    dense = soft_targets(batch_labels, 12)
-    assert torch.equal(dense.sum(1), (batch_labels >= 0).sum(1).float())  # multi-hot, padding dropped
-    assert torch.equal(dense.argmax(1), batch_labels[:, 0])
-
-    config = {"model": {"variant": "Ti/4", "head_bias_init": -6.9},
-              "data": {"name": "parquet", "path": str(tmp_path), "batch_size": 64},
-              "train": {"epochs": 3, "lr": 0.003, "loss": "sigmoid", "device": "cpu"},
-              "eval": {"fewshot_shots": [], "fewshot_pretraining": False}}
-    final = train(parse_config(config))
-    assert final[m.VAL_TOP1] > 0.8  # precision@1: the top class is one of the example's classes
-    config["eval"] = {"fewshot_shots": [5]}
-    with pytest.raises(ValueError, match="eval.fewshot_pretraining: few-shot linear evaluation needs single-label"):
-        train(parse_config(config))

@@ -33,12 +33,14 @@ class Examples:
 
 @dataclass(frozen=True)
 class Source:
-    """A dataset as its source provides it; `test` is None when the source has no test split of its own."""
+    """A dataset as its source provides it; `test` (`val`) is None when the source has no test (validation)
+    split of its own."""
 
     train: Examples
     test: Examples | None
     class_names: list[str]
     image_shape: tuple[int, int, int]  # (C, H, W) as stored
+    val: Examples | None = None
 
     @property
     def num_classes(self) -> int:

@@ -29,6 +29,7 @@ class DatasetFacts:
     num_classes: int | None
     source_train_size: int | None  # examples in the source's training split, before test/validation are carved
     has_test_split: bool  # otherwise data.test_fraction is carved from the training split
+    has_val_split: bool = False  # otherwise data.val_fraction is carved from the training split
 
 
 UNKNOWN = DatasetFacts(None, None, None, False)
@@ -61,7 +62,8 @@ def dataset_facts(cfg: DataConfig) -> DatasetFacts:
             manifest = read_manifest(fsspec.filesystem("file"), str(folder)) or {}
             splits = manifest.get("splits", {})
             shape = tuple(manifest["image_shape"]) if "image_shape" in manifest else None
-            return DatasetFacts(shape, manifest.get("num_classes"), splits.get("train", {}).get("count"), "test" in splits)
+            train_count = splits.get("train", {}).get("count")
+            return DatasetFacts(shape, manifest.get("num_classes"), train_count, "test" in splits, "val" in splits)
     except DataError:
         return UNKNOWN  # unreadable files: the run itself reports them
     return UNKNOWN
@@ -72,4 +74,4 @@ def estimated_train_size(cfg: DataConfig) -> int | None:
     facts = dataset_facts(cfg)
     if facts.source_train_size is None:
         return None
-    return train_split_size(facts.source_train_size, facts.has_test_split, cfg)
+    return train_split_size(facts.source_train_size, facts.has_test_split, facts.has_val_split, cfg)

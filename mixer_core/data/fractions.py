@@ -1,14 +1,18 @@
 """Deterministic, nested subsets chosen by hashing each example's stable key (the paper's JFT subset study).
 
-Examples are ranked by a salted hash of their key and a fraction f takes the first round(f·n) of that ranking,
-so the 3% set is a prefix of the 10% set (nested), the size is exact, and the choice depends only on the keys:
-every machine and every worker picks the same examples, whatever order the shards were read in. Different
-salts ("test", "val", "fraction") give independent rankings, so carving validation never biases the subset.
+Held-out splits are carved by a salted hash of the key: `carve` takes the round(f·n) lowest hashes. The training
+fraction uses each training example's `subset_rank`, its place in the hash order of the training split divided
+by the split's size (uniform in [0, 1)); fraction f is the examples with `subset_rank < f`. `mixer data convert`
+stores that rank in a Parquet column, so a streamed run selects its subset with a filter pushed down to the
+reader, and an in-memory run computes the same ranks from the keys. Either way the 3% set lies inside the 10%
+set, and the choice depends only on the keys, whatever order the shards are read in. Different salts ("test",
+"val", "fraction") give independent rankings, so carving validation never biases the subset.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,16 +28,31 @@ def key_hashes(keys: Sequence[str], salt: str) -> np.ndarray:
     )
 
 
-def carved_count(count: int, fraction: float, *, at_least_one: bool = False) -> int:
-    """How many of `count` examples `carve` chooses: round(fraction·count), at least one with `at_least_one`."""
-    return min(count, max(int(at_least_one and count > 0), round(fraction * count)))
+def carved_count(count: int, fraction: float) -> int:
+    """How many of `count` examples `carve` chooses: round(fraction·count)."""
+    return min(count, round(fraction * count))
 
 
-def carve(keys: Sequence[str], fraction: float, salt: str, *, at_least_one: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions 0..n-1 into (chosen, rest), both sorted; chosen holds the `carved_count` lowest hashes.
-
-    `at_least_one` keeps a tiny training fraction from selecting nothing.
-    """
-    size = carved_count(len(keys), fraction, at_least_one=at_least_one)
+def carve(keys: Sequence[str], fraction: float, salt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions 0..n-1 into (chosen, rest), both sorted; chosen holds the `carved_count` lowest hashes."""
+    size = carved_count(len(keys), fraction)
     ranking = np.argsort(key_hashes(keys, salt), kind="stable")
     return np.sort(ranking[:size]), np.sort(ranking[size:])
+
+
+def subset_ranks(keys: Sequence[str]) -> np.ndarray:
+    """Each training key's place in the "fraction" hash order divided by the count: float64 in [0, 1)."""
+    ranks = np.empty(len(keys), dtype=np.float64)
+    ranks[np.argsort(key_hashes(keys, "fraction"), kind="stable")] = np.arange(len(keys)) / max(len(keys), 1)
+    return ranks
+
+
+def fraction_count(count: int, fraction: float) -> int:
+    """How many of `count` training examples have `subset_rank < fraction` (at least one for any fraction > 0)."""
+    chosen = min(count, math.ceil(fraction * count))
+    # ceil's float product can be off by one either way; the rule itself is the float comparison rank/count < f
+    while chosen > 0 and (chosen - 1) / count >= fraction:
+        chosen -= 1
+    while chosen < count and chosen / count < fraction:
+        chosen += 1
+    return chosen

@@ -1,19 +1,26 @@
-"""Sharded Parquet datasets: `key` (string), `label` (int64), `image` (PNG bytes), plus a `manifest.json`.
+"""Sharded image Parquet (`mixer-parquet/2`): the encoded images as they came, for streaming at any scale.
 
-A `label` column of integer lists makes a multi-label dataset (JFT): its labels are (N, L) class lists padded
-with `NO_LABEL`, trained with `train.loss: sigmoid`.
+A dataset is three shard sets, `train-*`, `val-*` and `test-*.parquet` (`mixer data convert` carves validation,
+and test when the source has none, once), plus `manifest.json`. Every shard has the columns
 
-This is the format for JFT/ImageNet-21k-scale data: shards are read with pyarrow from a local path or any
-fsspec URL (s3://, gs://, memory://), and images stay PNG-encoded in memory until a batch asks for them.
-Shards named `test-*.parquet` form the test split, all others the training split.
+- `key` (string): the example's stable id; held-out carving and fractions hash it (`fractions.py`);
+- `label` (int64), or lists of int64 for a multi-label dataset (JFT): its labels are (N, L) class lists
+  padded with `NO_LABEL`, trained with `train.loss: sigmoid`;
+- `image` (binary): the original encoded file (JPEG, PNG, ... at any size; never resized or re-encoded);
+- `subset_rank` (float64, training shards): uniform in [0, 1); data.fraction f is the rows with
+  `subset_rank < f`, a filter the reader applies to each row group (3% ⊂ 10% ⊂ 30% ⊂ 100% by construction).
+
+Shards are read with pyarrow from a local path or any fsspec URL (s3://, gs://, memory://). A glob names
+shards directly; its `val-*` and `test-*` files are those splits and every other file is training data.
 """
 
 from __future__ import annotations
 
-import io
+import itertools
 import json
 import posixpath
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -22,91 +29,76 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
-from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
+from mixer_core.data.decode import decode_resized
 from mixer_core.data.errors import DataError
-from mixer_core.data.examples import NO_LABEL, Examples, Source, check_labels
+from mixer_core.data.examples import NO_LABEL, Examples, Source, as_uint8_images, check_labels
 
+FORMAT = "mixer-parquet/2"
 MANIFEST = "manifest.json"
-FORMAT = "mixer-parquet/1"
-COLUMNS = ("key", "label", "image")
+SPLITS = ("train", "val", "test")
+COLUMNS = ("key", "label", "image", "subset_rank")
+READ_BATCH_ROWS = 256  # rows per pyarrow batch: bounds the memory of reading held-out splits
 
 
-def encode_png(image: torch.Tensor) -> bytes:
-    """PNG bytes of a uint8 (C, H, W) image with 1 (grayscale) or 3 (RGB) channels."""
-    buffer = io.BytesIO()
-    to_pil_image(image).save(buffer, format="PNG")
-    return buffer.getvalue()
+def shard_name(split: str, index: int, count: int) -> str:
+    """`train-00003-of-00016.parquet`."""
+    return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
-class ParquetImages:
-    """PNG-encoded images decoded on access; `store[positions]` returns uint8 (n, C, H, W)."""
+def shard_table(keys: list[str], labels: np.ndarray, images: list[bytes], subset_rank: np.ndarray) -> pa.Table:
+    """One shard's rows in the format's schema."""
+    return pa.table({
+        "key": pa.array(keys, pa.string()),
+        "label": pa.array(labels, pa.int64()),
+        "image": pa.array(images, pa.binary()),
+        "subset_rank": pa.array(subset_rank, pa.float64()),
+    })
 
-    def __init__(self, encoded: pa.BinaryArray, shard_of_row: np.ndarray, shard_names: list[str], shape: tuple):
-        self.encoded = encoded
-        self.shard_of_row = shard_of_row
-        self.shard_names = shard_names
-        self.shape = tuple(shape)
 
-    def __len__(self) -> int:
-        return len(self.encoded)
+def subset_filter(fraction: float) -> pc.Expression:
+    """The row filter choosing data.fraction of the training shards."""
+    return pc.field("subset_rank") < fraction
 
-    def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self._decode(int(position)) for position in positions.reshape(-1)])
 
-    def _decode(self, position: int) -> torch.Tensor:
-        shard = self.shard_names[self.shard_of_row[position]]
+@dataclass(frozen=True)
+class ShardSets:
+    """A Parquet dataset's shards by split, on `filesystem`, and its manifest ({} when it has none)."""
+
+    filesystem: fsspec.AbstractFileSystem
+    shards: dict[str, list[str]]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.manifest.get("classes")
+
+    @property
+    def channels(self) -> int:
+        return int(self.manifest.get("channels", 3))
+
+    def read(self, shard: str, columns: list[str], filter: pc.Expression | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows of one shard in batches of `READ_BATCH_ROWS`; `DataError` naming the shard if unreadable."""
         try:
-            image = pil_to_tensor(Image.open(io.BytesIO(self.encoded[position].as_py())))
-        except Exception as error:  # PIL raises several types for undecodable bytes
-            raise DataError(f"{shard}: the image of example {position} is not decodable ({error})") from None
-        if tuple(image.shape) != self.shape:
-            raise DataError(f"{shard}: image shape {tuple(image.shape)} differs from the dataset's {self.shape}")
-        return image
+            file = pq.ParquetFile(shard, filesystem=self.filesystem)
+            missing = [column for column in columns if column not in file.schema_arrow.names]
+            if missing:
+                raise DataError(f"{shard}: missing column(s) {missing}; a shard needs {list(COLUMNS)}")
+            for batch in file.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
+                yield batch.filter(filter) if filter is not None else batch
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"{shard}: not a readable Parquet shard ({error})") from None
 
 
-def _read_shard(filesystem: fsspec.AbstractFileSystem, shard: str) -> pa.Table:
-    try:
-        table = pq.read_table(shard, filesystem=filesystem)
-    except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{shard}: not a readable Parquet shard ({error})") from None
-    missing = [column for column in COLUMNS if column not in table.column_names]
-    if missing:
-        raise DataError(f"{shard}: missing column(s) {missing}; a shard needs {list(COLUMNS)}")
-    if table.num_rows == 0:
-        raise DataError(f"{shard}: empty shard (0 rows)")
-    label_type = table.schema.field("label").type
-    integer_lists = pa.types.is_list(label_type) and pa.types.is_integer(label_type.value_type)
-    if not (pa.types.is_integer(label_type) or integer_lists):
-        raise DataError(f"{shard}: column 'label' must hold integers or lists of integers, got {label_type}")
-    return table.select(COLUMNS)
-
-
-def _load_split(
-    filesystem: fsspec.AbstractFileSystem, shards: list[str], num_classes: int | None, shape: tuple | None
-) -> tuple[Examples, tuple]:
-    """One split from its shards; checks labels (when the class count is known) and one image per shard."""
-    tables = [_read_shard(filesystem, shard) for shard in shards]
-    if num_classes is not None:
-        for shard, table in zip(shards, tables):
-            check_labels(_labels(table["label"].combine_chunks()), num_classes, shard)
-    rows_per_shard = [table.num_rows for table in tables]
-    combined = pa.concat_tables(tables).combine_chunks()
-    encoded = combined["image"].chunk(0).cast(pa.binary())
-    shard_of_row = np.repeat(np.arange(len(shards)), rows_per_shard)
-    if shape is None:  # no manifest: the first image sets the shape
-        shape = tuple(pil_to_tensor(Image.open(io.BytesIO(encoded[0].as_py()))).shape)
-    images = ParquetImages(encoded, shard_of_row, shards, shape)
-    # decode the first image of every shard now, so a shard of wrongly shaped images fails before training
-    images[torch.as_tensor(np.cumsum([0, *rows_per_shard[:-1]]))]
-    return Examples(images, _labels(combined["label"].chunk(0)), combined["key"].to_pylist()), shape
+def _flat(column: pa.Array) -> pa.Array:
+    """A label column's classes: the column itself, or every list's values for a multi-label one."""
+    return pc.list_flatten(column) if pa.types.is_list(column.type) else column
 
 
 def _labels(column: pa.Array) -> torch.Tensor:
     """Integer labels (N,), or integer lists as (N, longest list) padded with NO_LABEL."""
     if not pa.types.is_list(column.type):
-        return torch.from_numpy(column.to_numpy().astype(np.int64))
+        return torch.from_numpy(column.to_numpy(zero_copy_only=False).astype(np.int64))
     lengths = pc.list_value_length(column).fill_null(0).to_numpy().astype(np.int64)
     values = pc.list_flatten(column).to_numpy().astype(np.int64)
     rows = np.repeat(np.arange(len(lengths)), lengths)
@@ -128,67 +120,95 @@ def read_manifest(filesystem: fsspec.AbstractFileSystem, folder: str) -> dict[st
         raise DataError(f"{path}: not a JSON manifest ({error})") from None
 
 
-def load_parquet(path: str) -> Source:
-    """Read a Parquet dataset: a folder/URL of shards (with `manifest.json`) or a glob of training shards."""
+def find_shards(path: str) -> ShardSets:
+    """The shard sets of a folder/URL of shards (with `manifest.json`) or of a glob of shards."""
     filesystem, root = fsspec.core.url_to_fs(path)
     is_glob = any(char in root for char in "*?[")
-    folder = posixpath.dirname(root) if is_glob else root
     if not is_glob and not filesystem.isdir(root):
         raise DataError(f"{path}: no such Parquet folder")
     shards = sorted(filesystem.glob(root if is_glob else posixpath.join(root, "*.parquet")))
     if not shards:
         raise DataError(f"{path}: no Parquet shards found")
-    manifest = read_manifest(filesystem, folder) or {}
-    class_names = manifest.get("classes")
-    shape = tuple(manifest["image_shape"]) if "image_shape" in manifest else None
-    test_shards = [shard for shard in shards if posixpath.basename(shard).startswith("test-")]
-    train_shards = [shard for shard in shards if shard not in test_shards]
-    if not train_shards:
-        raise DataError(f"{path}: only test shards found; training shards are the ones not named test-*")
-    train, shape = _load_split(filesystem, train_shards, class_names and len(class_names), shape)
-    test = _load_split(filesystem, test_shards, class_names and len(class_names), shape)[0] if test_shards else None
-    if class_names is None:  # no manifest: classes are 0..max label
-        given = train.labels[train.labels != NO_LABEL] if train.labels.dim() == 2 else train.labels
-        if int(given.min()) < 0:
-            raise DataError(f"{path}: negative label {int(given.min())}")
-        class_names = [str(label) for label in range(int(given.max()) + 1)]
-        if test is not None:
-            check_labels(test.labels, len(class_names), f"{path} (test shards)")
-    return Source(train, test, class_names, shape)
+    by_split: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for shard in shards:
+        prefix = posixpath.basename(shard).split("-")[0]
+        by_split[prefix if prefix in ("val", "test") else "train"].append(shard)
+    if not by_split["train"]:
+        raise DataError(f"{path}: only held-out shards found; training shards are the ones not named val-* or test-*")
+    manifest = read_manifest(filesystem, posixpath.dirname(root) if is_glob else root) or {}
+    return ShardSets(filesystem, by_split, manifest)
 
 
-def write_parquet(
-    source: Source, dest: str, shard_size: int, progress: Callable[[str], None] = lambda message: None
-) -> dict[str, Any]:
-    """Write `source` as shards `{split}-NNNNN-of-NNNNN.parquet` plus `manifest.json` under `dest`; return the manifest."""
-    filesystem, root = fsspec.core.url_to_fs(dest)
-    filesystem.makedirs(root, exist_ok=True)
-    splits = {"train": source.train, **({"test": source.test} if source.test is not None else {})}
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "classes": source.class_names,
-        "num_classes": source.num_classes,
-        "image_shape": list(source.image_shape),
-        "splits": {},
-    }
+def row_count(sets: ShardSets, split: str) -> int:
+    """Rows in a split's shards, from their footers."""
+    try:
+        return sum(pq.ParquetFile(shard, filesystem=sets.filesystem).metadata.num_rows for shard in sets.shards[split])
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{sets.shards[split]}: not readable Parquet shards ({error})") from None
+
+
+def count_selected(sets: ShardSets, fraction: float) -> int:
+    """Training rows with `subset_rank < fraction`, reading only that column of every shard."""
+    return sum(
+        batch.num_rows
+        for shard in sets.shards["train"]
+        for batch in sets.read(shard, ["subset_rank"], subset_filter(fraction))
+    )
+
+
+def read_examples(
+    sets: ShardSets, split: str, image_size: int, *, fraction: float = 1.0, max_examples: int | None = None
+) -> Examples:
+    """The first `max_examples` rows (all when None) of a split, decoded and resized to `image_size` squares.
+
+    Memory holds the decoded examples only, never a whole shard. For the training split only rows with
+    `subset_rank < fraction` count.
+    """
+    columns = ["key", "label", "image"] + (["subset_rank"] if split == "train" else [])
+    row_filter = subset_filter(fraction) if split == "train" else None
+    mode = "L" if sets.channels == 1 else "RGB"
+    rows = (
+        (shard, key, label, encoded)
+        for shard in sets.shards[split]
+        for batch in sets.read(shard, columns, row_filter)
+        for key, label, encoded in zip(*(batch[name].to_pylist() for name in ("key", "label", "image")))
+    )
+    images, labels, keys = [], [], []
+    for shard, key, label, encoded in itertools.islice(rows, max_examples):
+        images.append(decode_resized(encoded, image_size, mode, f"{shard}: row {key}"))
+        labels.append(label)
+        keys.append(key)
+    stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, sets.channels), np.uint8)
+    label_column = pa.array(labels) if labels else pa.array([], pa.int64())
+    return Examples(as_uint8_images(stacked, channels_last=True), _labels(label_column), keys)
+
+
+def decoded_size(sets: ShardSets, image_size: int | None, path: str) -> int:
+    """The square size images decode to: data.image_size, else the manifest's uniform image shape's longer side."""
+    if image_size is not None:
+        return image_size
+    if "image_shape" not in sets.manifest:
+        raise DataError(f"{path}: images of any size need data.image_size (the manifest gives no image_shape)")
+    return max(sets.manifest["image_shape"][1:])
+
+
+def class_names(sets: ShardSets, path: str) -> list[str]:
+    """The manifest's class names, else 0..max label of the training shards."""
+    if sets.class_names is not None:
+        return sets.class_names
+    labels = [
+        pc.max(_flat(batch["label"])).as_py() for shard in sets.shards["train"] for batch in sets.read(shard, ["label"])
+    ]
+    return [str(label) for label in range(max(label for label in labels if label is not None) + 1)]
+
+
+def load_parquet(path: str, image_size: int | None) -> Source:
+    """Every split of a Parquet dataset decoded into memory at `decoded_size` (the in-memory path)."""
+    sets = find_shards(path)
+    size = decoded_size(sets, image_size, path)
+    names = class_names(sets, path)
+    splits = {split: read_examples(sets, split, size) if sets.shards[split] else None for split in SPLITS}
     for split, examples in splits.items():
-        num_shards = max(1, -(-len(examples) // shard_size))
-        names = []
-        for shard_index in range(num_shards):
-            start, stop = shard_index * shard_size, min(len(examples), (shard_index + 1) * shard_size)
-            images = examples.images[torch.arange(start, stop)]
-            table = pa.table(
-                {
-                    "key": pa.array(examples.keys[start:stop], pa.string()),
-                    "label": pa.array(examples.labels[start:stop].numpy(), pa.int64()),
-                    "image": pa.array([encode_png(image) for image in images], pa.binary()),
-                }
-            )
-            name = f"{split}-{shard_index:05d}-of-{num_shards:05d}.parquet"
-            pq.write_table(table, posixpath.join(root, name), filesystem=filesystem)
-            names.append(name)
-            progress(f"{split}: wrote {name} ({stop - start} examples)")
-        manifest["splits"][split] = {"count": len(examples), "shards": names}
-    with filesystem.open(posixpath.join(root, MANIFEST), "w") as handle:
-        json.dump(manifest, handle, indent=2)
-    return manifest
+        if examples is not None:
+            check_labels(examples.labels, len(names), f"{path} ({split} shards)")
+    return Source(splits["train"], splits["test"], names, (sets.channels, size, size), splits["val"])

@@ -1,20 +1,24 @@
 """Every dataset a config can name, loaded into `Source` form (images, labels, stable keys, class names).
 
 Sources small enough for memory (digits, IDX, torchvision, image folders, synthetic) are decoded once into one
-uint8 tensor so a batch is a tensor index; Parquet keeps images PNG-encoded until asked (see parquet.py).
+uint8 tensor so a batch is a tensor index. Parquet decodes into memory here only when `data.stream` is false;
+otherwise it streams (`sweeps.stream`).
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import importlib.util
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.functional import to_pil_image
 
 from mixer_core.config import DataConfig
 from mixer_core.data.errors import DataError
@@ -140,15 +144,52 @@ def load_torchvision(cfg: DataConfig, seed: int) -> Source:
     return Source(splits["train"], splits["test"], list(dataset.classes), tuple(splits["train"].images.shape[1:]))
 
 
-def _read_image_folder(folder: Path, classes: list[str], size: int | None, keys_root: Path) -> Examples:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+@dataclass(frozen=True)
+class ImageFiles:
+    """One split of an image folder, listed but not read: `files[i]` holds the image of `keys[i]`."""
 
-    class_to_idx = {name: index for index, name in enumerate(classes)}
-    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    if not samples:
-        raise DataError(f"{folder}: no image files in its class folders")
+    keys: list[str]  # the file paths relative to data.path
+    labels: torch.Tensor
+    files: list[str]
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """An image folder's classes and its listed splits; `test` is None when it has no test folder."""
+
+    classes: list[str]
+    train: ImageFiles
+    test: ImageFiles | None
+
+
+def list_image_folder(cfg: DataConfig) -> ImageFolder:
+    """The classes and files of a class-per-folder tree. A `train/` folder beside `test/` (or `val/`, as
+    ImageNet ships its validation set) makes those two the splits; otherwise the whole tree is training data."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root = _require_path(cfg)
+    test_folder = next((root / name for name in ("test", "val") if (root / name).is_dir()), None)
+    has_splits = (root / "train").is_dir() and test_folder is not None
+    train_folder = root / "train" if has_splits else root
+    try:
+        classes, class_to_idx = find_classes(str(train_folder))
+    except FileNotFoundError as error:
+        raise DataError(f"{train_folder}: {error}") from None
+
+    def listed(folder: Path) -> ImageFiles:
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        if not samples:
+            raise DataError(f"{folder}: no image files in its class folders")
+        keys = [Path(file).relative_to(root).as_posix() for file, _ in samples]
+        labels = torch.as_tensor([label for _, label in samples], dtype=torch.int64)
+        return ImageFiles(keys, labels, [file for file, _ in samples])
+
+    return ImageFolder(classes, listed(train_folder), listed(test_folder) if has_splits else None)
+
+
+def _read_image_files(listing: ImageFiles, size: int | None) -> Examples:
     arrays, mode = [], None
-    for file, _ in samples:
+    for file in listing.files:
         try:
             with Image.open(file) as image:
                 mode = mode or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
@@ -160,39 +201,36 @@ def _read_image_folder(folder: Path, classes: list[str], size: int | None, keys_
             raise DataError(f"{file}: not a readable image ({error})") from None
         if arrays[-1].shape != arrays[0].shape:
             raise DataError(
-                f"{file}: image shape {arrays[-1].shape} differs from {arrays[0].shape} of {samples[0][0]}; "
+                f"{file}: image shape {arrays[-1].shape} differs from {arrays[0].shape} of {listing.files[0]}; "
                 "set data.image_size to resize every image"
             )
-    labels = torch.as_tensor([label for _, label in samples], dtype=torch.int64)
-    keys = [Path(file).relative_to(keys_root).as_posix() for file, _ in samples]
-    return Examples(as_uint8_images(np.stack(arrays), channels_last=True), labels, keys)
+    return Examples(as_uint8_images(np.stack(arrays), channels_last=True), listing.labels, listing.keys)
 
 
 def load_imagefolder(cfg: DataConfig, seed: int) -> Source:
-    """A class-per-folder tree; `train/` and `test/` subfolders, when both exist, are the two splits.
+    """A class-per-folder tree (`list_image_folder`), decoded into memory.
 
     Images are resized to data.image_size at load when it is set (so mixed sizes are fine), else must all
     share one shape. Keys are the file paths relative to data.path.
     """
-    from torchvision.datasets.folder import find_classes
-
-    root = _require_path(cfg)
-    has_splits = (root / "train").is_dir() and (root / "test").is_dir()
-    train_folder = root / "train" if has_splits else root
-    try:
-        classes = find_classes(str(train_folder))[0]
-    except FileNotFoundError as error:
-        raise DataError(f"{train_folder}: {error}") from None
-    train = _read_image_folder(train_folder, classes, cfg.image_size, root)
-    test = _read_image_folder(root / "test", classes, cfg.image_size, root) if has_splits else None
+    folder = list_image_folder(cfg)
+    train = _read_image_files(folder.train, cfg.image_size)
+    test = _read_image_files(folder.test, cfg.image_size) if folder.test is not None else None
     if test is not None and test.images.shape[1:] != train.images.shape[1:]:
-        raise DataError(f"{root / 'test'}: image shape {tuple(test.images.shape[1:])} differs from train's")
-    return Source(train, test, classes, tuple(train.images.shape[1:]))
+        raise DataError(f"{folder.test.files[0]}: image shape {tuple(test.images.shape[1:])} differs from train's")
+    return Source(train, test, folder.classes, tuple(train.images.shape[1:]))
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """PNG bytes of a uint8 (C, H, W) image with 1 (grayscale) or 3 (RGB) channels."""
+    buffer = io.BytesIO()
+    to_pil_image(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def load_parquet_source(cfg: DataConfig, seed: int) -> Source:
-    """Sharded Parquet from a folder, glob or fsspec URL (see parquet.py)."""
-    return load_parquet(cfg.path)
+    """Sharded Parquet from a folder, glob or fsspec URL, decoded into memory (see parquet.py)."""
+    return load_parquet(cfg.path, cfg.image_size)
 
 
 def load_synthetic_source(cfg: DataConfig, seed: int) -> Source:

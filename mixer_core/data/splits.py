@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mixer_core.config import DataConfig
-from mixer_core.data.fractions import carve, carved_count
+from mixer_core.data.fractions import carve, carved_count, fraction_count, subset_ranks
 from mixer_core.data.permutations import permutation_index
 from mixer_core.data.sources import load_source
 from mixer_core.data.transforms import Augmentation, ImageDataset
@@ -27,25 +27,41 @@ class DataSplits:
     class_names: list[str]
 
 
-def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
+@dataclass(frozen=True)
+class HeldOut:
+    """Positions in a source's training split: the carved test set (None when the source has its own), the
+    validation set, and the training pool the fraction is taken from; all sorted."""
+
+    test: np.ndarray | None
+    val: np.ndarray
+    train: np.ndarray
+
+
+def carve_held_out(keys: list[str], has_test_split: bool, has_val_split: bool, cfg: DataConfig) -> HeldOut:
+    """Test (when the source has none: `cfg.test_fraction`), then validation (when the source has none:
+    `cfg.val_fraction`), by key hash; `val` is empty when the source has its own."""
+    test, pool = (None, np.arange(len(keys))) if has_test_split else carve(keys, cfg.test_fraction, salt="test")
+    if has_val_split:
+        return HeldOut(test, np.array([], dtype=np.int64), pool)
+    val, train = carve([keys[p] for p in pool], cfg.val_fraction, salt="val")
+    return HeldOut(test, pool[val], pool[train])
+
+
+def build_splits(cfg: DataConfig, seed: int = 0, max_eval_examples: int | None = None) -> DataSplits:
     """Load `cfg.name`, carve test (when the source has none) and validation by key hash, apply the fraction.
 
     Every carve hashes the examples' stable keys, so validation and test are the same for every fraction and
-    every trial, and the fraction subsets are nested. `seed` generates the synthetic source; every other source
-    ignores it.
+    every trial, and the fraction subsets are nested (`fractions.py`). A source with its own validation split
+    (converted Parquet) is used as it is. Validation and test keep their first `max_eval_examples` (all when None).
+    `seed` generates the synthetic source; every other source ignores it.
     """
     source = load_source(cfg, seed)
     keys = source.train.keys
-    if source.test is None:
-        test_positions, pool = carve(keys, cfg.test_fraction, salt="test")
-        test_examples = source.train
-    else:
-        test_positions, pool = np.arange(len(source.test)), np.arange(len(keys))
-        test_examples = source.test
-    val_chosen, train_pool = carve([keys[p] for p in pool], cfg.val_fraction, salt="val")
-    train_chosen, _ = carve([keys[p] for p in pool[train_pool]], cfg.fraction, salt="fraction", at_least_one=True)
-    # train_split_size repeats these three carves' arithmetic: change both together.
-    train_positions = pool[train_pool][train_chosen]
+    held_out = carve_held_out(keys, source.test is not None, source.val is not None, cfg)
+    test = (source.train, held_out.test) if source.test is None else (source.test, np.arange(len(source.test)))
+    val = (source.train, held_out.val) if source.val is None else (source.val, np.arange(len(source.val)))
+    # train_split_size repeats this arithmetic: change both together.
+    train_positions = held_out.train[subset_ranks([keys[p] for p in held_out.train]) < cfg.fraction]
 
     channels, height, width = source.image_shape
     size = cfg.image_size or height
@@ -57,8 +73,8 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
     return DataSplits(
         train=ImageDataset(source.train, train_positions, size, permutation,
                            augmentation if augmentation.enabled else None, cfg.eval_resize),
-        val=ImageDataset(source.train, pool[val_chosen], size, permutation, eval_resize=cfg.eval_resize),
-        test=ImageDataset(test_examples, test_positions, size, permutation, eval_resize=cfg.eval_resize),
+        val=ImageDataset(val[0], val[1][:max_eval_examples], size, permutation, eval_resize=cfg.eval_resize),
+        test=ImageDataset(test[0], test[1][:max_eval_examples], size, permutation, eval_resize=cfg.eval_resize),
         num_classes=source.num_classes,
         image_shape=(channels, size, size),
         train_size=len(train_positions),
@@ -66,11 +82,12 @@ def build_splits(cfg: DataConfig, seed: int = 0) -> DataSplits:
     )
 
 
-def train_split_size(source_train_size: int, has_test_split: bool, cfg: DataConfig) -> int:
+def train_split_size(source_train_size: int, has_test_split: bool, has_val_split: bool, cfg: DataConfig) -> int:
     """The `train_size` `build_splits` makes from a source whose training split holds `source_train_size`
-    examples: test carved when the source has none, then validation, then the fraction."""
+    examples: test and validation carved when the source has none, then the fraction."""
     pool = source_train_size
     if not has_test_split:
         pool -= carved_count(pool, cfg.test_fraction)
-    pool -= carved_count(pool, cfg.val_fraction)
-    return carved_count(pool, cfg.fraction, at_least_one=True)
+    if not has_val_split:
+        pool -= carved_count(pool, cfg.val_fraction)
+    return fraction_count(pool, cfg.fraction)

@@ -8,15 +8,16 @@ used; `--set data.KEY=VALUE` then sets its fields, as `mixer train` does:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
 from pathlib import Path
 
 from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, apply_override, load_config, parse_as, suggestion
-from mixer_core.data import DataError, build_splits, make_loader
-from mixer_core.data.parquet import write_parquet
-from mixer_core.data.sources import load_source
+from mixer_core.data import DataError, build_splits
+from mixer_core.data.convert import convert
+from mixer_core.data.parquet import class_names, count_selected, decoded_size, find_shards, row_count
 from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
+from sweeps.data_bench import PIPELINES, bench_loader
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,19 +25,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     helps = {
         "info": "counts per split, classes and image shape after carving",
-        "convert": "write a source as Parquet shards plus manifest.json",
-        "bench": "training-loader throughput in images/s",
+        "convert": "write a source as train/val/test Parquet shards (original image bytes) plus manifest.json",
+        "bench": "training input pipeline throughput (img/s) and peak memory",
     }
     for name, help_text in helps.items():
         command = commands.add_parser(name, help=help_text, description=help_text)
         command.add_argument("src", help=f"a dataset name ({', '.join(DATASET_NAMES)}) or a YAML config")
         if name == "convert":
             command.add_argument("dest", help="output folder or fsspec URL (e.g. s3://bucket/mnist)")
-            command.add_argument("--shard-size", type=int, default=4096, help="examples per shard (default 4096)")
+            command.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default 1024)")
+            command.add_argument("--processes", type=int, default=os.cpu_count(),
+                                 help="shards written at once (default: one per CPU; 1 for memory:// URLs)")
         if name == "bench":
             command.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
-            command.add_argument("--batches", type=int, default=50, help="timed batches (after 3 warm-up batches)")
-            command.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: data.num_workers)")
+            command.add_argument("--batches", type=int, default=50, help="timed batches (default 50)")
+            command.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
+            command.add_argument("--processes", type=int, default=None,
+                                 help="loading processes: Ray Data decoding tasks or DataLoader workers "
+                                      "(default: data.num_workers)")
+            command.add_argument("--pipeline", choices=list(PIPELINES), default=None,
+                                 help="stream (Parquet via Ray Data), memory (DataLoader), or torchvision's "
+                                      "ImageFolder reference on an image folder (default: as training reads SRC)")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="set a data field, e.g. data.path=data/mnist-t10k or data.augment.flip=true "
                                   "(repeatable)")
@@ -67,7 +76,14 @@ def _progress(message: str) -> None:
 
 
 def run_info(cfg: DataConfig, args: argparse.Namespace) -> dict:
-    """Counts, classes and shape of the splits `build_splits` makes from `cfg`."""
+    """Counts, classes and shape of the splits training makes from `cfg` (a streamed source is not decoded)."""
+    if cfg.streams:
+        sets = find_shards(cfg.path)
+        size, names = decoded_size(sets, cfg.image_size, cfg.path), class_names(sets, cfg.path)
+        counts = {"train": count_selected(sets, cfg.fraction), "val": row_count(sets, "val"),
+                  "test": row_count(sets, "test")}
+        return {"name": cfg.name, "path": cfg.path, "num_classes": len(names), "class_names": names,
+                "image_shape": [sets.channels, size, size], "train_size": counts["train"], "splits": counts}
     splits = build_splits(cfg, seed=args.seed)
     return {
         "name": cfg.name,
@@ -81,45 +97,20 @@ def run_info(cfg: DataConfig, args: argparse.Namespace) -> dict:
 
 
 def run_convert(cfg: DataConfig, args: argparse.Namespace) -> dict:
-    """Write the source's own splits (before carving, keys kept) as Parquet; returns the manifest."""
-    if args.shard_size <= 0:
-        raise ConfigError(f"--shard-size must be positive, got {args.shard_size}")
-    manifest = write_parquet(load_source(cfg, seed=args.seed), args.dest, args.shard_size, _progress)
+    """Write the source as train/val/test Parquet shard sets (`mixer_core.data.convert`); returns the manifest."""
+    if args.shard_size <= 0 or args.processes <= 0:
+        raise ConfigError(f"--shard-size and --processes must be positive, got {args.shard_size}, {args.processes}")
+    manifest = convert(cfg, args.dest, args.shard_size, args.processes, _progress, seed=args.seed)
     return {"dest": args.dest, **manifest}
 
 
 def run_bench(cfg: DataConfig, args: argparse.Namespace) -> dict:
-    """Images/s of the training loader with the configured augmentation, over N batches after 3 warm-up ones."""
-    splits = build_splits(cfg, seed=args.seed)
-    batch_size = args.batch_size or cfg.batch_size
-    workers = cfg.num_workers if args.workers is None else args.workers
-    loader = make_loader(splits.train, batch_size, shuffle=True, seed=0, num_workers=workers, drop_last=True)
-    if len(loader) == 0:
-        raise ConfigError(f"batch size {batch_size} exceeds the {len(splits.train)} training examples")
-    epoch, batches, images, start = 0, iter(loader), 0, None
-    for step in range(3 + args.batches):
-        if step == 3:
-            start, images = time.perf_counter(), 0
-        try:
-            batch = next(batches)
-        except StopIteration:
-            epoch += 1
-            loader.sampler.set_epoch(epoch)
-            batches = iter(loader)
-            batch = next(batches)
-        images += len(batch[0])
-    seconds = time.perf_counter() - start
-    return {
-        "name": cfg.name,
-        "image_shape": list(splits.image_shape),
-        "batch_size": batch_size,
-        "workers": workers,
-        "augment": cfg.augment.model_dump(),
-        "permutation": cfg.permutation,
-        "images": images,
-        "seconds": seconds,
-        "images_per_sec": images / seconds,
-    }
+    """Images/s and peak memory of the training input pipeline (`sweeps.data_bench`)."""
+    pipeline = args.pipeline or ("stream" if cfg.streams else "memory")
+    processes = cfg.num_workers if args.processes is None else args.processes
+    if pipeline == "stream" and processes == 0:
+        processes = 1  # Ray Data decodes in at least one task
+    return bench_loader(cfg, pipeline, processes, args.batch_size or cfg.batch_size, args.batches, args.warmup)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_table([{"split": split, "examples": count} for split, count in result["splits"].items()]))
     elif args.data_command == "convert":
         counts = {split: info["count"] for split, info in result["splits"].items()}
-        print(f"wrote {counts} to {result['dest']} ({len(result['classes'])} classes, shape {result['image_shape']})")
+        print(f"wrote {counts} to {result['dest']} ({len(result['classes'])} classes)")
     else:
-        print(format_table([{k: v for k, v in result.items() if k != "augment"}]))
+        print(format_table([{k: v for k, v in result.items() if k not in ("augment", "path")}]))
     return 0

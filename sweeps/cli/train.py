@@ -1,4 +1,5 @@
-"""`mixer train CONFIG.yaml [--set key=value ...] [--json] [--resume DIR] [--out DIR]`: one run, without Ray.
+"""`mixer train CONFIG.yaml [--set key=value ...] [--json] [--resume DIR] [--out DIR]`: one run, without Ray
+unless its data streams (Parquet, `data.stream`), which then flows through a Ray started on this machine.
 
 CONFIG is a run config or a sweep spec (its `base:` is used), so a single run and a sweep trial are configured
 alike. `train.init_from` may name an MLflow run's artifact, such as a sweep's best weights
@@ -55,7 +56,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="mixer-init-") as download_dir:
             config = fetch_init_from(config, Path(download_dir))
-            final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True)
+            stream = None
+            if config.data.streams:
+                from sweeps.engine import init_ray
+                from sweeps.stream import open_stream
+
+                init_ray()
+                stream = open_stream(config.data, config.train.seed, config.eval.max_examples, rank=0, world_size=1)
+            final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True, stream=stream)
     except (DataError, ValueError, FileNotFoundError) as error:  # a dataset, value or checkpoint we cannot use
         return refuse("train", f"{args.config}: {error}")
     except TrainingError as error:

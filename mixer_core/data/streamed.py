@@ -1,0 +1,78 @@
+"""Training data that arrives as a stream of batches (Parquet through Ray Data, `sweeps.stream`), and the
+bounded held-out splits evaluated beside it.
+
+`mixer_core` never imports Ray: the stream is any function from an epoch number to an iterable of numpy
+batches `{"image": uint8 (n, S, S[, C]), "label": int64 (n,)}`, each the rank's share of one global batch.
+Memory is bounded by that stream and by `eval.max_examples`, whatever the dataset's size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mixer_core.config import DataConfig
+from mixer_core.data.errors import DataError
+from mixer_core.data.examples import as_uint8_images
+from mixer_core.data.parquet import class_names, count_selected, decoded_size, find_shards, read_examples
+from mixer_core.data.permutations import permutation_index
+from mixer_core.data.splits import DataSplits
+from mixer_core.data.transforms import ImageDataset, to_model_input
+
+EpochBatches = Callable[[int], Iterable[dict[str, np.ndarray]]]
+
+
+def streamed_splits(cfg: DataConfig, max_eval_examples: int | None) -> DataSplits:
+    """The splits of a streamed Parquet source: `train_size` counts every selected training row; `train`,
+    `val` and `test` hold at most `max_eval_examples` decoded examples each (`train` for few-shot features)."""
+    sets = find_shards(cfg.path)
+    size = decoded_size(sets, cfg.image_size, cfg.path)
+    permutation = permutation_index(cfg.permutation, size, size, cfg.permutation_patch_size, cfg.permutation_seed)
+    names = class_names(sets, cfg.path)
+
+    def bounded(split: str) -> ImageDataset:
+        examples = read_examples(sets, split, size, fraction=cfg.fraction, max_examples=max_eval_examples)
+        return ImageDataset(examples, np.arange(len(examples)), size, permutation)
+
+    return DataSplits(
+        train=bounded("train"),
+        val=bounded("val"),
+        test=bounded("test"),
+        num_classes=len(names),
+        image_shape=(sets.channels, size, size),
+        train_size=count_selected(sets, cfg.fraction),
+        class_names=names,
+    )
+
+
+@dataclass(frozen=True)
+class StreamedTraining:
+    """What `mixer_core.train.train` takes instead of building its own training loader: the splits
+    (`streamed_splits`) and the rank's batches of each epoch, `steps_per_epoch` of them."""
+
+    splits: DataSplits
+    epoch_batches: EpochBatches
+    global_batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.splits.train_size < self.global_batch_size:
+            raise DataError(
+                f"{self.splits.train_size} training examples selected, fewer than one batch of "
+                f"{self.global_batch_size}; raise data.fraction or lower data.batch_size"
+            )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch (the stream drops the ragged end, as the in-memory loader does)."""
+        return self.splits.train_size // self.global_batch_size
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Model inputs (float32 (n, C, S, S) in [-1, 1], permuted) and labels of the rank's batches."""
+        permutation, size = self.splits.val.permutation, self.splits.image_shape[-1]
+        for batch in itertools.islice(self.epoch_batches(epoch), self.steps_per_epoch):
+            images = as_uint8_images(batch["image"], channels_last=True)
+            yield to_model_input(images, size, permutation), torch.as_tensor(batch["label"], dtype=torch.int64)

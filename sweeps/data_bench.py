@@ -1,0 +1,192 @@
+"""`mixer data bench`: images/s of a training input pipeline, and the peak memory of the processes running it.
+
+Three pipelines do the same work (decode, augment, batch) on the same images:
+- `stream`: a Parquet source through `sweeps.stream` (Ray Data; `--processes` decoding tasks on a local Ray of
+  that many CPUs);
+- `memory`: an in-memory source through `mixer_core`'s DataLoader (`--processes` workers, 0 for none);
+- `torchvision`: the reference, torchvision's `ImageFolder` + `RandomResizedCrop` + `RandomHorizontalFlip` +
+  `DataLoader` with `--processes` workers, on an image folder.
+
+Timing starts after `warmup` batches (Ray's start, worker start-up). `img_per_sec_per_core` is images per
+CPU-second used by the whole process tree in that time (this process, Ray's daemons and workers, or the
+DataLoader's workers), so machines shared with other work still compare pipelines fairly. `peak_rss_mb` is the largest sum of resident memory over this process and all its
+descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.2 s;
+`peak_pss_mb` the same with shared memory counted once, every 2 s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from mixer_core.config import DataConfig
+
+SAMPLE_SECONDS = 0.2
+OBJECT_STORE_BUFFERS = 2
+PSS_EVERY = 10
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def _tree(root: int) -> list[int]:
+    tree, pending, pids = _children(), [root], []
+    while pending:
+        pids.append(pending.pop())
+        pending.extend(tree.get(pids[-1], []))
+    return pids
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) used so far by `root` and its living descendants (Linux /proc)."""
+    ticks = 0
+    for pid in _tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def _pss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_memory_mb(root: int, read: Callable[[int], int]) -> float:
+    """`read(pid)` (kB) summed over `root` and all its descendants, in MB (Linux /proc)."""
+    total = 0
+    for pid in _tree(root):
+        try:
+            total += read(pid)
+        except OSError:
+            continue
+    return total / 1024
+
+
+class PeakMemory:
+    """Samples the process tree's memory in a thread while in use: RSS every `SAMPLE_SECONDS` (its sum counts
+    shared memory, such as Ray's object store, once per process that maps it), and PSS, which shares it out so
+    that its sum is the real total, every `PSS_EVERY` samples (reading it costs the kernel a page-table walk)."""
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_rss_mb, self.peak_pss_mb, self._stop = 0.0, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _record(self, with_pss: bool) -> None:
+        self.peak_rss_mb = max(self.peak_rss_mb, tree_memory_mb(os.getpid(), lambda pid: _status_kb(pid, "VmRSS:")))
+        if with_pss:
+            self.peak_pss_mb = max(self.peak_pss_mb, tree_memory_mb(os.getpid(), _pss_kb))
+
+    def _sample(self) -> None:
+        for count in itertools.count():
+            self._record(with_pss=count % PSS_EVERY == 0)
+            if self._stop.wait(SAMPLE_SECONDS):
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._record(with_pss=True)
+
+
+def _timed(batches: Iterator, count: int, warmup: int) -> tuple[int, float, float]:
+    """(images, seconds, CPU seconds of the process tree) over `count` batches after `warmup` ones."""
+    for _ in range(warmup):
+        next(batches)
+    started, cpu_started, images = time.perf_counter(), tree_cpu_seconds(os.getpid()), 0
+    for batch in itertools.islice(batches, count):
+        images += len(batch[0] if isinstance(batch, (list, tuple)) else batch["label"])
+    return images, time.perf_counter() - started, tree_cpu_seconds(os.getpid()) - cpu_started
+
+
+def _forever(epochs: Iterable[Iterable]) -> Iterator:
+    return itertools.chain.from_iterable(epochs)
+
+
+def _stream_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
+    import ray
+
+    from sweeps.stream import open_stream
+
+    if not ray.is_initialized():
+        # A local Ray of `processes` CPUs whose object store holds two of the stream's buffers, not Ray's default
+        # of 30% of the machine: the store's pages are reused instead of each being touched once (RSS counts
+        # every page a process has touched in it).
+        ray.init(num_cpus=processes, object_store_memory=OBJECT_STORE_BUFFERS * cfg.loader_buffer_mb * 2**20,
+                 include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    cfg = cfg.model_copy(update={"loader_processes": processes, "batch_size": batch_size})
+    stream = open_stream(cfg, seed=0, max_eval_examples=1, rank=0, world_size=1)
+    return _forever(stream.epoch_batches(epoch) for epoch in itertools.count())
+
+
+def _memory_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
+    from mixer_core.data import build_splits, make_loader
+
+    splits = build_splits(cfg)
+    loader = make_loader(splits.train, batch_size, shuffle=True, seed=0, num_workers=processes, drop_last=True)
+    return _forever(loader for _ in itertools.count())
+
+
+def _torchvision_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([
+        transforms.RandomResizedCrop(cfg.image_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.PILToTensor(),
+    ])
+    folder = datasets.ImageFolder(cfg.path, transform=transform)
+    loader = DataLoader(folder, batch_size=batch_size, shuffle=True, num_workers=processes, drop_last=True,
+                        persistent_workers=processes > 0)
+    return _forever(loader for _ in itertools.count())
+
+
+PIPELINES = {"stream": _stream_batches, "memory": _memory_batches, "torchvision": _torchvision_batches}
+
+
+def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int, batches: int, warmup: int) -> dict:
+    """Throughput and peak memory of one pipeline (see the module docstring) as a JSON-ready dict."""
+    with PeakMemory() as memory:
+        images, seconds, cpu_seconds = _timed(PIPELINES[pipeline](cfg, processes, batch_size), batches, warmup)
+    return {
+        "pipeline": pipeline,
+        "path": cfg.path,
+        "image_size": cfg.image_size,
+        "augment": cfg.augment.model_dump(),
+        "processes": processes,
+        "batch_size": batch_size,
+        "images": images,
+        "seconds": seconds,
+        "img_per_sec": images / seconds,
+        "cpu_seconds": cpu_seconds,
+        "img_per_sec_per_core": images / max(cpu_seconds, 1e-9),
+        "peak_rss_mb": memory.peak_rss_mb,
+        "peak_pss_mb": memory.peak_pss_mb,
+    }

@@ -1,0 +1,135 @@
+"""Streaming training data: Parquet shards → fraction filter → decode + augment on CPU tasks → each worker.
+
+The pipeline is Ray Data's: `read_parquet` (local, s3://, gs://, any fsspec URL) with the `subset_rank < f`
+filter pushed down to the row groups; `map_batches` decodes with `mixer_core.data.decode.TrainingDecoder`
+(Inception crop from the original, flip, RandAugment) on tasks of one CPU each plus `data.loader_resources`, at
+most `data.loader_processes` at once; the consumer batches with a local shuffle buffer and prefetches. Memory
+is bounded by the object store budget `data.loader_buffer_mb` and the shuffle buffer, not by the dataset.
+
+Shuffling per epoch: shard order is shuffled by a seed derived from (train.seed, epoch), rows by a local
+shuffle buffer of `data.shuffle_buffer` examples seeded by (train.seed, epoch, rank).
+
+Two consumers:
+- a one-worker trial (Tune's trial process, or `mixer train`) reads its own dataset, rebuilt each epoch with
+  that epoch's shard seed and Ray Data's `preserve_order`, so an epoch's order is a function of (seed, epoch):
+  resuming mid-epoch replays the epoch's batches up to the checkpoint and continues with the next example, no
+  example of the epoch repeated or skipped.
+- several Ray Train workers read `ray.train.get_dataset_shard("train")` of one dataset the trial hands to
+  `TorchTrainer(datasets=...)`; Ray Data splits each epoch's stream between them (`streaming_split`, equal
+  shares), so together they see every selected example once per epoch, and the shard order reseeds every
+  epoch. Which worker gets which block depends on timing, so a resumed epoch replays the same number of
+  batches per worker but not necessarily the same examples: exact per epoch only at epoch boundaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.fs
+import ray.data
+from ray.data import DataIterator, FileShuffleConfig
+from ray.data.expressions import col, lit
+
+from mixer_core.checkpoint import derived_seed
+from mixer_core.config import DataConfig
+from mixer_core.data.decode import TrainingDecoder
+from mixer_core.data.errors import DataError
+from mixer_core.data.parquet import decoded_size, find_shards
+from mixer_core.data.streamed import StreamedTraining, streamed_splits
+
+PREFETCH_BATCHES = 2
+# A decoded 224 px image is 150 KB: small blocks let a task's first images reach the trainer while it decodes
+# the rest, and keep what waits in the object store to a few blocks per task.
+OUTPUT_BLOCK_BYTES = 8 * 2**20
+
+
+class DecodeBatch:
+    """`map_batches` function: Parquet rows → {"image": uint8 (n, S, S[, C]), "label", "key", "error"}.
+
+    A row that does not decode keeps a blank image and its `DataError` message in "error", which the consumer
+    raises: Ray would wrap an exception raised here in its own types and lose the DataError.
+    """
+
+    def __init__(self, cfg: DataConfig, image_size: int, channels: int):
+        self.decode = TrainingDecoder(cfg.augment, image_size, channels)
+        self.blank = np.zeros((image_size, image_size, channels)[: 2 if channels == 1 else 3], np.uint8)
+
+    def _decoded(self, encoded: bytes, where: str) -> tuple[np.ndarray, str]:
+        try:
+            return self.decode(encoded, where), ""
+        except DataError as error:
+            return self.blank, str(error)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images, errors = zip(*(
+            self._decoded(encoded, f"{path}: row {key}")
+            for encoded, path, key in zip(batch["image"], batch["path"], batch["key"])
+        ))
+        return {"image": np.stack(images), "label": batch["label"], "key": batch["key"], "error": np.array(errors)}
+
+
+def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) -> ray.data.Dataset:
+    """The selected training rows of `cfg.path`, decoded and augmented, shards in a seeded order."""
+    sets = find_shards(cfg.path)
+    dataset = ray.data.read_parquet(
+        sets.shards["train"],
+        filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(sets.filesystem)),
+        shuffle=FileShuffleConfig(seed=shard_seed, reseed_after_execution=reseed_each_epoch),
+        include_paths=True,
+        # the decoding tasks' settings, so that Ray Data fuses reading into them (no encoded blocks queue up
+        # between reading and decoding, and each task decodes what it has just read)
+        concurrency=cfg.loader_processes,
+        resources=cfg.loader_resources or None,
+    )
+    selected = dataset.select_columns(["key", "label", "image", "path", "subset_rank"]).filter(
+        expr=col("subset_rank") < lit(cfg.fraction)
+    )
+    decoded = selected.map_batches(
+        DecodeBatch(cfg, decoded_size(sets, cfg.image_size, cfg.path), sets.channels),
+        batch_format="numpy",
+        batch_size=None,  # a whole read block: a batch size would stop Ray Data fusing reading into decoding
+        num_cpus=1,
+        concurrency=cfg.loader_processes,
+        resources=cfg.loader_resources or None,
+    )
+    decoded.context.target_max_block_size = OUTPUT_BLOCK_BYTES
+    # Reading is cheap and decoding slow: without a cap the reader runs ahead into the object store by up to a
+    # fraction of the node's memory, which then grows with the dataset wherever the dataset is smaller.
+    decoded.context.execution_options.resource_limits = decoded.context.execution_options.resource_limits.copy(
+        object_store_memory=cfg.loader_buffer_mb * 2**20
+    )
+    return decoded
+
+
+def _rank_batches(iterator: DataIterator | ray.data.Dataset, cfg: DataConfig, rank_batch_size: int, seed: int):
+    batches = iterator.iter_batches(
+        batch_size=rank_batch_size,
+        batch_format="numpy",
+        drop_last=True,
+        local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+        local_shuffle_seed=seed,
+        prefetch_batches=PREFETCH_BATCHES,
+    )
+    for batch in batches:
+        failed = np.flatnonzero(batch["error"] != "")
+        if len(failed):
+            raise DataError(str(batch["error"][failed[0]]))
+        yield batch
+
+
+def open_stream(
+    cfg: DataConfig, seed: int, max_eval_examples: int | None, rank: int, world_size: int,
+    shard: DataIterator | None = None,
+) -> StreamedTraining:
+    """The streamed training data of one worker: its own dataset (`shard` None, one worker) or its share of the
+    trial's dataset (`shard` from `ray.train.get_dataset_shard`)."""
+    rank_batch_size = cfg.batch_size // world_size
+
+    def epoch_batches(epoch: int):
+        local_seed = derived_seed(seed, epoch, rank)
+        if shard is not None:
+            return _rank_batches(shard, cfg, rank_batch_size, local_seed)
+        dataset = training_dataset(cfg, derived_seed(seed, epoch), reseed_each_epoch=False)
+        dataset.context.execution_options.preserve_order = True
+        return _rank_batches(dataset, cfg, rank_batch_size, local_seed)
+
+    return StreamedTraining(streamed_splits(cfg, max_eval_examples), epoch_batches, cfg.batch_size)

@@ -1,0 +1,173 @@
+"""Streaming Parquet through Ray Data (real local Ray, generated JPEG shards): exactly once per epoch across
+workers, nested fractions, errors naming shard and row, and mid-epoch resume without repeats or gaps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from image_folders import write_jpeg_folder
+from mixer_core.config import DataConfig, parse_config
+from mixer_core.data import DataError
+from mixer_core.data.convert import convert
+from mixer_core.data.parquet import find_shards, read_examples
+from mixer_core.data.streamed import StreamedTraining
+from mixer_core.train import train
+from sweeps.stream import open_stream, training_dataset
+
+# 64 images: test 13, validation 5, training 46 of which 14 have subset_rank < 0.3 (even, so two workers'
+# equal shares with batches of one leave nothing out).
+STREAM = {"name": "parquet", "image_size": 32, "batch_size": 2, "shuffle_buffer": 4,
+          "augment": {"inception_crop": True, "flip": True}}
+
+
+@pytest.fixture(scope="module")
+def jpeg_shards(tmp_path_factory) -> Path:
+    folder = write_jpeg_folder(tmp_path_factory.mktemp("images") / "folder", count=64)
+    dest = tmp_path_factory.mktemp("shards") / "jpeg"
+    convert(DataConfig(name="imagefolder", path=str(folder)), str(dest), shard_size=6, processes=1)
+    return dest
+
+
+def _data(shards: Path, **fields) -> DataConfig:
+    return DataConfig(**{**STREAM, "path": str(shards), **fields})
+
+
+def _epoch_keys(stream: StreamedTraining, epoch: int) -> list[str]:
+    return [key for batch in stream.epoch_batches(epoch) for key in batch["key"].tolist()]
+
+
+def test_two_workers_together_see_every_selected_key_once_per_epoch(ray_address, jpeg_shards, tmp_path):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg = _data(jpeg_shards, fraction=0.3)
+    selected = set(read_examples(find_shards(str(jpeg_shards)), "train", 8, fraction=0.3).keys)
+    assert len(selected) == 14
+    out = str(tmp_path)
+
+    def loop(config: dict) -> None:
+        context = ray.train.get_context()
+        rank = context.get_world_rank()
+        stream = open_stream(DataConfig(**config), 0, 4, rank, 2, ray.train.get_dataset_shard("train"))
+        for epoch in range(2):  # (this function is shipped to the workers, so it names no test-module helper)
+            keys = [key for batch in stream.epoch_batches(epoch) for key in batch["key"].tolist()]
+            Path(out, f"{rank}-{epoch}.json").write_text(json.dumps(keys))
+
+    TorchTrainer(
+        loop,
+        train_loop_config=cfg.model_dump(),
+        datasets={"train": training_dataset(cfg, shard_seed=0, reseed_each_epoch=True)},
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path / "train")),
+    ).fit()
+    orders = []
+    for epoch in range(2):
+        seen = [json.loads(Path(out, f"{rank}-{epoch}.json").read_text()) for rank in range(2)]
+        assert len(seen[0]) == len(seen[1]) == 7
+        assert sorted(seen[0] + seen[1]) == sorted(selected)  # every selected key, each once
+        orders.append(seen[0] + seen[1])
+    assert orders[0] != orders[1]  # reshuffled between epochs
+
+    one_worker = open_stream(_data(jpeg_shards, fraction=0.1), 0, 4, 0, 1)
+    assert set(_epoch_keys(one_worker, 0)) < selected  # the 10% subset lies inside the 30% one
+
+
+def test_a_truncated_jpeg_in_a_stream_is_one_error_naming_shard_and_row(ray_address, jpeg_shards, tmp_path):
+    for file in jpeg_shards.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    shard = tmp_path / "train-00001-of-00008.parquet"
+    table = pq.read_table(shard)
+    images = table["image"].to_pylist()
+    images[0] = images[0][:200]
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [images]), shard)
+    stream = open_stream(_data(tmp_path), 0, 4, 0, 1)
+    with pytest.raises(DataError, match="not a decodable image") as error:
+        _epoch_keys(stream, 0)
+    assert f"{shard}: row {table['key'][0]}" in str(error.value)
+
+
+def test_resuming_mid_epoch_continues_the_stream_without_repeats_or_gaps(ray_address, jpeg_shards, tmp_path):
+    config = parse_config({
+        "model": {"variant": "Ti/4"},
+        "data": {**STREAM, "path": str(jpeg_shards), "fraction": 0.3},
+        "train": {"epochs": 1, "eval_every_steps": 5, "checkpoint_every_epochs": 0.1, "log_every_steps": 100},
+        "eval": {"fewshot_shots": [], "max_examples": 4},
+    })
+    consumed: list[list[str]] = []
+
+    def recording(stream: StreamedTraining) -> StreamedTraining:
+        def epoch_batches(epoch: int):
+            for batch in stream.epoch_batches(epoch):
+                consumed[-1].extend(batch["key"].tolist())
+                yield batch
+        return StreamedTraining(stream.splits, epoch_batches, stream.global_batch_size)
+
+    runs = {}
+    for name, resume in (("whole", None), ("resumed", tmp_path / "whole" / "checkpoints" / "step_00000005")):
+        consumed.append([])
+        stream = recording(open_stream(config.data, 0, 4, 0, 1))
+        runs[name] = train(config, resume_from=resume, work_dir=tmp_path / name, stream=stream)
+    assert len(consumed[0]) == 7 * 2
+    # The resumed run replays the checkpoint's first 5 batches, then takes the next ones: the same epoch.
+    assert consumed[1] == consumed[0]
+    assert runs["resumed"]["step"] == runs["whole"]["step"] == 7
+
+
+def test_a_sweep_streams_jpeg_shards_and_a_bad_row_fails_its_trial_keeping_what_mlflow_has(
+    ray_address, mlflow_store, tiny_spec, jpeg_shards, tmp_path, capsys
+):
+    from mlflow.tracking import MlflowClient
+
+    from sweeps import tracking
+    from sweeps.cli import main
+
+    base = {
+        "data": {**STREAM, "path": str(jpeg_shards), "fraction": 0.3},
+        "train": {"epochs": 1, "eval_every_steps": 4, "log_every_steps": 1, "checkpoint_every_epochs": None},
+        "eval": {"fewshot_shots": [], "max_examples": 4},
+    }
+    assert main(["sweep", "run", str(tiny_spec("streamed", base=base)), "--address", ray_address]) == 0
+    capsys.readouterr()
+
+    # Truncate the image the trial meets last in its epoch, so that it has logged steps before it fails.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in jpeg_shards.iterdir():
+        (broken / file.name).write_bytes(file.read_bytes())
+    last_key = _epoch_keys(open_stream(_data(jpeg_shards, fraction=0.3), 0, 4, 0, 1), 0)[-1]
+    shard = next(path for path in sorted(broken.glob("train-*")) if last_key in pq.read_table(path)["key"].to_pylist())
+    table = pq.read_table(shard)
+    images = table["image"].to_pylist()
+    images[table["key"].to_pylist().index(last_key)] = b"\xff\xd8\xff not a jpeg"
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [images]), shard)
+    base["data"]["path"] = str(broken)
+    assert main(["sweep", "run", str(tiny_spec("broken", base=base)), "--address", ray_address]) != 0
+    output = capsys.readouterr()
+    assert f"{shard}: row {last_key}: not a decodable image" in output.out + output.err
+
+    parent = tracking.find_sweep_run(mlflow_store, "broken")
+    [run] = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    assert run.info.status == "FAILED"
+    losses = MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "train_loss")
+    assert [metric.step for metric in losses] == list(range(1, 7))  # every step before the bad batch
+
+
+def test_data_bench_measures_the_stream_and_torchvision_alike(ray_address, jpeg_shards, tmp_path, capsys):
+    from sweeps.cli import main
+
+    folder = write_jpeg_folder(tmp_path / "folder", count=12)
+    common = ["--set", "data.image_size=32", "--set", "data.augment.inception_crop=true", "--batch-size", "4",
+              "--batches", "3", "--warmup", "1", "--processes", "1", "--json"]
+    results = {}
+    for pipeline, path in (("stream", jpeg_shards), ("torchvision", folder)):
+        source = "parquet" if pipeline == "stream" else "imagefolder"
+        assert main(["data", "bench", source, "--set", f"data.path={path}", "--pipeline", pipeline, *common]) == 0
+        results[pipeline] = json.loads(capsys.readouterr().out)
+    for result in results.values():
+        assert result["images"] == 12 and result["img_per_sec"] > 0 and result["img_per_sec_per_core"] > 0
+    # Ray's raylet and workers are descendants of this process when it started Ray; here the session's Ray did.
+    assert results["stream"]["peak_rss_mb"] > 50
