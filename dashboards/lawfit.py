@@ -117,7 +117,7 @@ class LawFit:
             noise = np.random.default_rng(self.seed + 1).normal(0, spread, (len(replicates), 1))
             replicates = replicates + noise * log_noise_scale(np.exp(estimate))
         low, high = self.interval(estimate, replicates)
-        return np.exp(low), np.exp(high)
+        return np.exp(low), np.minimum(np.exp(high), 1.0)  # an error rate cannot exceed 100%, however loose the law
 
 
 def _as_rows(inputs: np.ndarray) -> np.ndarray:

@@ -101,3 +101,13 @@ def test_predict_with_params_uses_the_joint_law_and_says_which_families_have_non
     assert "1 of 2 families have none" in err
     status, _, err = run_predict(capsys, uri, "perm", "--examples", "8000", "--params", "1e8")
     assert status == 1 and "no joint law of sweep 'perm' could be fitted" in err
+
+
+def test_predicted_intervals_stay_within_what_an_error_rate_can_be(store, capsys):
+    # Far below the fitted sizes the law's band is loose; an error rate still lies in [0, 1].
+    uri, _ = store
+    status, out, _ = run_predict(capsys, uri, "sizes", "--examples", "20", "--metric", "test_top1", "--json")
+    assert status == 0
+    for p in json.loads(out):
+        assert 0 <= p["interval"][0] <= p["interval"][1] <= 1
+        assert 0 <= p["accuracy_interval"][0] <= p["accuracy_interval"][1] <= 1
