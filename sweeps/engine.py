@@ -259,7 +259,6 @@ class SweepCallback(ray.tune.Callback):
             self.finished.add(trial.trial_id)
             self.ended_at[trial.trial_id] = time.time()
         result = trial.last_result or {}
-        context = self.context
         # Ray Train's runs name their checkpoint in the result; Tune's own trials hold it themselves.
         checkpoint = result.get(CHECKPOINT_PATH_KEY) or (trial.checkpoint.path if trial.checkpoint else None)
         all_tags = {**({tracking.TAG_CHECKPOINT: checkpoint} if checkpoint else {}), **(tags or {})}

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from sweeps import engine, tracking
 from sweeps.cli import main
