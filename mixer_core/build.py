@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mixer_core.checkpoint import load_checkpoint
-from mixer_core.config import ModelConfig, patch_size_problem
+from mixer_core.config import ModelConfig, image_shape_problem
 from mixer_core.flops import analytic_macs, measured_macs
 from mixer_core.model import MlpMixer, create_mixer, load_timm_state_dict, resize_token_mixing
 from mixer_core.variants import VARIANTS
@@ -43,9 +43,7 @@ def build_model(
             if cfg.timm_patch_size:
                 kwargs["patch_size"] = cfg.timm_patch_size
         return timm.create_model(cfg.timm_model, pretrained=False, **kwargs)
-    if height != width:
-        raise ValueError(f"a Mixer needs square images; data gives {height}x{width} (set data.image_size)")
-    problem = patch_size_problem(cfg, height)
+    problem = image_shape_problem(cfg, height, width)
     if problem:
         raise ValueError(problem)
     if init_from is not None:
@@ -103,11 +101,6 @@ def load_pretrained(
     if new_grid != trained_grid:
         resize_token_mixing(model, new_grid, "block_diagonal" if new_grid % trained_grid == 0 else "bilinear")
     return model
-
-
-def model_name(cfg: ModelConfig) -> str:
-    """What a run trains, for logs and MLflow tags: a Mixer variant (`Ti/4`) or a timm model name."""
-    return cfg.timm_model or cfg.variant
 
 
 def pre_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

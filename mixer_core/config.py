@@ -63,6 +63,11 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown Mixer variant {variant!r}{suggestion(variant, list(VARIANTS))}")
         return variant
 
+    @property
+    def name(self) -> str:
+        """What a run trains, for logs and MLflow tags: a Mixer variant (`Ti/4`) or a timm model name."""
+        return self.timm_model or self.variant
+
 
 class AugmentConfig(_Section):
     """Training-time augmentation (paper Appendix B); all off by default."""
@@ -219,24 +224,29 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _patches_tile_the_image(self) -> RunConfig:
-        problem = self.data.image_size and patch_size_problem(self.model, self.data.image_size)
+        problem = self.data.image_size and image_shape_problem(self.model, self.data.image_size, self.data.image_size)
         if problem:
             raise ValueError(problem)
         return self
 
 
-def patch_size_problem(model: ModelConfig, image_size: int) -> str | None:
-    """Why `model` cannot take square images of `image_size` pixels (its patches do not tile them), or None.
+def image_shape_problem(model: ModelConfig, height: int, width: int) -> str | None:
+    """Why `model` cannot take images of `height`x`width` pixels, or None: a Mixer needs square images that
+    its patches tile.
 
     `RunConfig` checks `data.image_size` with this; the sweep plan checks a source's native size, which only
     the data layer knows.
     """
+    if model.timm_model:
+        return None
+    if height != width:
+        return f"a Mixer needs square images; data gives {height}x{width} (set data.image_size)"
     patch_size = VARIANTS[model.variant].patch_size
-    if model.timm_model or image_size % patch_size == 0:
+    if height % patch_size == 0:
         return None
     return (
         f"model.variant {model.variant} needs an image size divisible by its patch size {patch_size}, got "
-        f"{image_size}x{image_size} (set data.image_size to a multiple of {patch_size})"
+        f"{height}x{width} (set data.image_size to a multiple of {patch_size})"
     )
 
 

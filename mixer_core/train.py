@@ -64,7 +64,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mixer_core import metrics as m
-from mixer_core.build import build_model, forward_macs, model_name
+from mixer_core.build import build_model, forward_macs
 from mixer_core.checkpoint import (
     capture_rng_state,
     checkpoint_name,
@@ -81,11 +81,11 @@ from mixer_core.data import build_mixup, build_splits, make_loader
 from mixer_core.data.streamed import StreamedTraining
 from mixer_core.device import autocast, resolve_device
 from mixer_core.evaluate import evaluate_fewshot_tasks, evaluate_top1, fewshot_tasks
-from mixer_core.flops import training_flops
 from mixer_core.losses import classification_loss
 from mixer_core.model import count_parameters
 from mixer_core.variants import VARIANTS
 from mixer_core.optim import build_optimizer, build_schedule, total_steps
+from mixer_core.sizes import training_flops
 
 ReportCallback = Callable[[dict[str, float], Path | None], None]
 CHECKPOINTS_KEPT = 2
@@ -160,7 +160,7 @@ def train(
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if train_cfg.compile:
         train_model = torch.compile(train_model)
-    bar = tqdm(desc=model_name(config.model), file=sys.stderr, disable=not progress or rank != 0, dynamic_ncols=True)
+    bar = tqdm(desc=config.model.name, file=sys.stderr, disable=not progress or rank != 0, dynamic_ncols=True)
 
     # Keep every step at the full batch size when the split allows it (the paper trains on steps, and mixup
     # pairs examples within a batch); a split smaller than one batch trains on one short batch per epoch.

@@ -1,8 +1,9 @@
 """The expanded plan of a sweep, without starting Ray: its trials, axes, model sizes and training cost.
 
-`mixer sweep validate` prints it. Model sizes come from building each model on PyTorch's meta device (no memory,
-no initialisation time, so L/16 costs nothing); dataset sizes and the training split from the data layer
-(`mixer_core.data.facts`), never from reading images. Training FLOPs are `mixer_core.flops.training_flops`.
+`mixer sweep validate` prints it, and `mixer sweep run` before starting Ray. A Mixer's size and MACs are arithmetic
+(`mixer_core.sizes`), so planning imports no torch; a timm baseline is built on PyTorch's meta device and counted.
+Dataset sizes and the training split come from the data layer (`mixer_core.data.facts`), never from reading
+images. Training FLOPs are `mixer_core.sizes.training_flops`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
-from mixer_core.build import build_model, forward_macs, model_name
-from mixer_core.config import RunConfig, patch_size_problem
+from mixer_core.config import ModelConfig, RunConfig, image_shape_problem
 from mixer_core.data.facts import dataset_facts, estimated_train_size
-from mixer_core.flops import training_flops
-from mixer_core.model import count_parameters
+from mixer_core.sizes import mixer_macs, mixer_parameters, training_flops
+from mixer_core.variants import VARIANTS
 from sweeps.cli.output import format_table
 from sweeps.spec import (
     OPTUNA_SEARCHERS,
@@ -172,17 +170,33 @@ def _model_cost(spec: SweepSpec, config: RunConfig, cache: dict[tuple, ModelCost
         return None
     channels = facts.image_shape[0] if facts.image_shape else 3
     height, width = (config.data.image_size,) * 2 if config.data.image_size else facts.image_shape[1:]
-    name = model_name(config.model)
+    name = config.model.name
     key = (name, (channels, height, width), facts.num_classes or 0, config.model.timm_patch_size)
     if key in cache:
         return cache[key]
-    problem = patch_size_problem(config.model, height)
+    problem = image_shape_problem(config.model, height, width)
     if problem:
         raise SpecError(f"{spec.source}: {_where_varied(spec, 'model.variant')}: {config.data.name} images: {problem}")
-    with torch.device("meta"):  # sizes only: no memory, no initialisation time
-        model = build_model(config.model, facts.num_classes or 0, key[1])
-        cache[key] = ModelCost(name, key[1], key[2], count_parameters(model), forward_macs(model, key[1]) / 1e9)
+    if config.model.timm_model:
+        params, macs = _counted_size(config.model, key[2], key[1])
+    else:
+        variant = VARIANTS[config.model.variant]
+        params = mixer_parameters(variant, height, channels, key[2])
+        macs = mixer_macs(variant, height, channels, key[2])
+    cache[key] = ModelCost(name, key[1], key[2], params, macs / 1e9)
     return cache[key]
+
+
+def _counted_size(model: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Parameters and forward MACs of a timm baseline, built on the meta device (no memory, no initialisation)."""
+    import torch  # only baselines need it; a plan of Mixers stays free of torch's import time
+
+    from mixer_core.build import build_model, forward_macs
+    from mixer_core.model import count_parameters
+
+    with torch.device("meta"):
+        network = build_model(model, num_classes, image_shape)
+        return count_parameters(network), forward_macs(network, image_shape)
 
 
 def _where_varied(spec: SweepSpec, key: str) -> str:

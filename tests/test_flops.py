@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from mixer_core.flops import analytic_macs, measured_macs, variant_table
+from mixer_core.flops import analytic_macs, measured_macs
+from mixer_core.sizes import variant_table
 from mixer_core.model import create_mixer, create_timm_twin, resize_token_mixing
 from mixer_core.variants import VARIANTS
 from sweeps.cli import main

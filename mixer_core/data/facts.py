@@ -1,7 +1,8 @@
 """What a dataset is before it is loaded: image shape, classes and size from the source's definition, IDX headers
 or Parquet manifest (no image is read), and the training split `build_splits` will make of it.
 
-The sweep plan sizes models and training FLOPs from these, so planning L/16 on JFT costs nothing.
+The sweep plan sizes models and training FLOPs from these, so planning L/16 on JFT costs nothing; this module
+imports no torch.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import fsspec
 
 from mixer_core.config import DataConfig
 from mixer_core.data.errors import DataError
-from mixer_core.data.parquet import read_manifest
-from mixer_core.data.sources import SYNTHETIC_IMAGE_SIZE, idx_layout, read_idx_count
-from mixer_core.data.splits import train_split_size
-from mixer_core.data.synthetic import CHANNELS as SYNTHETIC_CHANNELS
+from mixer_core.data.fractions import carved_count, fraction_count
+from mixer_core.data.idx import idx_layout, read_idx_count
+from mixer_core.data.manifest import read_manifest
 
 IDX_IMAGE_SHAPE = (1, 28, 28)
+SYNTHETIC_IMAGE_SIZE = 16  # the generator's native size when data.image_size is not set
+SYNTHETIC_CHANNELS = 3
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,14 @@ def estimated_train_size(cfg: DataConfig) -> int | None:
     if facts.source_train_size is None:
         return None
     return train_split_size(facts.source_train_size, facts.has_test_split, facts.has_val_split, cfg)
+
+
+def train_split_size(source_train_size: int, has_test_split: bool, has_val_split: bool, cfg: DataConfig) -> int:
+    """The `train_size` `build_splits` makes from a source whose training split holds `source_train_size`
+    examples: test and validation carved when the source has none, then the fraction."""
+    pool = source_train_size
+    if not has_test_split:
+        pool -= carved_count(pool, cfg.test_fraction)
+    if not has_val_split:
+        pool -= carved_count(pool, cfg.val_fraction)
+    return fraction_count(pool, cfg.fraction)

@@ -17,7 +17,6 @@ shards directly; its `val-*` and `test-*` files are those splits and every other
 from __future__ import annotations
 
 import itertools
-import json
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,9 +32,8 @@ import torch
 from mixer_core.data.decode import decode_resized
 from mixer_core.data.errors import DataError
 from mixer_core.data.examples import NO_LABEL, Examples, Source, as_uint8_images, check_labels
+from mixer_core.data.manifest import read_manifest
 
-FORMAT = "mixer-parquet/2"
-MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
 COLUMNS = ("key", "label", "image", "subset_rank")
 READ_BATCH_ROWS = 256  # rows per pyarrow batch: bounds the memory of reading held-out splits
@@ -106,18 +104,6 @@ def _labels(column: pa.Array) -> torch.Tensor:
     padded = np.full((len(lengths), max(1, int(lengths.max(initial=0)))), NO_LABEL, dtype=np.int64)
     padded[rows, columns] = values
     return torch.from_numpy(padded)
-
-
-def read_manifest(filesystem: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] | None:
-    """The manifest next to the shards, or None when there is none."""
-    path = posixpath.join(folder, MANIFEST)
-    if not filesystem.exists(path):
-        return None
-    try:
-        with filesystem.open(path, "r") as handle:
-            return json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a JSON manifest ({error})") from None
 
 
 def find_shards(path: str) -> ShardSets:

@@ -7,10 +7,8 @@ otherwise it streams (`sweeps.stream`).
 
 from __future__ import annotations
 
-import gzip
 import io
 import importlib.util
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +21,11 @@ from torchvision.transforms.functional import to_pil_image
 from mixer_core.config import DataConfig
 from mixer_core.data.errors import DataError
 from mixer_core.data.examples import Examples, Source, as_uint8_images, check_labels
+from mixer_core.data.facts import SYNTHETIC_IMAGE_SIZE
+from mixer_core.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, idx_layout, read_idx
 from mixer_core.data.parquet import load_parquet
 from mixer_core.data.synthetic import load_synthetic
 
-SYNTHETIC_IMAGE_SIZE = 16  # the generator's native size when data.image_size is not set
-IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049
 
 
 def _require_path(cfg: DataConfig) -> Path:
@@ -49,53 +47,6 @@ def load_digits_source(cfg: DataConfig, seed: int) -> Source:
     labels = torch.as_tensor(table[:, -1], dtype=torch.int64)
     keys = [f"digits/{index}" for index in range(len(labels))]
     return Source(Examples(images, labels, keys), None, [str(c) for c in range(10)], (1, 8, 8))
-
-
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """The array in an IDX file (gzipped or raw): (N, rows, cols) for images, (N,) for labels."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"{path}: cannot read IDX file ({error})") from None
-    dims = 3 if magic == IDX_IMAGES_MAGIC else 1
-    header = 4 * (1 + dims)
-    if len(raw) < header or struct.unpack(">i", raw[:4])[0] != magic:
-        raise DataError(f"{path}: not an IDX file with magic {magic}")
-    shape = struct.unpack(f">{dims}i", raw[4:header])
-    if len(raw) - header != int(np.prod(shape)):
-        raise DataError(f"{path}: IDX header says {shape} but holds {len(raw) - header} bytes")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()  # writable for torch
-
-
-def read_idx_count(path: Path) -> int:
-    """The item count in an IDX file's header (magic, then big-endian sizes), read without the data."""
-    try:
-        with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as handle:
-            return struct.unpack(">ii", handle.read(8))[1]
-    except (OSError, EOFError, struct.error) as error:
-        raise DataError(f"{path}: cannot read an IDX header ({error})") from None
-
-
-def idx_layout(folder: Path) -> tuple[dict[str, tuple[Path, Path]], str, str | None]:
-    """The IDX (images, labels) pairs in `folder` by prefix, the training prefix, and the test prefix or None.
-
-    `train-*` is the training split and `t10k-*` the test split; a folder with only one pair (e.g. the MNIST
-    test set) is used as training data and its test split is carved.
-    """
-    pairs = {}
-    for images_path in sorted(folder.glob("*-images-idx3-ubyte*")):
-        prefix = images_path.name.split("-images-idx3-ubyte")[0]
-        labels_path = next(iter(sorted(folder.glob(f"{prefix}-labels-idx1-ubyte*"))), None)
-        if labels_path is None:
-            raise DataError(f"{images_path}: no matching {prefix}-labels-idx1-ubyte[.gz] next to it")
-        pairs[prefix] = (images_path, labels_path)
-    if not pairs:
-        raise DataError(f"{folder}: no *-images-idx3-ubyte[.gz] files")
-    test_prefix = "t10k" if "t10k" in pairs and len(pairs) > 1 else None
-    train_prefixes = [prefix for prefix in pairs if prefix != test_prefix]
-    if len(train_prefixes) > 1:
-        raise DataError(f"{folder}: several IDX training sets {train_prefixes}; keep one (plus t10k)")
-    return pairs, train_prefixes[0], test_prefix
 
 
 def load_mnist_idx(cfg: DataConfig, seed: int) -> Source:

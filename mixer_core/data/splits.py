@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mixer_core.config import DataConfig
-from mixer_core.data.fractions import carve, carved_count, fraction_count, subset_ranks
+from mixer_core.data.fractions import carve, subset_ranks
 from mixer_core.data.permutations import permutation_index
 from mixer_core.data.sources import load_source
 from mixer_core.data.transforms import Augmentation, ImageDataset
@@ -60,7 +60,7 @@ def build_splits(cfg: DataConfig, seed: int = 0, max_eval_examples: int | None =
     held_out = carve_held_out(keys, source.test is not None, source.val is not None, cfg)
     test = (source.train, held_out.test) if source.test is None else (source.test, np.arange(len(source.test)))
     val = (source.train, held_out.val) if source.val is None else (source.val, np.arange(len(source.val)))
-    # train_split_size repeats this arithmetic: change both together.
+    # mixer_core.data.facts.train_split_size repeats this arithmetic: change both together.
     train_positions = held_out.train[subset_ranks([keys[p] for p in held_out.train]) < cfg.fraction]
 
     channels, height, width = source.image_shape
@@ -80,14 +80,3 @@ def build_splits(cfg: DataConfig, seed: int = 0, max_eval_examples: int | None =
         train_size=len(train_positions),
         class_names=source.class_names,
     )
-
-
-def train_split_size(source_train_size: int, has_test_split: bool, has_val_split: bool, cfg: DataConfig) -> int:
-    """The `train_size` `build_splits` makes from a source whose training split holds `source_train_size`
-    examples: test and validation carved when the source has none, then the fraction."""
-    pool = source_train_size
-    if not has_test_split:
-        pool -= carved_count(pool, cfg.test_fraction)
-    if not has_val_split:
-        pool -= carved_count(pool, cfg.val_fraction)
-    return fraction_count(pool, cfg.fraction)

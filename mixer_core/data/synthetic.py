@@ -14,9 +14,9 @@ import math
 import torch
 
 from mixer_core.data.examples import Examples, Source
+from mixer_core.data.facts import SYNTHETIC_CHANNELS
 
 BLOBS_PER_CLASS = 4
-CHANNELS = 3
 BLOCK = 1024
 
 
@@ -36,7 +36,7 @@ def generate_synthetic(
     prototypes = torch.Generator().manual_seed(seed * 1_000_003 + 7)
     centres = 0.2 + 0.6 * torch.rand(num_classes, BLOBS_PER_CLASS, 2, generator=prototypes)
     widths = 0.06 + 0.1 * torch.rand(num_classes, BLOBS_PER_CLASS, generator=prototypes)
-    colours = 2 * torch.rand(num_classes, BLOBS_PER_CLASS, CHANNELS, generator=prototypes) - 1
+    colours = 2 * torch.rand(num_classes, BLOBS_PER_CLASS, SYNTHETIC_CHANNELS, generator=prototypes) - 1
     images, labels = [], []
     for block in range(math.ceil(num_examples / BLOCK)):
         rng = torch.Generator().manual_seed(seed * 1_000_003 + 1_009 * (block + 1))
@@ -57,6 +57,5 @@ def load_synthetic(num_examples: int, num_classes: int, difficulty: float, image
     """The synthetic source: a training split only (test is carved), keys `synthetic/<seed>/<i>`."""
     images, labels = generate_synthetic(num_examples, num_classes, difficulty, image_size, seed)
     keys = [f"synthetic/{seed}/{index}" for index in range(num_examples)]
-    return Source(
-        Examples(images, labels, keys), None, [f"class_{c}" for c in range(num_classes)], (CHANNELS, image_size, image_size)
-    )
+    classes = [f"class_{c}" for c in range(num_classes)]
+    return Source(Examples(images, labels, keys), None, classes, (SYNTHETIC_CHANNELS, image_size, image_size))

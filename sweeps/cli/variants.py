@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mixer_core.flops import variant_table
+from mixer_core.sizes import variant_table
 from sweeps.cli.output import add_json_flag, emit_json, format_table
 
 
