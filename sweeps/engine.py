@@ -29,6 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from mixer_core import metrics as metric_names
 from sweeps import sweep_runs, tracking
 from sweeps.mlflow_retry import best_effort
+from sweeps.mlflow_writer import start_writer
 from sweeps.run_artifacts import log_checkpoint
 from sweeps.spec import Distribution, SweepSpec, grid_choices, spec_hash, validate_spec
 from sweeps.trial import RAY_ENV_DEFAULTS, SweepContext, run_trial, runs_in_trial_process, trial_resources
@@ -332,8 +333,9 @@ def _max_concurrent_trials(spec: SweepSpec) -> int:
     return max(int(fits), 1)
 
 
-def _trainable(context: SweepContext):
-    return ray.tune.with_resources(ray.tune.with_parameters(run_trial, context=context), trial_resources(context.spec))
+def _trainable(context: SweepContext, writer: ray.actor.ActorHandle):
+    trainable = ray.tune.with_parameters(run_trial, context=context, writer=writer)
+    return ray.tune.with_resources(trainable, trial_resources(context.spec))
 
 
 def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -> ray.tune.RunConfig:
@@ -381,13 +383,14 @@ def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = No
     with _parent_run_ended_on_error(uri, parent_run_id):
         experiment_id = tracking.ensure_experiment(tracking.RetryingMlflowClient(uri), spec.experiment)
         context = SweepContext(spec, uri, experiment_id, parent_run_id, f"{directory}/train")
+        writer = start_writer(uri, experiment_id, parent_run_id, spec.name)  # imports MLflow while Tune starts
         study_name = f"{spec.name}-{parent_run_id[:8]}"
         if spec.searcher.startswith("optuna"):
             print(f"Optuna study {study_name}: {study_storage}", file=sys.stderr, flush=True)
         param_space, searcher = _search(spec, study_storage, study_name, _max_concurrent_trials(spec))
         callback = SweepCallback(context, total_trials)
         tuner = ray.tune.Tuner(
-            _trainable(context),
+            _trainable(context, writer),
             param_space=param_space,
             tune_config=ray.tune.TuneConfig(  # the searcher and ASHA carry the objective themselves
                 search_alg=searcher,
@@ -397,7 +400,7 @@ def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = No
             ),
             run_config=_tune_run_config(spec, directory, callback),
         )
-        return _finish(context, _fit(tuner, context), callback, directory)
+        return _finish(context, _fit(tuner, context, writer), callback, directory)
 
 
 @contextmanager
@@ -415,11 +418,13 @@ def _parent_run_ended_on_error(uri: str, parent_run_id: str) -> Iterator[None]:
         raise
 
 
-def _fit(tuner: ray.tune.Tuner, context: SweepContext):
-    """`tuner.fit()`. A second Ctrl-C (which Tune does not catch) marks the parent run and its running trials
-    KILLED, resumable."""
+def _fit(tuner: ray.tune.Tuner, context: SweepContext, writer: ray.actor.ActorHandle):
+    """`tuner.fit()`, then every trial report written to MLflow. A second Ctrl-C (which Tune does not catch) marks
+    the parent run and its running trials KILLED, resumable."""
     try:
-        return tuner.fit()
+        results = tuner.fit()
+        ray.get(writer.drain.remote())  # what stopped trials sent after their last evaluation
+        return results
     except KeyboardInterrupt:
         best_effort(
             "the sweep's interruption",
@@ -449,10 +454,12 @@ def resume_sweep(context: SweepContext, directory: str) -> SweepResult:
     """Finish a sweep after its driver died: `Tuner.restore` runs only the unfinished trials again."""
     tracking.RetryingMlflowClient(context.tracking_uri).update_run(context.parent_run_id, status="RUNNING")
     with _parent_run_ended_on_error(context.tracking_uri, context.parent_run_id):
+        spec = context.spec
+        writer = start_writer(context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name)
         tuner = ray.tune.Tuner.restore(
-            directory, trainable=_trainable(context), resume_unfinished=True, resume_errored=True
+            directory, trainable=_trainable(context, writer), resume_unfinished=True, resume_errored=True
         )
-        return _finish(context, _fit(tuner, context), _restored_callback(tuner), directory)
+        return _finish(context, _fit(tuner, context, writer), _restored_callback(tuner), directory)
 
 
 def _restored_callback(tuner: ray.tune.Tuner) -> SweepCallback:

@@ -1,30 +1,31 @@
 """What runs in each Tune trial's process: the trial's config, then one of two launchers of `sweeps.worker`.
 
 - One worker (`workers_per_trial: 1`): the worker function runs right here, in the trial's own process, which
-  holds the worker's CPUs and GPUs and which Tune reuses for the next trial (`reuse_actors`). torch, timm and
-  MLflow are imported once per process, not once per trial; checkpoints and retries go through Tune
+  holds the worker's CPUs and GPUs and which Tune reuses for the next trial (`reuse_actors`). torch and timm
+  are imported once per process, not once per trial; checkpoints and retries go through Tune
   (`ray.tune.report(..., checkpoint=...)`, Tune's `FailureConfig`). This is Ray's documented pattern for tuning
   single-worker training.
 - Several workers: a Ray Train `TorchTrainer` runs `train_worker` on each (DDP, possibly across nodes), and its
   results reach Tune through `TuneReportCallback`; Ray Train retries lost workers from the trial's checkpoint.
 
 This module is what a trial's process imports (Tune unpickles `run_trial` by reference), so it stays clear of
-the driver's searchers and MLflow.
+the driver's searchers and of MLflow, which the sweep's writer (`sweeps.mlflow_writer`) imports instead.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray.train
 import ray.tune
+from ray.actor import ActorHandle
 
 from mixer_core.config import RunConfig, resolve_paths
 from sweeps.spec import SweepSpec, build_run_config
-from sweeps.worker import TrialTracking, run_worker, train_worker
+from sweeps.worker import run_worker, train_worker
 
 # Ray Train polls its workers every 2 s by default; a trial's fit() then ends up to 2 s after its last report
 # (propagated by Ray Train from the trial's process to its controller and workers). Tune's new console output
@@ -72,16 +73,17 @@ def _report_to_tune(metrics: dict[str, float], checkpoint_dir: Path | None) -> N
     ray.tune.report(metrics, checkpoint=checkpoint)
 
 
-def run_trial(params: dict[str, Any], context: SweepContext) -> None:
-    """One Tune trial of the config `params` picks; its runs (MLflow, Ray Train) are named by the trial id."""
+def run_trial(params: dict[str, Any], context: SweepContext, writer: ActorHandle) -> None:
+    """One Tune trial of the config `params` picks; its runs (MLflow, Ray Train) are named by the trial id, and
+    `writer` (`sweeps.mlflow_writer`) writes its MLflow run."""
     spec = context.spec
     trial_id = ray.tune.get_context().get_trial_id()
     run_config = resolve_paths(build_run_config(spec, params), context.working_dir)
     loop_config = {
         "run_config": run_config.model_dump(mode="json"),
-        "tracking": asdict(
-            TrialTracking(context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name, trial_id)
-        ),
+        "trial_id": trial_id,
+        "tracking_uri": context.tracking_uri,
+        "writer": writer,
         "objective": [objective.metric for objective in spec.objective],
     }
     if runs_in_trial_process(spec):

@@ -1,4 +1,5 @@
-"""What trains a trial: the `mixer_core` training loop, reporting to Ray, with rank 0 logging to MLflow.
+"""What trains a trial: the `mixer_core` training loop, reporting to Ray, with rank 0 logging to MLflow through the
+sweep's writer (`sweeps.mlflow_writer`).
 
 One worker function, two launchers (`sweeps.trial`): a one-worker trial runs `run_worker` in its own Tune
 process, which Tune reuses for the next trial, and reports through `ray.tune`; a trial of several DDP workers
@@ -11,15 +12,14 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray.train
 
 from mixer_core import metrics as metric_names
-from mixer_core.config import ConfigError, RunConfig, parse_config
+from mixer_core.config import ConfigError, parse_config
+from sweeps.mlflow_writer import TrialLog
 from sweeps.run_artifacts import fetch_init_from
 
 if TYPE_CHECKING:  # Ray Data is imported only by trials that stream
@@ -31,34 +31,6 @@ RayReport = Callable[[dict[str, float], Path | None], None]
 FINAL_ERROR = "mixer_error"
 
 
-@dataclass(frozen=True)
-class TrialTracking:
-    """Where rank 0 logs this trial: the MLflow store, experiment, sweep parent run and Tune trial id."""
-
-    uri: str
-    experiment_id: str
-    parent_run_id: str
-    sweep_name: str
-    trial_id: str
-
-
-def open_trial_run(tracking: TrialTracking, config: RunConfig):
-    """The trial's MLflow run (`sweeps.tracking.TrialRun`), created or continued."""
-    # Imported here: MLflow takes seconds to import and open its store, which `run_worker` overlaps with
-    # building the data and model instead of paying before training starts.
-    from sweeps.tracking import TrialRun, flatten, trial_tags
-
-    return TrialRun(
-        tracking.uri,
-        tracking.experiment_id,
-        tracking.parent_run_id,
-        tracking.sweep_name,
-        tracking.trial_id,
-        params=flatten(config.model_dump()),
-        tags=trial_tags(config),
-    )
-
-
 def run_worker(
     loop_config: dict[str, Any],
     report_to_ray: RayReport,
@@ -67,26 +39,31 @@ def run_worker(
     world_size: int = 1,
     dataset_shard: DataIterator | None = None,
 ) -> None:
-    """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict), `tracking` (a
-    TrialTracking as a dict) and `objective` (the metric names); `checkpoint` is the one to resume from (None for
-    a fresh start). A streamed source (`data.streams`) is read from `dataset_shard` (Ray Train) or, for a
-    one-worker trial, from its own Ray Data pipeline (`sweeps.stream`).
+    """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict), `trial_id`,
+    `tracking_uri`, `writer` (the sweep's `MlflowWriter`) and `objective` (the metric names); `checkpoint` is the
+    one to resume from (None for a fresh start). A streamed source (`data.streams`) is read from `dataset_shard`
+    (Ray Train) or, for a one-worker trial, from its own Ray Data pipeline (`sweeps.stream`).
 
     Only evaluation reports reach Ray: they carry the objective, and one Tune iteration per evaluation is what
-    ASHA's `training_iteration` budget counts. Every report goes to MLflow from rank 0. When Tune stops the trial
-    (ASHA, a stop condition, Ctrl-C), `report_to_ray` does not return: the trial's thread exits there.
+    ASHA's `training_iteration` budget counts. Every report goes to MLflow from rank 0, an evaluation report
+    written before Ray sees it. When Tune stops the trial (ASHA, a stop condition, Ctrl-C), `report_to_ray` does
+    not return: the trial's thread exits there.
     """
     # Imported here, not above: a trial of several workers imports this module only to hand `train_worker` to
     # Ray Train, and needs neither torch's training stack nor timm in that process (`mixer_core.data` imports both).
     from mixer_core.data import DataError
     from mixer_core.train import TrainingError
 
+    trial_id = loop_config["trial_id"]
+    log = TrialLog(loop_config["writer"], trial_id, loop_config["run_config"]) if world_rank == 0 else None
     try:
-        _train(loop_config, report_to_ray, checkpoint, world_rank, world_size, dataset_shard)
+        _train(loop_config, log, report_to_ray, checkpoint, world_rank, world_size, dataset_shard)
     except (TrainingError, DataError, ConfigError) as error:
         # A non-finite loss, unusable data or a bad config fails the same way on every retry: the trial ends
         # now, and the driver (`sweeps.engine.SweepCallback`) marks it failed with this message. Ray Train's
         # report is collective; every rank gets here at the same step (the loss checked is all-reduced).
+        if log is not None:
+            log.written()  # the driver closes the run on this report: it must exist, with every step before
         report_to_ray(final_report(error, loop_config["objective"]), None)
 
 
@@ -98,6 +75,7 @@ def final_report(error: Exception, objective: list[str]) -> dict[str, Any]:
 
 def _train(
     loop_config: dict[str, Any],
+    log: TrialLog | None,
     report_to_ray: RayReport,
     checkpoint: ray.train.Checkpoint | None,
     world_rank: int,
@@ -106,24 +84,15 @@ def _train(
 ) -> None:
     from mixer_core.train import train
 
-    tracking = TrialTracking(**loop_config["tracking"])
-    config = parse_config(loop_config["run_config"], source=f"trial {tracking.trial_id}")
-    with ThreadPoolExecutor(max_workers=1) as background, tempfile.TemporaryDirectory(prefix="mixer-trial-") as work:
-        # A `runs:/` init_from is downloaded first: that imports MLflow here, and MLflow fails when two threads
-        # import it at once. The run's params keep the URI.
-        local_config = fetch_init_from(config, Path(work) / "init_from", tracking.uri)
-        trial_run: Future | None = background.submit(open_trial_run, tracking, config) if world_rank == 0 else None
+    config = parse_config(loop_config["run_config"], source=f"trial {loop_config['trial_id']}")
+    with tempfile.TemporaryDirectory(prefix="mixer-trial-") as work:
+        local_config = fetch_init_from(config, Path(work) / "init_from", loop_config["tracking_uri"])
 
         def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-            if trial_run is not None:
-                wait([trial_run])  # its thread imports MLflow, which fails if imported by two threads at once
-                from sweeps.mlflow_retry import best_effort
-
-                step = int(metrics[metric_names.STEP])
-                best_effort(  # the store was unavailable past its retries: training goes on
-                    f"trial {tracking.trial_id} step {step}", lambda: trial_run.result().log(metrics, step=step)
-                )
-            if metric_names.is_eval_report(metrics):
+            evaluated = metric_names.is_eval_report(metrics)
+            if log is not None:
+                log.log(metrics, step=int(metrics[metric_names.STEP]), wait=evaluated)
+            if evaluated:
                 report_to_ray(metrics, checkpoint_dir)
 
         stream = None
@@ -147,8 +116,9 @@ def _report_to_ray_train(metrics: dict[str, float], checkpoint_dir: Path | None)
 def train_worker(loop_config: dict[str, Any]) -> None:
     """The Ray Train launcher's per-worker loop (trials of several DDP workers).
 
-    `loop_config` is plain data because Ray Train's controller unpickles it too: a class from this module would
-    make every controller import torch, timm and `mixer_core` (about 2 s per trial on 2 cores).
+    `loop_config` is plain data (and the writer's actor handle) because Ray Train's controller unpickles it too: a
+    class from this module would make every controller import torch, timm and `mixer_core` (about 2 s per trial
+    on 2 cores).
     """
     context = ray.train.get_context()
     shard = ray.train.get_dataset_shard("train") if loop_config["streams"] else None

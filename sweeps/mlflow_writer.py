@@ -1,0 +1,80 @@
+"""The sweep's one MLflow writer: a Ray actor that writes every trial's run, so trial processes never import MLflow.
+
+Rank 0 of each trial sends its reports here (`TrialLog`). MLflow takes about 1.5 s to import and more to open its
+store; paid inside a trial's process, that time competes with the first trial's training for the interpreter.
+In its own process, started when the sweep starts, it overlaps with the first trial importing torch, and later
+trials hand over their runs in milliseconds. One writer per sweep also means one connection to a SQLite store,
+whatever the number of concurrent trials, and it runs on the driver's node, where a local store lives.
+
+Calls from one trial's process run in the order it sent them. Evaluation reports (what Tune, ASHA and the
+driver see) wait until they are written, and every earlier report with them: nothing the driver knows of a
+trial, and no step before a checkpoint, is missing from MLflow. Step metrics between evaluations are sent
+without waiting. A retried trial continues its run (`sweeps.tracking.TrialRun`), so no step is logged twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class MlflowWriter:
+    """Writes the trial runs of one sweep (experiment `experiment_id`, parent run `parent_run_id`)."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_name: str):
+        from sweeps import tracking  # this process's one import of MLflow
+
+        self.tracking = tracking
+        self.where = (uri, experiment_id, parent_run_id, sweep_name)
+        self.runs: dict[str, Any] = {}  # trial id -> sweeps.tracking.TrialRun, opened on first use
+
+    def _run(self, trial_id: str, run_config: dict[str, Any]):
+        if trial_id not in self.runs:
+            from mixer_core.config import parse_config
+
+            config = parse_config(run_config, source=f"trial {trial_id}")
+            self.runs[trial_id] = self.tracking.TrialRun(
+                *self.where, trial_id, self.tracking.flatten(config.model_dump()), self.tracking.trial_tags(config)
+            )
+        return self.runs[trial_id]
+
+    def open(self, trial_id: str, run_config: dict[str, Any]) -> None:
+        """Create the trial's run, or continue it (a retry, a resumed sweep)."""
+        from sweeps.mlflow_retry import best_effort
+
+        best_effort(f"trial {trial_id}'s run", self._run, trial_id, run_config)
+
+    def log(self, trial_id: str, run_config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        """Log one report of the trial at `step`."""
+        from sweeps.mlflow_retry import best_effort
+
+        best_effort(f"trial {trial_id} step {step}", lambda: self._run(trial_id, run_config).log(metrics, step=step))
+
+    def drain(self) -> None:
+        """Returns once every call that reached the writer before it is written."""
+
+
+def start_writer(uri: str, experiment_id: str, parent_run_id: str, sweep_name: str) -> ray.actor.ActorHandle:
+    """The sweep's writer, on this (the driver's) node; it ends with the driver."""
+    node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return MlflowWriter.options(scheduling_strategy=node).remote(uri, experiment_id, parent_run_id, sweep_name)
+
+
+class TrialLog:
+    """Rank 0's side: sends the trial's reports to the sweep's writer, waiting on evaluation reports."""
+
+    def __init__(self, writer: ray.actor.ActorHandle, trial_id: str, run_config: dict[str, Any]):
+        self.writer, self.trial = writer, (trial_id, run_config)
+        self.sent = writer.open.remote(*self.trial)  # the run exists before anything in training can fail
+
+    def log(self, metrics: dict[str, float], step: int, wait: bool) -> None:
+        self.sent = self.writer.log.remote(*self.trial, metrics, step)
+        if wait:
+            self.written()
+
+    def written(self) -> None:
+        """Waits until every report sent so far is written (calls from one process run in order)."""
+        ray.get(self.sent)
