@@ -33,6 +33,7 @@ from mixer_core.checkpoint import derived_seed
 from mixer_core.config import DataConfig
 from mixer_core.data.decode import TrainingDecoder
 from mixer_core.data.errors import DataError
+from mixer_core.data.examples import padded_class_lists
 from mixer_core.data.parquet import decoded_size, find_shards
 from mixer_core.data.streamed import StreamedTraining, streamed_splits
 
@@ -100,6 +101,14 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
     return decoded
 
 
+def _labels(column: np.ndarray) -> np.ndarray:
+    """Integer labels as they come; multi-label class lists (Ray's object array of arrays) as the in-memory path
+    holds them: int64 (n, longest list in the batch) padded with NO_LABEL, the same multi-hot targets."""
+    if column.dtype != object:
+        return column
+    return padded_class_lists(np.fromiter(map(len, column), np.int64, len(column)), np.concatenate(column))
+
+
 def _rank_batches(iterator: DataIterator | ray.data.Dataset, cfg: DataConfig, rank_batch_size: int, seed: int):
     batches = iterator.iter_batches(
         batch_size=rank_batch_size,
@@ -113,7 +122,7 @@ def _rank_batches(iterator: DataIterator | ray.data.Dataset, cfg: DataConfig, ra
         failed = np.flatnonzero(batch["error"] != "")
         if len(failed):
             raise DataError(str(batch["error"][failed[0]]))
-        yield batch
+        yield {**batch, "label": _labels(batch["label"])}
 
 
 def open_stream(
