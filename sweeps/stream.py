@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.fs
 import ray.data
-from ray.data import DataIterator, FileShuffleConfig
+from ray.data import DataIterator, FileShuffleConfig, TaskPoolStrategy
 from ray.data.expressions import col, lit
 
 from mixer_core.checkpoint import derived_seed
@@ -89,7 +89,7 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
         batch_format="numpy",
         batch_size=None,  # a whole read block: a batch size would stop Ray Data fusing reading into decoding
         num_cpus=1,
-        concurrency=cfg.loader_processes,
+        compute=TaskPoolStrategy(size=cfg.loader_processes),  # None: Ray Data scales the task count
         resources=cfg.loader_resources or None,
     )
     decoded.context.target_max_block_size = OUTPUT_BLOCK_BYTES

@@ -4,6 +4,7 @@ workers, nested fractions, errors naming shard and row, and mid-epoch resume wit
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,6 +101,12 @@ def test_multi_label_shards_stream_with_the_targets_the_in_memory_path_gives(ray
     targets = soft_targets(in_memory.labels, 5)
     assert len(streamed) == len(in_memory) == 46 and targets.sum(1).max() == 3
     assert all(torch.equal(streamed[key], target) for key, target in zip(in_memory.keys, targets))
+
+
+def test_the_stream_is_built_with_rays_current_api(ray_address, jpeg_shards, caplog):
+    with caplog.at_level(logging.WARNING):
+        training_dataset(_data(jpeg_shards, loader_processes=1), shard_seed=0, reseed_each_epoch=False)
+    assert not [record.getMessage() for record in caplog.records if "deprecated" in record.getMessage()]
 
 
 def test_a_truncated_jpeg_in_a_stream_is_one_error_naming_shard_and_row(ray_address, jpeg_shards, tmp_path):
