@@ -26,7 +26,7 @@ from pathlib import Path
 from mixer_core.config import DataConfig
 
 SAMPLE_SECONDS = 0.2
-OBJECT_STORE_BUFFERS = 2
+OBJECT_STORE_BUFFERS = 4
 PSS_EVERY = 10
 
 
@@ -135,9 +135,11 @@ def _stream_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterato
     from sweeps.stream import open_stream
 
     if not ray.is_initialized():
-        # A local Ray of `processes` CPUs whose object store holds two of the stream's buffers, not Ray's default
+        # A local Ray of `processes` CPUs whose object store holds four of the stream's buffers, not Ray's default
         # of 30% of the machine: the store's pages are reused instead of each being touched once (RSS counts
-        # every page a process has touched in it).
+        # every page a process has touched in it). Besides the buffer, the store holds the consumer's shuffle
+        # buffer and prefetched blocks and the tasks' outputs in flight: with two buffers, two decoding processes
+        # spilled to disk (Ray's spill and restore workers, 25% fewer images/s).
         ray.init(num_cpus=processes, object_store_memory=OBJECT_STORE_BUFFERS * cfg.loader_buffer_mb * 2**20,
                  include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     cfg = cfg.model_copy(update={"loader_processes": processes, "batch_size": batch_size})

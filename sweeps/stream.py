@@ -26,13 +26,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.fs
 import ray.data
-from ray.data import DataIterator, FileShuffleConfig
+from ray.data import DataIterator, FileShuffleConfig, TaskPoolStrategy
 from ray.data.expressions import col, lit
 
 from mixer_core.checkpoint import derived_seed
 from mixer_core.config import DataConfig
 from mixer_core.data.decode import TrainingDecoder
 from mixer_core.data.errors import DataError
+from mixer_core.data.examples import padded_class_lists
 from mixer_core.data.parquet import decoded_size, find_shards
 from mixer_core.data.streamed import StreamedTraining, streamed_splits
 
@@ -88,7 +89,7 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
         batch_format="numpy",
         batch_size=None,  # a whole read block: a batch size would stop Ray Data fusing reading into decoding
         num_cpus=1,
-        concurrency=cfg.loader_processes,
+        compute=TaskPoolStrategy(size=cfg.loader_processes),  # None: Ray Data scales the task count
         resources=cfg.loader_resources or None,
     )
     decoded.context.target_max_block_size = OUTPUT_BLOCK_BYTES
@@ -98,6 +99,14 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
         object_store_memory=cfg.loader_buffer_mb * 2**20
     )
     return decoded
+
+
+def _labels(column: np.ndarray) -> np.ndarray:
+    """Integer labels as they come; multi-label class lists (Ray's object array of arrays) as the in-memory path
+    holds them: int64 (n, longest list in the batch) padded with NO_LABEL, the same multi-hot targets."""
+    if column.dtype != object:
+        return column
+    return padded_class_lists(np.fromiter(map(len, column), np.int64, len(column)), np.concatenate(column))
 
 
 def _rank_batches(iterator: DataIterator | ray.data.Dataset, cfg: DataConfig, rank_batch_size: int, seed: int):
@@ -113,7 +122,7 @@ def _rank_batches(iterator: DataIterator | ray.data.Dataset, cfg: DataConfig, ra
         failed = np.flatnonzero(batch["error"] != "")
         if len(failed):
             raise DataError(str(batch["error"][failed[0]]))
-        yield batch
+        yield {**batch, "label": _labels(batch["label"])}
 
 
 def open_stream(

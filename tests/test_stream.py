@@ -4,17 +4,21 @@ workers, nested fractions, errors naming shard and row, and mid-epoch resume wit
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from image_folders import write_jpeg_folder
 from mixer_core.config import DataConfig, parse_config
-from mixer_core.data import DataError
+from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
 from mixer_core.data.parquet import find_shards, read_examples
 from mixer_core.data.streamed import StreamedTraining
+from mixer_core.losses import soft_targets
 from mixer_core.train import train
 from sweeps.stream import open_stream, training_dataset
 
@@ -74,6 +78,35 @@ def test_two_workers_together_see_every_selected_key_once_per_epoch(ray_address,
 
     one_worker = open_stream(_data(jpeg_shards, fraction=0.1), 0, 4, 0, 1)
     assert set(_epoch_keys(one_worker, 0)) < selected  # the 10% subset lies inside the 30% one
+
+
+def test_multi_label_shards_stream_with_the_targets_the_in_memory_path_gives(ray_address, jpeg_shards, tmp_path):
+    """JFT's form: label lists of 1 to 3 classes (the image's class, then classes 3 and 4 on some rows)."""
+    for file in jpeg_shards.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    for shard in tmp_path.glob("*.parquet"):
+        table = pq.read_table(shard)
+        lists = [[label] + [3] * (row % 2) + [4] * (row % 3 == 0) for row, label in enumerate(table["label"].to_pylist())]
+        column = pa.array(lists, pa.list_(pa.int64()))
+        pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", column), shard)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["classes"] += ["class_3", "class_4"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+
+    streamed = {}
+    for batch in open_stream(_data(tmp_path), 0, 4, 0, 1).epoch_batches(0):
+        assert batch["label"].dtype == "int64" and batch["label"].ndim == 2
+        streamed.update(zip(batch["key"].tolist(), soft_targets(torch.as_tensor(batch["label"]), 5)))
+    in_memory = build_splits(_data(tmp_path, stream=False)).train
+    targets = soft_targets(in_memory.labels, 5)
+    assert len(streamed) == len(in_memory) == 46 and targets.sum(1).max() == 3
+    assert all(torch.equal(streamed[key], target) for key, target in zip(in_memory.keys, targets))
+
+
+def test_the_stream_is_built_with_rays_current_api(ray_address, jpeg_shards, caplog):
+    with caplog.at_level(logging.WARNING):
+        training_dataset(_data(jpeg_shards, loader_processes=1), shard_seed=0, reseed_each_epoch=False)
+    assert not [record.getMessage() for record in caplog.records if "deprecated" in record.getMessage()]
 
 
 def test_a_truncated_jpeg_in_a_stream_is_one_error_naming_shard_and_row(ray_address, jpeg_shards, tmp_path):

@@ -50,6 +50,17 @@ class Source:
 NO_LABEL = -1  # pads the class lists of multi-label examples
 
 
+def padded_class_lists(lengths: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Multi-label examples' classes as int64 (N, longest list) padded with NO_LABEL, from each example's list
+    length (N,) and all lists' classes concatenated in order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    columns = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    padded = np.full((len(lengths), max(1, int(lengths.max(initial=0)))), NO_LABEL, dtype=np.int64)
+    padded[rows, columns] = values
+    return padded
+
+
 def check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
     """Raise DataError naming `where` when a label lies outside [0, num_classes) (multi-label padding aside)."""
     if labels.dim() == 2:

@@ -31,7 +31,7 @@ import torch
 
 from mixer_core.data.decode import decode_resized
 from mixer_core.data.errors import DataError
-from mixer_core.data.examples import NO_LABEL, Examples, Source, as_uint8_images, check_labels
+from mixer_core.data.examples import Examples, Source, as_uint8_images, check_labels, padded_class_lists
 from mixer_core.data.manifest import read_manifest
 
 SPLITS = ("train", "val", "test")
@@ -97,13 +97,8 @@ def _labels(column: pa.Array) -> torch.Tensor:
     """Integer labels (N,), or integer lists as (N, longest list) padded with NO_LABEL."""
     if not pa.types.is_list(column.type):
         return torch.from_numpy(column.to_numpy(zero_copy_only=False).astype(np.int64))
-    lengths = pc.list_value_length(column).fill_null(0).to_numpy().astype(np.int64)
-    values = pc.list_flatten(column).to_numpy().astype(np.int64)
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    columns = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    padded = np.full((len(lengths), max(1, int(lengths.max(initial=0)))), NO_LABEL, dtype=np.int64)
-    padded[rows, columns] = values
-    return torch.from_numpy(padded)
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy()
+    return torch.from_numpy(padded_class_lists(lengths, pc.list_flatten(column).to_numpy()))
 
 
 def find_shards(path: str) -> ShardSets:

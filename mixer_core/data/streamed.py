@@ -2,7 +2,8 @@
 bounded held-out splits evaluated beside it.
 
 `mixer_core` never imports Ray: the stream is any function from an epoch number to an iterable of numpy
-batches `{"image": uint8 (n, S, S[, C]), "label": int64 (n,)}`, each the rank's share of one global batch.
+batches `{"image": uint8 (n, S, S[, C]), "label": int64 (n,)}` (multi-label: (n, L) class lists padded with
+`NO_LABEL`, as the in-memory path holds them), each the rank's share of one global batch.
 Memory is bounded by that stream and by `eval.max_examples`, whatever the dataset's size.
 """
 
