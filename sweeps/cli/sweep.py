@@ -93,7 +93,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     from sweeps.sweep_runs import SweepConflict
 
-    engine.init_ray(args.address)
+    engine.start_ray_and_tracking(args.address)
     _check_cluster_resources(spec)
     try:
         with _interruptible(spec.name), contextlib.redirect_stdout(sys.stderr):  # stdout is for results
