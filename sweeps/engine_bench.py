@@ -2,8 +2,8 @@
 
 efficiency = direct seconds / engine seconds; start-up per trial = (engine - direct) / K. That average is split
 by when each trial ended: the first trial's start-up (the sweep's set-up, the trial's new process and its imports
-of torch, timm and MLflow) and each later trial's (Tune handing the reused process the next config, the data,
-the model, the MLflow run), each measured against a direct trial's seconds. Both sides train with one worker of
+of torch and timm) and each later trial's (Tune handing the reused process the next config, the data, the
+model, the MLflow run), each measured against a direct trial's seconds. Both sides train with one worker of
 the spec's CPUs (the direct side sets torch's thread count to match), one trial at a time, and log to a
 throwaway MLflow store (created before timing) so the engine pays its real tracking cost.
 """
