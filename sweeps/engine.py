@@ -8,11 +8,9 @@ sweep was interrupted (Ctrl-C, SIGTERM) and is left for `mixer sweep resume`.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import optuna
 import ray
 import ray.tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -33,7 +32,7 @@ from sweeps.mlflow_retry import best_effort
 from sweeps.mlflow_writer import start_writer
 from sweeps.run_artifacts import log_checkpoint
 from sweeps.spec import Distribution, SweepSpec, grid_choices, spec_hash, validate_spec
-from sweeps.trial import RAY_ENV_DEFAULTS, SweepContext, run_trial, runs_in_trial_process, trial_resources
+from sweeps.trial import SweepContext, run_trial, runs_in_trial_process, trial_resources
 from sweeps.worker import FINAL_ERROR
 
 # Tune's status of trials it has not started (or has paused); left so at the end, the sweep was interrupted.
@@ -301,36 +300,6 @@ def _format_params(params: dict[str, Any]) -> str:
     return " ".join(f"{key}={value}" for key, value in params.items())
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to the cluster at `address` (or `RAY_ADDRESS`), else start Ray on this machine.
-
-    Reuses an already connected session, so trials never pay for a second `ray.init`.
-    """
-    for name, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    # Ray Train's workers and controllers log every checkpoint and report; `SweepCallback` prints the progress
-    # a person reads, and failures with their traceback file, so their logs stay in Ray's log folder.
-    if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-    else:
-        # Ray Train watches for nodes being drained (spot preemption) with one more actor per trial; a Ray started
-        # here has no node to lose, so trials skip it.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-
-
-def start_ray_and_tracking(address: str | None = None) -> None:
-    """`init_ray`, with the MLflow store opened beside it: a user's first sweep creates `mlflow.db`'s tables
-    (1.5-2 s) while Ray starts, not after."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        store = pool.submit(tracking.RetryingMlflowClient(tracking.tracking_uri()).search_experiments, max_results=1)
-        init_ray(address)
-        store.result()
-
-
 def _max_concurrent_trials(spec: SweepSpec) -> int:
     """The spec's limit, else as many trials as the cluster's CPUs (GPUs) hold at once (trials hold 0 CPU)."""
     resources = spec.resources
@@ -359,7 +328,7 @@ def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -
     return ray.tune.RunConfig(
         name=name,
         storage_path=storage_path,
-        callbacks=[callback],
+        callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],  # not TensorBoard's (`sweeps.ray_session`)
         verbose=0,
         failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures if in_trial_process else 0),
         checkpoint_config=ray.tune.CheckpointConfig(
@@ -371,7 +340,7 @@ def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -
 
 
 def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = None) -> SweepResult:
-    """Run a whole sweep on the connected Ray cluster (call `init_ray` first); log it to MLflow.
+    """Run a whole sweep on the connected Ray cluster (call `sweeps.ray_session.init_ray` first); log it to MLflow.
 
     Raises `SweepConflict` while another sweep of the same name is running.
     """

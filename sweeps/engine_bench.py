@@ -57,6 +57,7 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
 
     from mixer_core.train import train
     from sweeps import engine, tracking
+    from sweeps.ray_session import init_ray
     from sweeps.spec import build_run_config
 
     with tempfile.TemporaryDirectory(prefix="mixer-bench-") as scratch:
@@ -76,7 +77,7 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
         direct_seconds = time.perf_counter() - direct_start
 
         init_start = time.perf_counter()
-        engine.init_ray()
+        init_ray()
         ray_init_seconds = time.perf_counter() - init_start
         engine_start = time.time()
         result = engine.run_sweep(reduced, spec_path, total_trials=trials)

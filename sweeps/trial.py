@@ -14,7 +14,6 @@ the driver's searchers and of MLflow, which the sweep's writer (`sweeps.mlflow_w
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,20 +23,10 @@ import ray.tune
 from ray.actor import ActorHandle
 
 from mixer_core.config import RunConfig, resolve_paths
+from sweeps.ray_session import set_ray_env_defaults
 from sweeps.spec import SweepSpec, build_run_config
 from sweeps.worker import run_worker, train_worker
 
-# Ray Train polls its workers every 2 s by default; a trial's fit() then ends up to 2 s after its last report
-# (propagated by Ray Train from the trial's process to its controller and workers). Tune's new console output
-# prints tables whatever `verbose` says; the legacy one is silent at verbose=0 and our callback reports progress.
-# Tune snapshots the sweep's state whenever a trial has checkpointed `num_to_keep` times since the last snapshot
-# (so no snapshot names a deleted checkpoint) and warns each time it does so within 5 s: with one checkpoint
-# kept, that is every evaluation of a short trial, which is intended here.
-RAY_ENV_DEFAULTS = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-}
 # A trial of several workers only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an
 # empty resource request, and any CPU held here would be missing for the workers, so it asks for one byte.
 TRAIN_DRIVER_RESOURCES = {"memory": 1}
@@ -104,8 +93,7 @@ def _fit_with_ray_train(loop_config: dict[str, Any], context: SweepContext, tria
     if run_config.data.streams:
         datasets = {"train": training_dataset(run_config.data, run_config.train.seed, reseed_each_epoch=True)}
 
-    for name, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    set_ray_env_defaults()
     spec, resources = context.spec, context.spec.resources
     trainer = TorchTrainer(
         train_worker,

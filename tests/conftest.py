@@ -23,7 +23,7 @@ def ray_address() -> str:
     """Start one local Ray (2 logical CPUs, no dashboard) for the session; returns its GCS address."""
     import ray
 
-    from sweeps.engine import init_ray
+    from sweeps.ray_session import init_ray
 
     init_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address

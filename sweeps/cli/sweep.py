@@ -89,11 +89,12 @@ def run_command(args: argparse.Namespace) -> int:
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         _check_local_resources(spec)  # before starting anything
     print(format_plan(plan), file=sys.stderr)
-    from sweeps import engine
+    from sweeps.ray_session import start_ray_for_sweep
 
+    start_ray_for_sweep(args.address)  # imports the engine while Ray starts
+    from sweeps import engine
     from sweeps.sweep_runs import SweepConflict
 
-    engine.start_ray_and_tracking(args.address)
     _check_cluster_resources(spec)
     try:
         with _interruptible(spec.name), contextlib.redirect_stdout(sys.stderr):  # stdout is for results
@@ -107,12 +108,13 @@ def run_command(args: argparse.Namespace) -> int:
 def resume_command(args: argparse.Namespace) -> int:
     """Restore the sweep's Tuner and finish its unfinished trials."""
     from sweeps import engine
+    from sweeps.ray_session import init_ray
 
     try:
         context, directory = engine.find_resumable(args.name)
     except LookupError as error:  # no such sweep, or no Tune state kept for it
         return refuse("sweep resume", error)
-    engine.init_ray(args.address)
+    init_ray(args.address)
     with _interruptible(args.name), contextlib.redirect_stdout(sys.stderr):
         result = engine.resume_sweep(context, directory)
     _print_result(result, args.json)

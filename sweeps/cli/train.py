@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             config = fetch_init_from(config, Path(download_dir))
             stream = None
             if config.data.streams:
-                from sweeps.engine import init_ray
+                from sweeps.ray_session import init_ray
                 from sweeps.stream import open_stream
 
                 init_ray()
