@@ -59,6 +59,30 @@ def test_bad_spec_starts_no_ray_and_validate_agrees(tiny_spec, mlflow_store, tmp
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_sweeps_driver_imports_no_torch(tiny_spec, mlflow_store):
+    """The driver plans, searches and reads results without torch: Tune's TensorBoard logger, which would
+    import it (1.8 s before the first trial on 2 cores), is off. The trials import torch in their own process."""
+    spec = tiny_spec("driver-imports", base={"train": {"epochs": 1}})
+    probe = (
+        "import sys; from sweeps.cli import main; "
+        f"status = main(['sweep', 'run', {str(spec)!r}, '--json']); "
+        "print(status, sorted(m for m in ('torch', 'timm', 'tensorboardX') if m in sys.modules))"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert ran.stdout.splitlines()[-1] == "0 []", ran.stderr[-3000:]
+
+
+def test_a_trial_process_imports_no_mlflow():
+    """What a trial's process imports to train (both launchers, streaming included) leaves MLflow to the sweep's
+    writer (`sweeps.mlflow_writer`), so no trial pays for importing it."""
+    probe = (
+        "import sys, sweeps.trial, sweeps.worker, sweeps.stream, mixer_core.train, mixer_core.data; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    assert ran.stdout.strip() == "[]"
+
+
 def test_validate_prints_the_plan_as_json(tiny_spec, capsys):
     spec = tiny_spec("plan", grid={"train.lr": [0.001, 0.003], "data.fraction": [0.5, 1.0]})
     assert main(["sweep", "validate", str(spec), "--json"]) == 0
