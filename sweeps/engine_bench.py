@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mixer_core.metrics import WALL_SECONDS
 from sweeps.spec import SweepSpec, validate_spec
 
 
@@ -47,6 +48,8 @@ FIGURE_MEANINGS = {
     "first_trial_startup_seconds": "the first trial: sweep set-up, a new trial process, its imports",
     "later_trial_startup_seconds": "each later trial, in the reused process (mean; needs K >= 2)",
     "sweep_close_seconds": "after the last trial: results, the parent run, Tune's clean-up",
+    "training_seconds_direct": "one trial's training loop alone (its wall_seconds metric), directly",
+    "training_seconds_engine": "the same in a trial's process: what is left of the gap is slower training",
     "failed_trials": "trials that raised",
 }
 
@@ -72,8 +75,9 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
 
         torch.set_num_threads(max(int(reduced.resources.cpus_per_worker), 1))
         direct_start = time.perf_counter()
-        for index in range(trials):
-            train(config, work_dir=scratch_dir / f"direct-{index}")
+        direct_training = [
+            train(config, work_dir=scratch_dir / f"direct-{index}")[WALL_SECONDS] for index in range(trials)
+        ]
         direct_seconds = time.perf_counter() - direct_start
 
         init_start = time.perf_counter()
@@ -83,6 +87,7 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
         result = engine.run_sweep(reduced, spec_path, total_trials=trials)
         engine_seconds = time.time() - engine_start
     trial_seconds_direct = direct_seconds / trials
+    engine_training = [trial.metrics[WALL_SECONDS] for trial in result.trials if WALL_SECONDS in trial.metrics]
     # Each trial's share of the engine's time runs from the previous trial's end (the first's from the start).
     ends = [engine_start, *sorted(trial.ended_at for trial in result.trials if trial.ended_at is not None)]
     spans = [later - earlier for earlier, later in zip(ends, ends[1:])]
@@ -100,5 +105,7 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
             sum(later_spans) / len(later_spans) - trial_seconds_direct if later_spans else None
         ),
         "sweep_close_seconds": engine_seconds - (ends[-1] - engine_start),
+        "training_seconds_direct": sum(direct_training) / trials,
+        "training_seconds_engine": sum(engine_training) / max(len(engine_training), 1),
         "failed_trials": sum(trial.status == "ERROR" for trial in result.trials),
     }

@@ -166,6 +166,11 @@ def test_sweep_bench_runs_the_same_trials_directly_and_through_the_engine(ray_ad
         "sweep_close_seconds"]
     assert split == pytest.approx(engine - direct)
     assert figures["sweep_close_seconds"] > 0
+    # Each side's training loop alone (its wall_seconds): a part of one trial, the same work on both sides.
+    for side in ("direct", "engine"):
+        assert 0 < figures[f"training_seconds_{side}"] < figures["trial_seconds_direct"] + figures[
+            "first_trial_startup_seconds"]
+    assert figures["training_seconds_direct"] < figures["trial_seconds_direct"]
     assert not Path("mlflow.db").exists()  # the bench logs to a scratch store, not the user's
 
 
