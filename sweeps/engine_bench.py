@@ -5,7 +5,9 @@ by when each trial ended: the first trial's start-up (the sweep's set-up, the tr
 of torch and timm) and each later trial's (Tune handing the reused process the next config, the data, the
 model, the MLflow run), each measured against a direct trial's seconds. Both sides train with one worker of
 the spec's CPUs (the direct side sets torch's thread count to match), one trial at a time, and log to a
-throwaway MLflow store (created before timing) so the engine pays its real tracking cost.
+throwaway MLflow store (created before timing) so the engine pays its real tracking cost. Half the direct trials
+run before the engine's and half after: on a shared VM whose speed drifts by several per cent over minutes,
+that drift then weighs on both sides alike.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def bench_spec(spec: SweepSpec, trials: int, storage_path: Path) -> SweepSpec:
 # What each figure of `measure` is, for the printed table.
 FIGURE_MEANINGS = {
     "trials": "identical one-worker trials, one at a time",
-    "direct_seconds": "the same train() calls in one process",
+    "direct_seconds": "the same train() calls in one process (half before the engine, half after)",
     "engine_seconds": "through Ray Tune + MLflow (after Ray is up)",
     "ray_init_seconds": "starting Ray on this machine (not in engine_seconds)",
     "efficiency": "direct_seconds / engine_seconds",
@@ -74,18 +76,24 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
         config = build_run_config(reduced, {})
 
         torch.set_num_threads(max(int(reduced.resources.cpus_per_worker), 1))
-        direct_start = time.perf_counter()
-        direct_training = [
-            train(config, work_dir=scratch_dir / f"direct-{index}")[WALL_SECONDS] for index in range(trials)
-        ]
-        direct_seconds = time.perf_counter() - direct_start
 
+        def direct(indices: range) -> tuple[float, list[float]]:
+            """(seconds, each trial's training-loop seconds) of the direct trials `indices`."""
+            started = time.perf_counter()
+            training = [train(config, work_dir=scratch_dir / f"direct-{index}")[WALL_SECONDS] for index in indices]
+            return time.perf_counter() - started, training
+
+        half = (trials + 1) // 2
+        before_seconds, before_training = direct(range(half))
         init_start = time.perf_counter()
         init_ray()
         ray_init_seconds = time.perf_counter() - init_start
         engine_start = time.time()
         result = engine.run_sweep(reduced, spec_path, total_trials=trials)
         engine_seconds = time.time() - engine_start
+        after_seconds, after_training = direct(range(half, trials))
+    direct_seconds = before_seconds + after_seconds
+    direct_training = before_training + after_training
     trial_seconds_direct = direct_seconds / trials
     engine_training = [trial.metrics[WALL_SECONDS] for trial in result.trials if WALL_SECONDS in trial.metrics]
     # Each trial's share of the engine's time runs from the previous trial's end (the first's from the start).
