@@ -52,6 +52,7 @@ FIGURE_MEANINGS = {
     "sweep_close_seconds": "after the last trial: results, the parent run, Tune's clean-up",
     "training_seconds_direct": "one trial's training loop alone (its wall_seconds metric), directly",
     "training_seconds_engine": "the same in a trial's process: what is left of the gap is slower training",
+    "training_spread_direct": "(slowest - fastest) / mean of the direct loops: this machine's noise on identical work",
     "failed_trials": "trials that raised",
 }
 
@@ -115,5 +116,6 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
         "sweep_close_seconds": engine_seconds - (ends[-1] - engine_start),
         "training_seconds_direct": sum(direct_training) / trials,
         "training_seconds_engine": sum(engine_training) / max(len(engine_training), 1),
+        "training_spread_direct": (max(direct_training) - min(direct_training)) / (sum(direct_training) / trials),
         "failed_trials": sum(trial.status == "ERROR" for trial in result.trials),
     }

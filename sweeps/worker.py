@@ -10,7 +10,6 @@ work with Train V2).
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from mixer_core import metrics as metric_names
 from mixer_core.config import ConfigError, parse_config
 from sweeps.mlflow_writer import TrialLog
 from sweeps.run_artifacts import fetch_init_from
+from sweeps.scratch import trial_scratch_dir
 
 if TYPE_CHECKING:  # Ray Data is imported only by trials that stream
     from ray.data import DataIterator
@@ -85,8 +85,8 @@ def _train(
     from mixer_core.train import train
 
     config = parse_config(loop_config["run_config"], source=f"trial {loop_config['trial_id']}")
-    with tempfile.TemporaryDirectory(prefix="mixer-trial-") as work:
-        local_config = fetch_init_from(config, Path(work) / "init_from", loop_config["tracking_uri"])
+    with trial_scratch_dir() as work:
+        local_config = fetch_init_from(config, work / "init_from", loop_config["tracking_uri"])
 
         def on_report(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
             evaluated = metric_names.is_eval_report(metrics)
@@ -102,10 +102,10 @@ def _train(
             stream = open_stream(config.data, config.train.seed, config.eval.max_examples, world_rank, world_size,
                                  dataset_shard)
         if checkpoint is None:
-            train(local_config, on_report, work_dir=Path(work), stream=stream)
+            train(local_config, on_report, work_dir=work, stream=stream)
             return
         with checkpoint.as_directory() as resume_dir:
-            train(local_config, on_report, resume_from=Path(resume_dir), work_dir=Path(work), stream=stream)
+            train(local_config, on_report, resume_from=Path(resume_dir), work_dir=work, stream=stream)
 
 
 def _report_to_ray_train(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps import tracking
 from sweeps.cli import main
+from sweeps.scratch import remove_abandoned
 
 EPOCHS = 6
 WAIT_SECONDS = 300
@@ -120,6 +122,8 @@ def test_killed_training_process_is_retried_into_the_same_mlflow_run(ray_address
     assert status == 0 and [trial["status"] for trial in result["trials"]] == ["TERMINATED"]
     assert result["trials"][0]["metrics"]["epoch"] >= EPOCHS - 0.1
     assert_one_complete_run_per_trial(mlflow_store, "retry", trials=1)
+    # The killed process could not remove its scratch folder (its checkpoints); the retry's start did.
+    assert remove_abandoned(Path(tempfile.gettempdir())) == []
 
 
 def test_killed_driver_is_resumed_without_rerunning_finished_trials(

@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bench", help="engine efficiency: K trials through Ray Tune/Train vs. the same training run directly"
     )
     _add_spec_arguments(bench)
-    bench.add_argument("--trials", type=int, default=3, help="number of identical trials K (default 3)")
+    bench.add_argument(
+        "--trials", type=int, default=4,
+        help="number of identical trials K (default 4: an even K puts as many direct trials after the engine as before)",
+    )
     bench.set_defaults(run_sweep_command=bench_command)
 
 
