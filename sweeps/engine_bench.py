@@ -51,7 +51,8 @@ FIGURE_MEANINGS = {
     "later_trial_startup_seconds": "each later trial, in the reused process (mean; needs K >= 2)",
     "sweep_close_seconds": "after the last trial: results, the parent run, Tune's clean-up",
     "training_seconds_direct": "one trial's training loop alone (its wall_seconds metric), directly",
-    "training_seconds_engine": "the same in a trial's process: what is left of the gap is slower training",
+    "training_seconds_engine_first": "the same in the first trial, in its new process (a gap here is slower training)",
+    "training_seconds_engine_later": "the same in each later trial, in the reused process (mean; needs K >= 2)",
     "training_spread_direct": "(slowest - fastest) / mean of the direct loops: this machine's noise on identical work",
     "failed_trials": "trials that raised",
 }
@@ -96,9 +97,12 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
     direct_seconds = before_seconds + after_seconds
     direct_training = before_training + after_training
     trial_seconds_direct = direct_seconds / trials
-    engine_training = [trial.metrics[WALL_SECONDS] for trial in result.trials if WALL_SECONDS in trial.metrics]
+    ended = sorted((trial for trial in result.trials if trial.ended_at is not None), key=lambda trial: trial.ended_at)
+    # Each trial's training loop, in the order the trials ran (one at a time): the first in a new process.
+    engine_training = [trial.metrics[WALL_SECONDS] for trial in ended if WALL_SECONDS in trial.metrics]
+    later_training = engine_training[1:]
     # Each trial's share of the engine's time runs from the previous trial's end (the first's from the start).
-    ends = [engine_start, *sorted(trial.ended_at for trial in result.trials if trial.ended_at is not None)]
+    ends = [engine_start, *(trial.ended_at for trial in ended)]
     spans = [later - earlier for earlier, later in zip(ends, ends[1:])]
     later_spans = spans[1:]
     return {
@@ -115,7 +119,8 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
         ),
         "sweep_close_seconds": engine_seconds - (ends[-1] - engine_start),
         "training_seconds_direct": sum(direct_training) / trials,
-        "training_seconds_engine": sum(engine_training) / max(len(engine_training), 1),
+        "training_seconds_engine_first": engine_training[0] if engine_training else None,
+        "training_seconds_engine_later": sum(later_training) / len(later_training) if later_training else None,
         "training_spread_direct": (max(direct_training) - min(direct_training)) / (sum(direct_training) / trials),
         "failed_trials": sum(trial.status == "ERROR" for trial in result.trials),
     }

@@ -167,7 +167,7 @@ def test_sweep_bench_runs_the_same_trials_directly_and_through_the_engine(ray_ad
     assert split == pytest.approx(engine - direct)
     assert figures["sweep_close_seconds"] > 0
     # Each side's training loop alone (its wall_seconds): a part of one trial, the same work on both sides.
-    for side in ("direct", "engine"):
+    for side in ("direct", "engine_first", "engine_later"):
         assert 0 < figures[f"training_seconds_{side}"] < figures["trial_seconds_direct"] + figures[
             "first_trial_startup_seconds"]
     assert figures["training_seconds_direct"] < figures["trial_seconds_direct"]
