@@ -98,9 +98,10 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
     direct_training = before_training + after_training
     trial_seconds_direct = direct_seconds / trials
     ended = sorted((trial for trial in result.trials if trial.ended_at is not None), key=lambda trial: trial.ended_at)
-    # Each trial's training loop, in the order the trials ran (one at a time): the first in a new process.
-    engine_training = [trial.metrics[WALL_SECONDS] for trial in ended if WALL_SECONDS in trial.metrics]
-    later_training = engine_training[1:]
+    # Each trial's training loop, in the order the trials ran (one at a time): the first in a new process; None
+    # for a trial that failed before reporting.
+    engine_training = [trial.metrics.get(WALL_SECONDS) for trial in ended]
+    later_training = [seconds for seconds in engine_training[1:] if seconds is not None]
     # Each trial's share of the engine's time runs from the previous trial's end (the first's from the start).
     ends = [engine_start, *(trial.ended_at for trial in ended)]
     spans = [later - earlier for earlier, later in zip(ends, ends[1:])]
