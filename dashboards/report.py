@@ -21,8 +21,8 @@ from dashboards.holdout import INTERVAL_KIND, Prediction
 from dashboards.runs import SweepRuns, trial_rows
 from dashboards.scaling import ScalingFit
 from mixer_core.metrics import IMAGES_PER_SEC, TRAIN_FLOPS, TRAIN_SIZE, WALL_SECONDS
-from sweeps.cli.output import format_value
-from sweeps.tracking import TAG_GIT_COMMIT, TAG_SPEC_HASH
+from sweeps.tables import format_value
+from sweeps.tracking.schema import TAG_GIT_COMMIT, TAG_SPEC_HASH
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"

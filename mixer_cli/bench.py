@@ -6,7 +6,8 @@ import argparse
 
 from mixer_core.bench import DTYPES, MODES, BenchSettings, run_bench
 from mixer_core.variants import VARIANTS
-from sweeps.cli.output import add_json_flag, emit_json, format_table
+from mixer_cli.output import add_json_flag, emit_json
+from sweeps.tables import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from mixer_core.sizes import variant_table
-from sweeps.cli.output import add_json_flag, emit_json, format_table
+from mixer_cli.output import add_json_flag, emit_json
+from sweeps.tables import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from mixer_core.config import ModelConfig, RunConfig, image_shape_problem
 from mixer_core.data.facts import dataset_facts, estimated_train_size
 from mixer_core.sizes import mixer_macs, mixer_parameters, training_flops
 from mixer_core.variants import VARIANTS
-from sweeps.cli.output import format_table
+from sweeps.tables import format_table
 from sweeps.spec import (
     OPTUNA_SEARCHERS,
     SpecError,

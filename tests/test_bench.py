@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mixer_core.bench import time_interleaved
-from sweeps.cli import main
+from mixer_cli import main
 
 
 def test_models_take_turns_after_their_warm_up():

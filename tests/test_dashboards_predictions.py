@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from dashboards_fixtures import FAMILY_PARAMS, FULL_TRAIN_SIZE, TRUE_JOINT_LAW, shared_store, true_error
-from sweeps.cli import main
+from mixer_cli import main
 from test_dashboards_report import run_report
 
 

@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from sweeps.cli import main
+from mixer_cli import main
 from shipped_data import MNIST, REPO_ROOT
 
 
