@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from mixer_cli.output import add_json_flag, emit_json
 from mixer_core.bench import DTYPES, MODES, BenchSettings, run_bench
 from mixer_core.variants import VARIANTS
-from mixer_cli.output import add_json_flag, emit_json
 from sweeps.tables import format_table
 
 

@@ -12,13 +12,13 @@ import os
 import sys
 from pathlib import Path
 
+from mixer_cli.output import add_json_flag, emit_json, refuse
 from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, apply_override, load_config, parse_as, suggestion
 from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
 from mixer_core.data.parquet import class_names, count_selected, decoded_size, find_shards, row_count
-from mixer_cli.output import add_json_flag, emit_json, refuse
-from sweeps.tables import format_table
 from sweeps.bench.data import PIPELINES, bench_loader
+from sweeps.tables import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mixer_core import metrics
 from mixer_cli.output import EXIT_INTERRUPTED, add_json_flag, emit_json, refuse
-from sweeps.tables import format_table
+from mixer_core import metrics
 from sweeps.spec import SpecError, load_spec
+from sweeps.tables import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mixer_core.sizes import variant_table
 from mixer_cli.output import add_json_flag, emit_json
+from mixer_core.sizes import variant_table
 from sweeps.tables import format_table
 
 

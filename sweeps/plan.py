@@ -17,7 +17,6 @@ from mixer_core.config import ModelConfig, RunConfig, image_shape_problem
 from mixer_core.data.facts import dataset_facts, estimated_train_size
 from mixer_core.sizes import mixer_macs, mixer_parameters, training_flops
 from mixer_core.variants import VARIANTS
-from sweeps.tables import format_table
 from sweeps.spec import (
     OPTUNA_SEARCHERS,
     SpecError,
@@ -27,6 +26,7 @@ from sweeps.spec import (
     is_linked,
     linked_settings,
 )
+from sweeps.tables import format_table
 
 # Keys that change what a trial costs; the plan bounds a search by the extremes of these only.
 _COST_KEYS = (

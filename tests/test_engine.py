@@ -9,12 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from shipped_data import MNIST
 
-from sweeps.tracking import queries
 from mixer_cli import main
 from sweeps.engine.search import optuna_storage_url
 from sweeps.spec import SpecError, load_spec
-from shipped_data import MNIST
+from sweeps.tracking import queries
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, dict]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-from sweeps.tracking import queries
-from mixer_cli import main
 from test_engine_faults import EPOCHS, assert_one_complete_run_per_trial, evaluations, trial_runs_of, wait_for
+
+from mixer_cli import main
+from sweeps.tracking import queries
 
 # MLflow's SQLite store waits this long for a lock (`PRAGMA busy_timeout = 20000` in mlflow/store/db/utils.py).
 SQLITE_BUSY_TIMEOUT_SECONDS = 20

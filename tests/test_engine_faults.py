@@ -18,9 +18,9 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from sweeps.tracking import queries
 from mixer_cli import main
 from sweeps.engine.scratch import remove_abandoned
+from sweeps.tracking import queries
 
 EPOCHS = 6
 WAIT_SECONDS = 300

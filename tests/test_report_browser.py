@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from dashboards_fixtures import shared_store
+
 from mixer_cli import main
 
 CHROMIUM = shutil.which("chromium")

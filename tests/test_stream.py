@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from image_folders import write_jpeg_folder
+
 from mixer_core.config import DataConfig, parse_config
 from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
@@ -155,8 +155,8 @@ def test_a_sweep_streams_jpeg_shards_and_a_bad_row_fails_its_trial_keeping_what_
 ):
     from mlflow.tracking import MlflowClient
 
-    from sweeps.tracking import queries
     from mixer_cli import main
+    from sweeps.tracking import queries
 
     base = {
         "data": {**STREAM, "path": str(jpeg_shards), "fraction": 0.3},

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.engine.run import find_resumable
-
-from sweeps.tracking import queries, recording
 from mixer_cli import main
+from sweeps.engine.run import find_resumable
 from sweeps.spec import load_spec, spec_hash
+from sweeps.tracking import queries, recording
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, dict | list]:

@@ -63,10 +63,10 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
     import torch
 
     from mixer_core.train import train
-    from sweeps.engine.run import run_sweep
-    from sweeps.tracking import recording, store
     from sweeps.engine.ray_session import init_ray
+    from sweeps.engine.run import run_sweep
     from sweeps.spec import build_run_config
+    from sweeps.tracking import recording, store
 
     with tempfile.TemporaryDirectory(prefix="mixer-bench-") as scratch:
         scratch_dir = Path(scratch)

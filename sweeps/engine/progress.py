@@ -21,7 +21,6 @@ from sweeps.engine.worker import FINAL_ERROR
 from sweeps.tracking import queries, recording, schema
 from sweeps.tracking.store import best_effort
 
-
 # Tune's status of trials it has not started (or has paused); left so at the end, the sweep was interrupted.
 _NOT_STARTED = ("PENDING", "PAUSED")
 

@@ -98,8 +98,6 @@ def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = No
 
 
 @contextmanager
-
-
 def _parent_run_ended_on_error(uri: str, parent_run_id: str) -> Iterator[None]:
     """Whatever fails while the sweep's parent run is open ends it FAILED, tagged with the error, before the error
     propagates (an interrupted sweep has already been marked KILLED by `_fit`)."""
@@ -155,4 +153,5 @@ def resume_sweep(context: SweepContext, directory: str) -> SweepResult:
         tuner = ray.tune.Tuner.restore(
             directory, trainable=_trainable(context, writer), resume_unfinished=True, resume_errored=True
         )
-        return finish_sweep(context, _fit(tuner, context, writer), SweepCallback.of_sweep(context.parent_run_id), directory)
+        results = _fit(tuner, context, writer)
+        return finish_sweep(context, results, SweepCallback.of_sweep(context.parent_run_id), directory)

@@ -11,17 +11,17 @@ from sweeps.spec import SweepSpec
 
 def scheduler(spec: SweepSpec) -> FIFOScheduler | ASHAScheduler:
     """FIFO, or ASHA stopping trials on the (single) objective at the spec's rungs."""
-    scheduler = spec.scheduler
-    if scheduler.type != "asha":
+    settings = spec.scheduler
+    if settings.type != "asha":
         return FIFOScheduler()
     metrics, modes = objective_metrics(spec)
     return ASHAScheduler(
-        time_attr=scheduler.time_attr,
+        time_attr=settings.time_attr,
         metric=metrics[0],
         mode=modes[0],
-        max_t=scheduler.max_t,
-        grace_period=scheduler.grace_period,
-        reduction_factor=scheduler.reduction_factor,
+        max_t=settings.max_t,
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
     )
 
 

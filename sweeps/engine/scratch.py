@@ -21,8 +21,6 @@ LOCK = ".owner.lock"
 
 
 @contextlib.contextmanager
-
-
 def trial_scratch_dir(root: Path | None = None) -> Iterator[Path]:
     """A new scratch folder under `root` (default: the system's temporary folder), removed on exit; the
     abandoned folders of dead trial processes there are removed first."""

@@ -18,8 +18,6 @@ from sweeps.tracking.artifacts import log_checkpoint
 
 
 @dataclass
-
-
 class TrialSummary:
     """One row of the results table."""
 
@@ -31,8 +29,6 @@ class TrialSummary:
 
 
 @dataclass
-
-
 class SweepResult:
     """The outcome of `run_sweep`/`resume_sweep`: every trial, the best one, and where to look in MLflow."""
 

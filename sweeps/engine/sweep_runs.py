@@ -9,8 +9,8 @@ import re
 import uuid
 from typing import Any
 
-from sweeps.tracking import queries, schema
 from sweeps.spec import SweepSpec, spec_hash, validate_spec
+from sweeps.tracking import queries, schema
 
 _SWEEP_ID = re.compile(r"^[0-9a-f]{8}$")
 

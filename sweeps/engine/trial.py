@@ -24,8 +24,8 @@ from ray.actor import ActorHandle
 
 from mixer_core.config import RunConfig, resolve_paths
 from sweeps.engine.ray_session import set_ray_env_defaults
-from sweeps.spec import SweepSpec, build_run_config
 from sweeps.engine.worker import run_worker, train_worker
+from sweeps.spec import SweepSpec, build_run_config
 
 # A trial of several workers only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an
 # empty resource request, and any CPU held here would be missing for the workers, so it asks for one byte.
@@ -33,8 +33,6 @@ TRAIN_DRIVER_RESOURCES = {"memory": 1}
 
 
 @dataclass(frozen=True)
-
-
 class SweepContext:
     """What every trial of one sweep needs besides its own parameters."""
 

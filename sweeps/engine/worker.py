@@ -18,9 +18,9 @@ import ray.train
 
 from mixer_core import metrics as metric_names
 from mixer_core.config import ConfigError, parse_config
-from sweeps.tracking.writer import TrialLog
-from sweeps.tracking.artifacts import fetch_init_from
 from sweeps.engine.scratch import trial_scratch_dir
+from sweeps.tracking.artifacts import fetch_init_from
+from sweeps.tracking.writer import TrialLog
 
 if TYPE_CHECKING:  # Ray Data is imported only by trials that stream
     from ray.data import DataIterator

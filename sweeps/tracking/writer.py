@@ -21,8 +21,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
-
-
 class MlflowWriter:
     """Writes the trial runs of one sweep (experiment `experiment_id`, parent run `parent_run_id`)."""
 
