@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from mixer_core.variants import VARIANTS
 
@@ -38,11 +46,30 @@ DATASET_NAMES = (
 PERMUTATIONS = ("none", "patches", "pixels_within_patches", "patches_and_pixels_within_patches", "pixels")
 RANDAUGMENT_MAX_MAGNITUDE = 20  # the paper's Appendix B searches RandAugment magnitudes up to 20
 SOURCES_WITHOUT_PATH = ("digits", "synthetic")  # every other source reads its files from data.path
+# Run lengths past any real run (the paper's longest: 7 epochs of JFT-300M, about 2e9 examples), so a typo such as
+# `epochs: 1.0e+300` is refused instead of planned as infinite FLOPs.
+MAX_EPOCHS, MAX_STEPS, MAX_EXAMPLES = 100_000, 10**10, 10**13
 ModelT = typing.TypeVar("ModelT", bound=BaseModel)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class StrictModel(BaseModel):
+    """The rules every config and spec model shares: unknown keys, NaN and ±inf (also as text, `'inf'`) and
+    true/false where a number belongs are errors, not silently taken."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        accepted = typing.get_args(annotation) or (annotation,)
+        if isinstance(value, bool) and bool not in accepted and ({int, float} & set(accepted)):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
+
+
+class _Section(StrictModel):
+    model_config = ConfigDict(validate_assignment=True)
 
 
 class ModelConfig(_Section):
@@ -60,7 +87,7 @@ class ModelConfig(_Section):
     @classmethod
     def _known_variant(cls, variant: str) -> str:
         if variant not in VARIANTS:
-            raise ValueError(f"unknown Mixer variant {variant!r}{suggestion(variant, list(VARIANTS))}")
+            raise ValueError(f"unknown Mixer variant {shown(variant)}{suggestion(variant, list(VARIANTS))}")
         return variant
 
     @property
@@ -138,9 +165,9 @@ class TrainConfig(_Section):
     """The optimisation recipe: `pretrain` (Adam, linear schedule) or `finetune` (SGD momentum, cosine)."""
 
     recipe: Literal["pretrain", "finetune"] = "pretrain"
-    epochs: float | None = Field(10, gt=0)
-    steps: int | None = Field(None, gt=0)  # budget mode: a fixed step count whatever the fraction
-    examples: int | None = Field(None, gt=0)  # budget mode: a fixed number of examples seen
+    epochs: float | None = Field(10, gt=0, le=MAX_EPOCHS)
+    steps: int | None = Field(None, gt=0, le=MAX_STEPS)  # budget mode: a fixed step count whatever the fraction
+    examples: int | None = Field(None, gt=0, le=MAX_EXAMPLES)  # budget mode: a fixed number of examples seen
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(0, ge=0)
@@ -257,18 +284,69 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------- reading
 
 
+MAX_FILE_BYTES = 1 << 20  # a spec or config is a few kB; anything this large is not one
+MAX_NESTING = 32  # mapping and list levels; the deepest real config has five
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """YAML as configs use it: no aliases (an alias bomb expands tenfold per level), no duplicate keys (the last
+    would silently win), at most `MAX_NESTING` levels (PyYAML recurses once per level)."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.MarkedYAMLError(problem="aliases (*name) are not allowed; write the value out",
+                                       problem_mark=self.peek_event().start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.MarkedYAMLError(problem=f"nested more than {MAX_NESTING} levels deep",
+                                           problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 (PyYAML's signature)
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {shown(key)}", problem_mark=key_node.start_mark)
+            seen.add(key if isinstance(key, typing.Hashable) else id(key_node))
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`text` read as YAML by `_StrictYamlLoader`; `ConfigError` in one line (`line L, column C: problem`)."""
+    try:
+        return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML{where}: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"not valid YAML: {shown(str(error))}") from None
+
+
 def read_mapping(path: str | Path, kind: str) -> dict[str, Any]:
-    """The YAML mapping in `path`; `ConfigError` naming the file when it is missing, not YAML or not a mapping.
+    """The YAML mapping in `path`; `ConfigError` naming the file when it is missing, a directory, too large, not
+    UTF-8, not YAML (see `load_yaml`) or not a mapping.
 
     `kind` names what the file should be in the message (`config`, `sweep spec`).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a {kind} file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such {kind} file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a {kind} file is at most {MAX_FILE_BYTES}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        data = load_yaml(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start}); save it as UTF-8") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     if data is None:  # an empty file: every default
         return {}
     if not isinstance(data, dict):
@@ -293,6 +371,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML run config, or a sweep spec's `base:`, and apply `--set` overrides (see `apply_override`)."""
     data = read_mapping(path, "config")
     data = data.get("base", data) or {}  # a sweep spec's base config is a run config too
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: base: expected a mapping (a run config), got {type(data).__name__}")
     for override in overrides:
         try:
             apply_override(data, override)
@@ -308,11 +388,11 @@ def parse_override(override: str) -> tuple[str, Any]:
     """Split a `--set` value `train.lr=0.01` into (`train.lr`, 0.01), the value read as YAML."""
     key, sep, value = override.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+        raise ConfigError(f"--set {shown(override)}: expected KEY=VALUE, e.g. train.lr=0.01")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {key.strip()}: the value is not valid YAML: {error}") from None
+        return key.strip(), load_yaml(value)
+    except ConfigError as error:
+        raise ConfigError(f"--set {clip(key.strip())}: the value is {error}") from None
 
 
 def apply_override(data: dict[str, Any], override: str) -> str:
@@ -352,12 +432,16 @@ def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:
 
 
 def set_by_path(data: dict[str, Any], dotted_key: str, value: Any) -> None:
-    """Set `data[a][b][c] = value` for `a.b.c`, creating intermediate mappings."""
+    """Set `data[a][b][c] = value` for `a.b.c`, creating intermediate mappings (and one for a null section);
+    `ConfigError` when a section on the way holds something else."""
     *parents, leaf = dotted_key.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
+    for depth, part in enumerate(parents):
+        if data.get(part) is None:
+            data[part] = {}
+        data = data[part]
         if not isinstance(data, dict):
-            raise ConfigError(f"{dotted_key}: {part} is not a mapping")
+            section = ".".join(parents[: depth + 1])
+            raise ConfigError(f"{dotted_key}: {section} is a {type(data).__name__}, not a mapping")
     data[leaf] = value
 
 
@@ -376,8 +460,9 @@ def key_path_problem(key: str) -> str | None:
         return None
     inside = [path for path in leaves if path.startswith(key + ".")]
     if inside:
-        return f"is a section, not a setting; name one of {', '.join(inside)}"
-    return f"unknown config key {key!r}{suggestion(key, leaves)}"
+        listed = ", ".join(inside[:4]) + (f" (or {len(inside) - 4} more)" if len(inside) > 4 else "")
+        return f"is a section, not a setting; name one of {listed}"
+    return f"unknown config key {shown(key)}{suggestion(key, leaves)}"
 
 
 def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
@@ -417,12 +502,25 @@ def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 # ---------------------------------------------------------------------------------------------- messages
 
 
+MAX_SHOWN_CHARS = 60  # a value or key quoted in a message is cut to this many characters
+
+
+def clip(text: str) -> str:
+    """`text` cut to `MAX_SHOWN_CHARS` characters with `...`, so no input makes a message long."""
+    return text if len(text) <= MAX_SHOWN_CHARS else f"{text[:MAX_SHOWN_CHARS - 3]}..."
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, cut by `clip`."""
+    return clip(repr(value))
+
+
 def suggestion(word: str, candidates: list[str]) -> str:
     """`; did you mean 'x'?` for the closest candidate, or for one ending in `.word` (a missing section); or ``.
 
     Equally close spellings go to the one whose characters are nearest, so `Ti/5` suggests `Ti/4`, not `Ti/7`.
     """
-    word = str(word)
+    word = str(word)[:MAX_SHOWN_CHARS]  # difflib is quadratic in length; no key is longer
     similarity = {candidate: difflib.SequenceMatcher(None, word, candidate).ratio() for candidate in candidates}
     best = max(similarity.values(), default=0.0)
     matches = [candidate for candidate, ratio in similarity.items() if ratio == best and ratio >= 0.6]
@@ -474,15 +572,15 @@ def _describe(problem: dict, model: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
         known = list(parent.model_fields) if parent else []
-        return f"unknown key {loc[-1]!r}{suggestion(str(loc[-1]), known)}"
+        return f"unknown key {shown(loc[-1])}{suggestion(str(loc[-1]), known)}"
     message = problem["msg"].removeprefix("Value error, ")
     if kind == "value_error":  # our validators' messages name the value themselves
         return message
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", problem["ctx"]["expected"])
-        return f"{message}, got {given!r}{suggestion(str(given), choices)}"
+        return f"{message}, got {shown(given)}{suggestion(str(given), choices)}"
     if kind == "missing":
         return message.lower()
     if not isinstance(given, (dict, list)) or kind.endswith("_type"):
-        return f"{message}, got {given!r}"
+        return f"{message}, got {shown(given)}"
     return message

@@ -97,3 +97,12 @@ def ui_hint(uri: str, experiment_id: str) -> str:
     if uri.startswith(("http://", "https://")):
         return experiment_url(uri, experiment_id)
     return f"mlflow ui --backend-store-uri {uri}, then {experiment_url(LOCAL_UI_URL, experiment_id)}"
+
+
+def missing_sqlite_store(uri: str) -> Path | None:
+    """The SQLite file a `sqlite:///` store `uri` names when it does not exist (MLflow would create an empty one
+    on first use), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///"))
+    return None if path.is_file() else path
