@@ -506,7 +506,9 @@ MAX_SHOWN_CHARS = 60  # a value or key quoted in a message is cut to this many c
 
 
 def clip(text: str) -> str:
-    """`text` cut to `MAX_SHOWN_CHARS` characters with `...`, so no input makes a message long."""
+    """`text` on one line (unprintable characters escaped) and cut to `MAX_SHOWN_CHARS` characters with `...`, so
+    no input makes a message long or breaks its lines."""
+    text = text if text.isprintable() else repr(text)[1:-1]
     return text if len(text) <= MAX_SHOWN_CHARS else f"{text[:MAX_SHOWN_CHARS - 3]}..."
 
 
@@ -556,7 +558,7 @@ def _key_path(prefix: str, loc: tuple, data: Any) -> str:
     for part in loc:
         if isinstance(part, int) and not isinstance(written, list):
             continue
-        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{part}"
+        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{clip(str(part))}"
         if isinstance(written, dict):
             written = written.get(part)
         elif isinstance(written, list) and isinstance(part, int) and part < len(written):
