@@ -20,6 +20,7 @@ from typing import Any
 from mixer_cli.output import EXIT_INTERRUPTED, add_json_flag, emit_json, refuse
 from mixer_core import metrics
 from mixer_core.config import shown
+from mixer_core.redact import redacted
 from sweeps.spec import MAX_NAME_CHARS, SWEEP_NAME_PATTERN, SpecError, load_spec
 from sweeps.tables import format_table
 
@@ -249,18 +250,18 @@ def _check_cluster_resources(spec) -> None:
 
 
 def _print_result(result, as_json: bool) -> None:
-    document = _result_document(result)
+    document = redacted(_result_document(result))  # no password of a storage URL on stdout
     if as_json:
         emit_json(document)
         return
     print(format_table(_result_rows(result)))
     print(f"\nbest trial: {result.best_trial_id or '-'} ({result.objective[0]})")
     if result.best_checkpoint:
-        print(f"best weights: {result.best_checkpoint}   (a train.init_from for fine-tuning)")
-    print(f"MLflow: {result.mlflow_ui}   (sweep run {result.parent_run_id})")
+        print(f"best weights: {document['best_checkpoint']}   (a train.init_from for fine-tuning)")
+    print(f"MLflow: {document['mlflow_ui']}   (sweep run {result.parent_run_id})")
     if result.optuna_storage:
-        print(f"Optuna: optuna-dashboard {result.optuna_storage}")
-    print(f"Tune state: {result.experiment_dir}")
+        print(f"Optuna: optuna-dashboard {document['optuna_storage']}")
+    print(f"Tune state: {document['experiment_dir']}")
     print(f"Report: mixer report {result.name}")
 
 

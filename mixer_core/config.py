@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from mixer_core.redact import redacted
 from mixer_core.variants import VARIANTS
 
 DATASET_NAMES = (
@@ -513,8 +514,8 @@ def clip(text: str) -> str:
 
 
 def shown(value: Any) -> str:
-    """`repr(value)`, cut by `clip`."""
-    return clip(repr(value))
+    """`repr(value)`, passwords in URLs hidden (`mixer_core.redact`), cut by `clip`."""
+    return clip(redacted(repr(value)))
 
 
 def suggestion(word: str, candidates: list[str]) -> str:

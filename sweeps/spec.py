@@ -27,18 +27,19 @@ from mixer_core.config import (
     RunConfig,
     StrictModel,
     apply_override,
+    clip,
     config_fields,
     format_validation_error,
     key_path_problem,
     parse_config,
     parse_override,
     read_mapping,
-    clip,
     set_by_path,
     shown,
     suggestion,
     validation_problems,
 )
+from mixer_core.redact import redacted
 
 SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")
 OPTUNA_SEARCHERS = ("optuna-tpe", "optuna-nsga2")
@@ -316,10 +317,11 @@ def build_run_config(spec: SweepSpec, params: dict[str, Any]) -> RunConfig:
 
 
 def spec_hash(spec: SweepSpec | str | Path) -> str:
-    """A short stable hash of the validated spec (defaults filled in), so equal sweeps hash equal."""
+    """A short stable hash of the validated spec (defaults filled in), so equal sweeps hash equal. Passwords are
+    left out (`mixer_core.redact`), as from the spec MLflow keeps, which `mixer sweep resume` hashes again."""
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    canonical = json.dumps(redacted(spec.model_dump(mode="json")), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
