@@ -3,8 +3,9 @@
 A config is data: a YAML mapping with the sections `model`, `data`, `train` and `eval`. Unknown keys and
 wrong types are errors that name the key path, so a typo never silently falls back to a default.
 
-Every rule about a run config lives here, as a validator of these models, so `mixer train`, `mixer data`,
-`mixer sweep validate`, the sweep plan and every trial refuse the same configs with the same messages. Reading configs and
+Every rule about a run config lives here, as a validator of these models, and so does every setting derived
+from others (filled in by a validator), so `mixer train`, `mixer data`, `mixer sweep validate`, the sweep plan
+and every trial see the same config and refuse the same configs with the same messages. Reading configs and
 `--set` overrides is `mixer_core.config_io`; formatting validation errors is `mixer_core.config_messages`.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from mixer_core.config_messages import suggestion
 from mixer_core.variants import VARIANTS
@@ -98,10 +99,13 @@ class DataConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     permutation: Literal[PERMUTATIONS] = "none"  # type: ignore[valid-type]
     permutation_seed: int = 0
-    permutation_patch_size: int | None = Field(None, gt=0)  # the model's patch size; needed by patch permutations
+    permutation_patch_size: int | None = Field(None, gt=0)  # the patch size patch permutations cut (see below)
     synthetic_examples: int = Field(6000, gt=0)
     synthetic_classes: int = Field(10, gt=1)
     synthetic_difficulty: float = Field(0.5, ge=0.0, le=1.0)
+    # The Mixer's patch size, filled in by `RunConfig` (not a field: a dump of the config, hashed by the sweep
+    # spec and re-validated with another model.variant by a trial, must not carry one variant's patch size).
+    _model_patch_size: int | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _path_for_sources_that_read_files(self) -> DataConfig:
@@ -125,6 +129,12 @@ class DataConfig(_Section):
     def streams(self) -> bool:
         """Whether training data streams through Ray Data (Parquet, unless `stream: false`)."""
         return self.name == "parquet" and self.stream is not False
+
+    @property
+    def permuted_patch_size(self) -> int | None:
+        """The patch size patch permutations cut: `permutation_patch_size`, else the Mixer's own (section 3.4
+        shuffles the model's patches), which `RunConfig` fills in; None for a timm baseline that names none."""
+        return self.permutation_patch_size or self._model_patch_size
 
 
 class TrainConfig(_Section):
@@ -214,6 +224,15 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _model_patch_size_for_the_data(self) -> RunConfig:
+        patch_size = None if self.model.timm_model else VARIANTS[self.model.variant].patch_size
+        if self.data._model_patch_size != patch_size:
+            data = self.data.model_copy()  # the caller's DataConfig stays as it was
+            data._model_patch_size = patch_size
+            self.data = data  # validated on assignment: this validator runs again and finds the size set
+        return self
 
     @model_validator(mode="after")
     def _patches_tile_the_image(self) -> RunConfig:

@@ -83,7 +83,6 @@ from mixer_core.device import autocast, resolve_device
 from mixer_core.evaluate import evaluate_fewshot_tasks, evaluate_top1, fewshot_tasks
 from mixer_core.losses import classification_loss
 from mixer_core.model import count_parameters
-from mixer_core.variants import VARIANTS
 from mixer_core.optim import build_optimizer, build_schedule, total_steps
 from mixer_core.sizes import training_flops
 
@@ -135,9 +134,6 @@ def train(
     """
     rank, world_size = _rank_and_world()
     train_cfg, data_cfg = config.train, config.data
-    if data_cfg.permutation_patch_size is None and not config.model.timm_model:
-        # Section 3.4's patch permutations shuffle the Mixer's own patches unless the config names a size.
-        data_cfg = data_cfg.model_copy(update={"permutation_patch_size": VARIANTS[config.model.variant].patch_size})
     device = resolve_device(train_cfg.device)
     if data_cfg.batch_size % world_size:
         raise ValueError(f"data.batch_size {data_cfg.batch_size} is not divisible by the {world_size} ranks")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixer_core.config import DataConfig
+from mixer_core.config import DataConfig, RunConfig
 from mixer_core.data import DataError, build_mixup, build_splits, make_loader
 from mixer_core.data.facts import dataset_facts, estimated_train_size
 from mixer_core.data.fractions import fraction_count, subset_ranks
@@ -127,6 +127,22 @@ def test_patch_permutation_needs_a_patch_size_dividing_the_image():
         build_splits(DataConfig(permutation="patches"))
     with pytest.raises(DataError, match="not divisible by patch size 3"):
         build_splits(DataConfig(permutation="patches", permutation_patch_size=3))
+
+
+def test_a_run_config_permutes_the_mixers_own_patches_unless_it_names_a_size():
+    """Every path that reads a run config (in memory, streamed, sweep trial, `mixer train`) gets the size from it."""
+    run = RunConfig.model_validate({"model": {"variant": "S/16"}, "data": {"permutation": "patches", "image_size": 32}})
+    assert run.data.permuted_patch_size == 16 and build_splits(run.data).image_shape == (1, 32, 32)
+    # the dump stays what the user wrote, so another variant re-validated from it gets its own patch size
+    dumped = run.model_dump()
+    assert dumped["data"]["permutation_patch_size"] is None
+    dumped["model"]["variant"] = "Ti/4"
+    assert RunConfig.model_validate(dumped).data.permuted_patch_size == 4
+    named = RunConfig.model_validate({"data": {"permutation_patch_size": 2}})
+    assert named.data.permuted_patch_size == 2
+    assert RunConfig.model_validate({"model": {"timm_model": "resnet18"}}).data.permuted_patch_size is None
+    data = DataConfig()
+    assert RunConfig(data=data).data.permuted_patch_size == 4 and data.permuted_patch_size is None
 
 
 def test_flip_mirrors_or_keeps_each_image_and_only_train_is_augmented():

@@ -67,7 +67,7 @@ def build_splits(cfg: DataConfig, seed: int = 0, max_eval_examples: int | None =
     size = cfg.image_size or height
     if cfg.image_size is None and height != width:
         size = max(height, width)  # non-square sources are resized to a square at their longer side
-    permutation = permutation_index(cfg.permutation, size, size, cfg.permutation_patch_size, cfg.permutation_seed)
+    permutation = permutation_index(cfg.permutation, size, size, cfg.permuted_patch_size, cfg.permutation_seed)
 
     augmentation = Augmentation(cfg.augment, size, channels)
     return DataSplits(

@@ -32,7 +32,7 @@ def streamed_splits(cfg: DataConfig, max_eval_examples: int | None) -> DataSplit
     `val` and `test` hold at most `max_eval_examples` decoded examples each (`train` for few-shot features)."""
     sets = find_shards(cfg.path)
     size = decoded_size(sets, cfg.image_size, cfg.path)
-    permutation = permutation_index(cfg.permutation, size, size, cfg.permutation_patch_size, cfg.permutation_seed)
+    permutation = permutation_index(cfg.permutation, size, size, cfg.permuted_patch_size, cfg.permutation_seed)
     names = class_names(sets, cfg.path)
 
     def bounded(split: str) -> ImageDataset:
