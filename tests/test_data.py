@@ -5,13 +5,23 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
 from mixer_core.config import DataConfig, RunConfig
 from mixer_core.data import DataError, build_mixup, build_splits, make_loader
 from mixer_core.data.facts import dataset_facts, estimated_train_size
-from mixer_core.data.fractions import fraction_count, subset_ranks
+from mixer_core.data.fractions import (
+    SUBSET_RANK,
+    carve_held_out,
+    fraction_count,
+    in_fraction,
+    subset_ranks,
+    train_split_size,
+    training_positions,
+)
 from mixer_core.data.permutations import apply_permutation, permutation_index
 from shipped_data import MNIST
 
@@ -90,6 +100,19 @@ def test_the_training_size_known_before_loading_is_the_one_build_splits_makes(na
     cfg = DataConfig(name=name, path=str(MNIST) if name == "mnist_idx" else None, fraction=fraction, val_fraction=0.15)
     assert dataset_facts(cfg).image_shape == build_splits(cfg).image_shape
     assert estimated_train_size(cfg) == build_splits(cfg).train_size
+
+
+@pytest.mark.parametrize("has_test_split", [False, True])
+@pytest.mark.parametrize("has_val_split", [False, True])
+def test_selection_and_sizes_come_from_one_rule_in_memory_on_parquet_and_before_loading(has_test_split, has_val_split):
+    keys = [f"example-{index}" for index in range(503)]
+    cfg = DataConfig(fraction=0.3, val_fraction=0.15, test_fraction=0.2)
+    held_out = carve_held_out(keys, has_test_split, has_val_split, cfg)
+    assert (held_out.test is None) == has_test_split and (len(held_out.val) == 0) == has_val_split
+    chosen = training_positions(keys, held_out.train, cfg.fraction)
+    assert len(chosen) == train_split_size(len(keys), has_test_split, has_val_split, cfg)
+    rows = pa.table({SUBSET_RANK: subset_ranks([keys[p] for p in held_out.train])})
+    assert rows.filter(in_fraction(pc.field(SUBSET_RANK), cfg.fraction)).num_rows == len(chosen)
 
 
 def test_permutations_are_fixed_and_keep_the_pixels():
