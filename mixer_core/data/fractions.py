@@ -24,6 +24,7 @@ from typing import TypeVar
 import numpy as np
 
 from mixer_core.config import DataConfig
+from mixer_core.data.errors import DataError
 
 SUBSET_RANK = "subset_rank"  # the Parquet column holding each training example's subset rank
 Rank = TypeVar("Rank")  # a float, a numpy array, or a pyarrow / Ray Data column expression
@@ -122,3 +123,15 @@ def train_split_size(source_train_size: int, has_test_split: bool, has_val_split
         pool -= carved_count(pool, fraction)
     return fraction_count(pool, cfg.fraction)
 
+
+def check_enough_examples(train_size: int, steps_per_epoch: int, cfg: DataConfig) -> None:
+    """Return when the selected training split gives at least one step per epoch, else raise `DataError`.
+
+    The one check of how much data the fraction leaves: an in-memory split needs one example (a split smaller
+    than a batch trains on one short batch per epoch), a stream one full global batch (it drops the ragged end).
+    """
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"data.fraction={cfg.fraction} leaves {train_size} training examples of {cfg.path or cfg.name}, too few "
+            f"for one step of data.batch_size {cfg.batch_size} per epoch; raise data.fraction or lower data.batch_size"
+        )
