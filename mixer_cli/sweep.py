@@ -19,7 +19,7 @@ from typing import Any
 
 from mixer_cli.output import EXIT_INTERRUPTED, add_json_flag, emit_json, refuse
 from mixer_core import metrics
-from mixer_core.config import shown
+from mixer_core.config_messages import shown
 from mixer_core.redact import redacted
 from sweeps.spec import MAX_NAME_CHARS, SWEEP_NAME_PATTERN, SpecError, load_spec
 from sweeps.tables import format_table

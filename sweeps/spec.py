@@ -22,23 +22,18 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mixer_core import metrics
-from mixer_core.config import (
+from mixer_core.config import RunConfig, StrictModel
+from mixer_core.config_io import (
     ConfigError,
-    RunConfig,
-    StrictModel,
     apply_override,
-    clip,
     config_fields,
-    format_validation_error,
     key_path_problem,
     parse_config,
     parse_override,
     read_mapping,
     set_by_path,
-    shown,
-    suggestion,
-    validation_problems,
 )
+from mixer_core.config_messages import clip, format_validation_error, shown, suggestion, validation_problems
 from mixer_core.redact import redacted
 
 SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixer_cli import main
-from mixer_core.config import MAX_EPOCHS, MAX_EXAMPLES, MAX_STEPS, config_fields
+from mixer_core.config import MAX_EPOCHS, MAX_EXAMPLES, MAX_STEPS
+from mixer_core.config_io import config_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
