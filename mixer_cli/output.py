@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from mixer_core.redact import redacted
+
 # A config, spec, dataset or sweep name that cannot be used (nothing was started); a failed run is 1.
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # what a shell reports for a program ended by Ctrl-C
@@ -21,9 +23,9 @@ def emit_json(document: Any) -> None:
 
 
 def refuse(command: str, problem: Exception | str) -> int:
-    """Print `mixer COMMAND: problem` on stderr (see `short_message`) and return `EXIT_BAD_INPUT`, the exit status
-    for bad input."""
-    print(short_message(f"mixer {command}: {problem}"), file=sys.stderr)
+    """Print `mixer COMMAND: problem` on stderr (see `short_message`; passwords in URLs hidden by
+    `mixer_core.redact`) and return `EXIT_BAD_INPUT`, the exit status for bad input."""
+    print(short_message(redacted(f"mixer {command}: {problem}")), file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
