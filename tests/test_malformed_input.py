@@ -27,7 +27,7 @@ from mixer_core.config_io import config_fields
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = yaml.safe_load((ROOT / "sweeps" / "quickstart.yaml").read_text())
 CONFIG = yaml.safe_load((ROOT / "sweeps" / "train_digits.yaml").read_text())
-EXAMPLES_PER_COMMAND = 300  # 600 in all, about 20 s on a busy 2-core machine
+EXAMPLES_PER_COMMAND = 300  # 600 in all: about 20 s of CPU (75 s of wall time on 2 cores shared six ways)
 SETTINGS = settings(max_examples=EXAMPLES_PER_COMMAND, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
