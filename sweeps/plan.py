@@ -178,7 +178,10 @@ def _model_cost(spec: SweepSpec, config: RunConfig, cache: dict[tuple, ModelCost
     if problem:
         raise SpecError(f"{spec.source}: {_where_varied(spec, 'model.variant')}: {config.data.name} images: {problem}")
     if config.model.timm_model:
-        params, macs = _counted_size(config.model, key[2], key[1])
+        try:
+            params, macs = _counted_size(config.model, key[2], key[1])
+        except ValueError as error:  # a setting the model cannot take (e.g. head_bias_init without a head bias)
+            raise SpecError(f"{spec.source}: {_where_varied(spec, 'model.timm_model')}: {error}") from None
     else:
         variant = VARIANTS[config.model.variant]
         params = mixer_parameters(variant, height, channels, key[2])
