@@ -43,7 +43,8 @@ def build_model(
             if cfg.timm_patch_size:
                 kwargs["patch_size"] = cfg.timm_patch_size
         model = timm.create_model(cfg.timm_model, pretrained=False, **kwargs)
-        _init_head_bias(model, cfg)
+        if num_classes:  # a model built without a head (classes unknown, e.g. when planning) has no bias to set
+            _init_head_bias(model, cfg)
         return model
     problem = image_shape_problem(cfg, height, width)
     if problem:
