@@ -76,13 +76,15 @@ def decode_listing(listing: Listing, image_size: int, eval_resize: int | None, c
     mode = "L" if channels == 1 else "RGB"
     images = torch.empty((len(listing), channels, image_size, image_size), dtype=torch.uint8)
     pixels = images.numpy()  # the same memory, written through numpy (PIL's arrays are read-only)
+
+    def decode(encoded_and_where: tuple[bytes, str]) -> np.ndarray:
+        array = decode_for_eval(encoded_and_where[0], image_size, eval_resize, mode, encoded_and_where[1])
+        return array.reshape(image_size, image_size, channels).transpose(2, 0, 1)
+
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         for start in range(0, len(listing), DECODE_CHUNK):
             chunk = listing.take(np.arange(start, min(start + DECODE_CHUNK, len(listing))))
-            wheres = chunk.files or [f"{chunk.shards[s]}: row {key}" for s, key in zip(chunk.shard_index, chunk.keys)]
-            decode = lambda pair: decode_for_eval(pair[0], image_size, eval_resize, mode, pair[1])  # noqa: E731
-            for offset, array in enumerate(pool.map(decode, zip(chunk.encoded(), wheres))):
-                pixels[start + offset] = array.reshape(image_size, image_size, channels).transpose(2, 0, 1)
+            pixels[start : start + len(chunk)] = np.stack(list(pool.map(decode, zip(chunk.encoded(), chunk.wheres()))))
     return Examples(images, torch.as_tensor(listing.labels, dtype=torch.int64), listing.keys)
 
 

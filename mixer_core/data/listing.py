@@ -42,16 +42,21 @@ class Listing:
 
     def take(self, positions: np.ndarray) -> Listing:
         """The examples at `positions`, in that order."""
-        pick = lambda array: None if array is None else array[positions]  # noqa: E731
         return Listing(
             [self.keys[p] for p in positions],
             self.labels[positions],
             None if self.files is None else [self.files[p] for p in positions],
             self.shard_sets,
             self.shards,
-            pick(self.shard_index),
-            pick(self.row_index),
+            None if self.shard_index is None else self.shard_index[positions],
+            None if self.row_index is None else self.row_index[positions],
         )
+
+    def wheres(self) -> list[str]:
+        """Where each example's image lies, for messages: its file, or `shard: row key`."""
+        if self.files is not None:
+            return list(self.files)
+        return [f"{self.shards[shard]}: row {key}" for shard, key in zip(self.shard_index, self.keys)]
 
     def encoded(self) -> list[bytes]:
         """Every listed example's encoded image, in listing order; reads only the row groups that hold them."""
@@ -81,8 +86,8 @@ def list_dataset(cfg: DataConfig) -> ListedDataset:
     """`cfg`'s image folder or Parquet shard set as listings, without decoding an image."""
     if cfg.name == "imagefolder":
         folder = list_image_folder(cfg)
-        as_listing = lambda files: Listing(files.keys, files.labels.numpy(), files=files.files)  # noqa: E731
-        train, test = as_listing(folder.train), folder.test and as_listing(folder.test)
+        train = Listing(folder.train.keys, folder.train.labels.numpy(), files=folder.train.files)
+        test = folder.test and Listing(folder.test.keys, folder.test.labels.numpy(), files=folder.test.files)
         classes, channels = folder.classes, 3  # decoded as RGB, as big_vision decodes ImageNet
     elif cfg.name == "parquet":
         sets = find_shards(cfg.path)
@@ -118,9 +123,12 @@ def _list_shards(sets: ShardSets, split: str, path: str) -> Listing:
             rows += batch.num_rows
         shard_index.append(np.full(rows, number))
         row_index.append(np.arange(rows))
-    concat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-    return Listing(keys, concat(labels, np.int64), shard_sets=sets, shards=sets.shards[split],
-                   shard_index=concat(shard_index, np.int64), row_index=concat(row_index, np.int64))
+    return Listing(keys, _concatenated(labels), shard_sets=sets, shards=sets.shards[split],
+                   shard_index=_concatenated(shard_index), row_index=_concatenated(row_index))
+
+
+def _concatenated(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _read_rows(sets: ShardSets, shard: str, rows: np.ndarray) -> list[bytes]:
