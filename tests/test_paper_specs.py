@@ -82,9 +82,11 @@ def rehearsal_overrides(paper_data: dict[str, Path], storage: Path) -> list[str]
     settings = {
         "base.data.path": str(paper_data["jft"]), "base.data.image_size": 32, "base.data.eval_resize": 36,
         "base.data.batch_size": 4, "base.data.loader_processes": 1, "base.data.shuffle_buffer": 8,
-        "base.train.examples": 12, "base.train.warmup_steps": 1, "base.eval.max_examples": 4,
+        "base.train.examples": 12, "base.train.warmup_steps": 1, "base.train.checkpoint_every_epochs": None,
+        "base.eval.max_examples": 4,
         "base.eval.fewshot_datasets": fewshot, "base.data.permutation_patch_size": 4,
         "resources.use_gpu": False, "resources.gpus_per_worker": 0, "resources.workers_per_trial": 2,
+        # one trial at a time, its two workers on one CPU, the other CPU for its decoding task
         "resources.cpus_per_worker": 0.5, "resources.max_concurrent_trials": 1, "storage_path": str(storage),
     }
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
