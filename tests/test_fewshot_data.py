@@ -117,7 +117,7 @@ def _trial_peak_kb(fewshot_folder: Path, tmp_path: Path) -> int:
 
 def test_a_trials_peak_memory_does_not_grow_with_a_4x_larger_fewshot_set(tmp_path):
     """Same shots (5 x 10 classes x 3 seeds) and test cap (40) from 250 or 1,000 training images at 224 px:
-    decoding them all (train/ and val/) would add 210 MB (4x) against 53 MB (1x) to a trial of about 0.8 GB."""
+    decoding them all (train/ and val/) would add 210 MB (4x) against 53 MB (1x) to a trial of about 1.2 GB (1.13x)."""
     peaks = {}
     for scale in (1, 4):
         root = imagenet_folder(tmp_path / f"imagenet_{scale}x", per_class=25 * scale, classes=10,
