@@ -302,7 +302,8 @@ def test_plan_model_sizes_match_the_paper(tmp_path: Path) -> None:
     mixers = {variant: params[variant] for variant in ("B/32", "L/32", "L/16")}
     assert mixers == pytest.approx({"B/32": 60, "L/32": 206, "L/16": 208}, rel=0.015)
     assert params["vit_base_patch32_224"] == pytest.approx(87.5, rel=0.01)  # timm's ViT-B/32
-    assert plan["trial_count"] == 6 * 4  # three Mixers and three baselines, each on four subsets
+    assert params["resnetv2_152x2_bit"] == pytest.approx(232.2, rel=0.01)  # BiT-R152x2, the paper's BiT
+    assert plan["trial_count"] == 7 * 4  # the paper's three Mixers and four baselines, each on four subsets
 
 
 LINKED = {
