@@ -226,7 +226,7 @@ def _downstream_task(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSpl
     max_shots, seeds = max(eval_cfg.fewshot_shots), eval_cfg.fewshot_seeds
     if dataset_cfg.name in LISTED_SOURCES:
         fewshot = load_fewshot_set(dataset_cfg, image_size, max_shots, seeds, eval_cfg.max_examples)
-        permutation = permutation_index(data_cfg.permutation, image_size, image_size, data_cfg.permutation_patch_size,
+        permutation = permutation_index(data_cfg.permutation, image_size, image_size, data_cfg.permuted_patch_size,
                                         data_cfg.permutation_seed)
         pool = ImageDataset(fewshot.pool, np.arange(len(fewshot.pool)), image_size, permutation)
         sets = [Subset(pool, positions.tolist()) for positions in fewshot.shots]
@@ -238,7 +238,7 @@ def _downstream_task(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSpl
             "image_size": image_size,
             "permutation": data_cfg.permutation,
             "permutation_seed": data_cfg.permutation_seed,
-            "permutation_patch_size": data_cfg.permutation_patch_size,
+            "permutation_patch_size": data_cfg.permuted_patch_size,
         }), max_eval_examples=eval_cfg.max_examples)
         _single_label(downstream.train, where)
         sets = shot_sets(downstream.train, downstream.train.labels, max_shots, seeds)

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 
 from mixer_core.config import DataConfig
 from mixer_core.data.errors import DataError
+from mixer_core.data.fractions import carve_held_out
 from mixer_core.data.parquet import ShardSets, class_names, find_shards
 from mixer_core.data.sources import list_image_folder
-from mixer_core.data.splits import carve_held_out
 
 LISTED_SOURCES = ("imagefolder", "parquet")
 
