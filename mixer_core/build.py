@@ -42,13 +42,34 @@ def build_model(
             kwargs["img_size"] = (height, width)
             if cfg.timm_patch_size:
                 kwargs["patch_size"] = cfg.timm_patch_size
-        return timm.create_model(cfg.timm_model, pretrained=False, **kwargs)
+        model = timm.create_model(cfg.timm_model, pretrained=False, **kwargs)
+        if num_classes:  # a model built without a head (classes unknown, e.g. when planning) has no bias to set
+            _init_head_bias(model, cfg)
+        return model
     problem = image_shape_problem(cfg, height, width)
     if problem:
         raise ValueError(problem)
     if init_from is not None:
         return load_pretrained(cfg, num_classes, image_shape, Path(init_from))
     return _create(cfg, num_classes, height, channels)
+
+
+def _init_head_bias(model: nn.Module, cfg: ModelConfig) -> None:
+    """Start a timm model's classifier bias at `model.head_bias_init`, as the Mixer's, so a comparison under the
+    sigmoid loss starts every model alike (big_vision's JFT configs do the same); a head without a bias is refused."""
+    if cfg.head_bias_init == 0.0:
+        return
+    heads = model.get_classifier()
+    heads = heads if isinstance(heads, tuple) else (heads,)  # distilled models have two heads
+    for head in heads:
+        bias = getattr(head, "bias", None)
+        if not isinstance(bias, nn.Parameter):
+            raise ValueError(
+                f"model.head_bias_init: timm model {cfg.timm_model!r} has a {type(head).__name__} classifier without "
+                f"a bias to start at {cfg.head_bias_init}; set model.head_bias_init: 0 or pick another model"
+            )
+        with torch.no_grad():
+            bias.fill_(cfg.head_bias_init)
 
 
 def _create(cfg: ModelConfig, num_classes: int, image_size: int, in_chans: int, **sizes: int) -> MlpMixer:

@@ -25,12 +25,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mixer_core import metrics as m
 from mixer_core.build import pre_logits
 from mixer_core.config import DataConfig, EvalConfig
 from mixer_core.data import DataSplits, build_splits
+from mixer_core.data.fewshot import draw_shots, load_fewshot_set
+from mixer_core.data.listing import LISTED_SOURCES
+from mixer_core.data.permutations import permutation_index
+from mixer_core.data.transforms import ImageDataset
 from mixer_core.device import autocast
 from mixer_core.losses import classification_loss
 
@@ -106,26 +110,10 @@ def extract_features(
     return torch.cat(features), torch.cat(labels)
 
 
-def sample_fewshot(dataset: Dataset, max_shots: int, num_classes: int, seed: int) -> TensorDataset:
-    """Up to `max_shots` examples per class, visiting `dataset` in a seeded random order.
-
-    Returns the examples ordered so that the first k per class form the k-shot set: the 1-shot set lies
-    inside the 5-shot set, as in big_vision. Reads only as many examples as it needs to fill every class.
-    """
-    taken: dict[int, list[tuple[torch.Tensor, int]]] = {c: [] for c in range(num_classes)}
-    missing = num_classes * max_shots
-    for index in np.random.default_rng(seed).permutation(len(dataset)):
-        image, label = dataset[int(index)]
-        label = int(label)
-        if len(taken[label]) < max_shots:
-            taken[label].append((image, label))
-            missing -= 1
-            if missing == 0:
-                break
-    # Order by rank within class: all first examples, then all second examples, ...
-    ordered = [examples[rank] for rank in range(max_shots) for examples in taken.values() if rank < len(examples)]
-    images, labels = zip(*ordered)
-    return TensorDataset(torch.stack(images), torch.tensor(labels))
+def shot_sets(dataset: Dataset, labels: torch.Tensor, max_shots: int, seeds: int) -> list[Dataset]:
+    """`seeds` few-shot sets of `dataset` (whose labels are `labels`), up to `max_shots` per class each, drawn from
+    the labels alone (`draw_shots`): only the chosen images are ever read."""
+    return [Subset(dataset, draw_shots(labels, max_shots, seed).tolist()) for seed in range(seeds)]
 
 
 def fewshot_lsr(
@@ -156,29 +144,24 @@ def fewshot_lsr(
 
 def evaluate_fewshot(
     model: nn.Module,
-    train_dataset: Dataset,
+    shot_sets: list[Dataset],
     test_dataset: Dataset,
     num_classes: int,
     *,
     shots: list[int],
-    seeds: int,
     l2: float,
     batch_size: int,
     device: torch.device,
     bf16: bool = False,
     num_workers: int = 0,
 ) -> dict[int, float]:
-    """Few-shot linear top-1 for each number of shots, averaged over `seeds` draws of the few-shot set.
-
-    The few-shot examples come from `train_dataset` (pass it without augmentation), accuracy is measured on
-    the whole of `test_dataset`.
-    """
+    """Few-shot linear top-1 for each number of shots, averaged over the few-shot sets (one per seed, each ordered
+    so that its first k per class form the k-shot set: `draw_shots`), measured on the whole of `test_dataset`."""
     extract = dict(batch_size=batch_size, device=device, bf16=bf16)
     test_features, test_labels = extract_features(model, test_dataset, num_workers=num_workers, **extract)
     accuracies: dict[int, list[float]] = {k: [] for k in shots}
-    for seed in range(seeds):
-        features, labels = extract_features(model, sample_fewshot(train_dataset, max(shots), num_classes, seed),
-                                            **extract)
+    for shot_set in shot_sets:
+        features, labels = extract_features(model, shot_set, **extract)
         for k in shots:
             count = int(sum(min(k, int((labels == c).sum())) for c in range(num_classes)))
             accuracies[k].append(fewshot_lsr(features[:count], labels[:count], test_features, test_labels,
@@ -202,10 +185,10 @@ class GreyAsColour(Dataset):
 
 @dataclass(frozen=True)
 class FewshotTask:
-    """Where one few-shot evaluation draws its shots (`shots_from`, un-augmented) and what it is scored on."""
+    """One few-shot evaluation: its few-shot sets (one per seed, un-augmented) and what it is scored on."""
 
     label: str | None  # a downstream dataset's label; None for the pre-training data's own splits
-    shots_from: Dataset
+    shot_sets: list[Dataset]
     test: Dataset
     num_classes: int
 
@@ -218,42 +201,58 @@ def _single_label(dataset: Dataset, where: str) -> None:
 def fewshot_tasks(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits) -> list[FewshotTask]:
     """The few-shot evaluations of a run: every downstream dataset, then the pre-training data's own splits.
 
-    Downstream images are resized to the pre-training size unless their config says otherwise, grey ones are
+    Downstream images are sized for the pre-training images unless their config says otherwise, grey ones are
     repeated over the model's colour channels, and all are permuted by the pre-training permutation (the model
     only knows permuted inputs). Their shots depend only on the downstream dataset and the seed, never on the
-    pre-training fraction.
+    pre-training fraction. Image folders and Parquet shard sets are listed, and only their shots and at most
+    `eval.max_examples` test images are decoded, once per process (`mixer_core.data.fewshot`).
     """
     if not eval_cfg.fewshot_shots:
         return []
-    tasks = []
+    tasks = [_downstream_task(eval_cfg, data_cfg, splits, index) for index in range(len(eval_cfg.fewshot_datasets))]
+    if eval_cfg.fewshot_pretraining and len(splits.test):
+        _single_label(splits.train, "eval.fewshot_pretraining")
+        train = splits.train.without_augmentation()
+        sets = shot_sets(train, train.labels, max(eval_cfg.fewshot_shots), eval_cfg.fewshot_seeds)
+        tasks.append(FewshotTask(None, sets, splits.test, splits.num_classes))
+    return tasks
+
+
+def _downstream_task(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits, index: int) -> FewshotTask:
+    dataset_cfg = eval_cfg.fewshot_datasets[index]
+    where = f"eval.fewshot_datasets[{index}] ({dataset_cfg.metric_label})"
     channels, size, _ = splits.image_shape
-    for index, dataset_cfg in enumerate(eval_cfg.fewshot_datasets):
-        downstream_cfg = DataConfig(**{
+    image_size = dataset_cfg.image_size or size
+    max_shots, seeds = max(eval_cfg.fewshot_shots), eval_cfg.fewshot_seeds
+    if dataset_cfg.name in LISTED_SOURCES:
+        fewshot = load_fewshot_set(dataset_cfg, image_size, max_shots, seeds, eval_cfg.max_examples)
+        permutation = permutation_index(data_cfg.permutation, image_size, image_size, data_cfg.permuted_patch_size,
+                                        data_cfg.permutation_seed)
+        pool = ImageDataset(fewshot.pool, np.arange(len(fewshot.pool)), image_size, permutation)
+        sets = [Subset(pool, positions.tolist()) for positions in fewshot.shots]
+        test = ImageDataset(fewshot.test, np.arange(len(fewshot.test)), image_size, permutation)
+        shape, num_classes = (fewshot.channels, image_size, image_size), fewshot.num_classes
+    else:  # small sources that exist only decoded (digits, IDX, torchvision, synthetic)
+        downstream = build_splits(DataConfig(**{
             **dataset_cfg.model_dump(exclude={"label", "augment"}),
-            "image_size": dataset_cfg.image_size or size,
+            "image_size": image_size,
             "permutation": data_cfg.permutation,
             "permutation_seed": data_cfg.permutation_seed,
             "permutation_patch_size": data_cfg.permuted_patch_size,
-        })
-        downstream = build_splits(downstream_cfg)
-        _single_label(downstream.train, f"eval.fewshot_datasets[{index}] ({dataset_cfg.metric_label})")
-        grey = downstream.image_shape[0] == 1 < channels
-        shape = (channels, *downstream.image_shape[1:]) if grey else downstream.image_shape
-        if shape != splits.image_shape:
-            raise ValueError(
-                f"eval.fewshot_datasets[{index}] ({dataset_cfg.metric_label}): images are "
-                f"{'x'.join(map(str, downstream.image_shape))}, the model takes "
-                f"{'x'.join(map(str, splits.image_shape))} (channels x height x width); pick a dataset with "
-                f"{channels} channel(s) or set its image_size"
-            )
-        shots_from, test = downstream.train, downstream.test
-        if grey:
-            shots_from, test = GreyAsColour(shots_from, channels), GreyAsColour(test, channels)
-        tasks.append(FewshotTask(dataset_cfg.metric_label, shots_from, test, downstream.num_classes))
-    if eval_cfg.fewshot_pretraining and len(splits.test):
-        _single_label(splits.train, "eval.fewshot_pretraining")
-        tasks.append(FewshotTask(None, splits.train.without_augmentation(), splits.test, splits.num_classes))
-    return tasks
+        }), max_eval_examples=eval_cfg.max_examples)
+        _single_label(downstream.train, where)
+        sets = shot_sets(downstream.train, downstream.train.labels, max_shots, seeds)
+        test, shape, num_classes = downstream.test, downstream.image_shape, downstream.num_classes
+    grey = shape[0] == 1 < channels
+    if ((channels, *shape[1:]) if grey else shape) != splits.image_shape:
+        raise ValueError(
+            f"{where}: images are {'x'.join(map(str, shape))}, the model takes "
+            f"{'x'.join(map(str, splits.image_shape))} (channels x height x width); pick a dataset with "
+            f"{channels} channel(s) or set its image_size"
+        )
+    if grey:
+        sets, test = [GreyAsColour(shot_set, channels) for shot_set in sets], GreyAsColour(test, channels)
+    return FewshotTask(dataset_cfg.metric_label, sets, test, num_classes)
 
 
 def evaluate_fewshot_tasks(
@@ -265,8 +264,7 @@ def evaluate_fewshot_tasks(
     """
     report = {}
     for task in tasks:
-        accuracies = evaluate_fewshot(model, task.shots_from, task.test, task.num_classes,
-                                      shots=eval_cfg.fewshot_shots, seeds=eval_cfg.fewshot_seeds,
-                                      l2=eval_cfg.fewshot_l2, **extract)
+        accuracies = evaluate_fewshot(model, task.shot_sets, task.test, task.num_classes,
+                                      shots=eval_cfg.fewshot_shots, l2=eval_cfg.fewshot_l2, **extract)
         report.update({m.fewshot_top1(k, task.label): accuracy for k, accuracy in accuracies.items()})
     return report

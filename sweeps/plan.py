@@ -15,6 +15,7 @@ from typing import Any
 
 from mixer_core.config import ModelConfig, RunConfig, image_shape_problem
 from mixer_core.data.facts import dataset_facts, estimated_train_size
+from mixer_core.data.memory import in_memory_problem
 from mixer_core.sizes import mixer_macs, mixer_parameters, training_flops
 from mixer_core.variants import VARIANTS
 from sweeps.spec import (
@@ -79,6 +80,7 @@ def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
         worst = 0.0
         for bound in _cost_bounds(spec, include_grid=optuna):
             config = build_run_config(spec, {**params, **bound})
+            _check_in_memory(spec, config)
             cost, examples = _model_cost(spec, config, costs), estimated_examples(config)
             if cost is None or examples is None:
                 unknown.add(config.data.name)
@@ -178,13 +180,23 @@ def _model_cost(spec: SweepSpec, config: RunConfig, cache: dict[tuple, ModelCost
     if problem:
         raise SpecError(f"{spec.source}: {_where_varied(spec, 'model.variant')}: {config.data.name} images: {problem}")
     if config.model.timm_model:
-        params, macs = _counted_size(config.model, key[2], key[1])
+        try:
+            params, macs = _counted_size(config.model, key[2], key[1])
+        except ValueError as error:  # a setting the model cannot take (e.g. head_bias_init without a head bias)
+            raise SpecError(f"{spec.source}: {_where_varied(spec, 'model.timm_model')}: {error}") from None
     else:
         variant = VARIANTS[config.model.variant]
         params = mixer_parameters(variant, height, channels, key[2])
         macs = mixer_macs(variant, height, channels, key[2])
     cache[key] = ModelCost(name, key[1], key[2], params, macs / 1e9)
     return cache[key]
+
+
+def _check_in_memory(spec: SweepSpec, config: RunConfig) -> None:
+    """Raise `SpecError` when the trial's training data would be decoded whole into memory over the limit."""
+    problem = in_memory_problem(config.data)
+    if problem:
+        raise SpecError(f"{spec.source}: {_where_varied(spec, 'data.path')}: {problem}")
 
 
 def _counted_size(model: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> tuple[int, int]:

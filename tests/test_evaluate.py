@@ -12,7 +12,8 @@ from sklearn.linear_model import Ridge
 
 from mixer_core.config import DataConfig
 from mixer_core.data import build_splits
-from mixer_core.evaluate import BIAS_FEATURE, evaluate_fewshot, evaluate_top1, fewshot_lsr, sample_fewshot
+from mixer_core.data.fewshot import draw_shots
+from mixer_core.evaluate import BIAS_FEATURE, evaluate_fewshot, evaluate_top1, fewshot_lsr, shot_sets
 from mixer_core.model import create_mixer
 
 
@@ -42,16 +43,15 @@ def test_fewshot_lsr_matches_an_independent_ridge_on_digit_pixels(shots):
     assert ours > (0.5 if shots == 1 else 0.85)  # raw pixels separate digits well with 25 shots
 
 
-def test_sample_fewshot_takes_k_per_class_nested_and_seeded(digits):
-    sample = sample_fewshot(digits.train, max_shots=5, num_classes=10, seed=3)
-    labels = sample.tensors[1]
-    assert len(labels) == 50
+def test_shots_are_k_per_class_nested_and_seeded_drawn_from_labels_alone(digits):
+    labels = digits.train.labels
+    drawn = draw_shots(labels, max_shots=5, seed=3)
+    assert len(drawn) == 50
     for k in (1, 5):  # the first k·10 examples hold exactly k of every class
-        assert torch.bincount(labels[: 10 * k], minlength=10).tolist() == [k] * 10
-    again = sample_fewshot(digits.train, max_shots=5, num_classes=10, seed=3)
-    other = sample_fewshot(digits.train, max_shots=5, num_classes=10, seed=4)
-    assert torch.equal(sample.tensors[0], again.tensors[0])
-    assert not torch.equal(sample.tensors[0], other.tensors[0])
+        assert torch.bincount(labels[drawn[: 10 * k]], minlength=10).tolist() == [k] * 10
+    assert np.array_equal(drawn, draw_shots(labels, max_shots=5, seed=3))
+    assert not np.array_equal(drawn, draw_shots(labels, max_shots=5, seed=4))
+    assert len(draw_shots(labels[labels != 3], max_shots=5, seed=0)) == 45  # a class without examples gives none
 
 
 def test_top1_of_an_untrained_mixer_is_the_share_of_class_zero(digits):
@@ -69,7 +69,8 @@ def test_fewshot_on_frozen_random_features_beats_chance(digits):
     # Random Mixer features of real digits already support a linear few-shot classifier well above 10%.
     torch.manual_seed(0)
     model = create_mixer("Ti/4", num_classes=10, image_size=8, in_chans=1)
-    accuracy = evaluate_fewshot(model, digits.train, digits.test, 10, shots=[1, 10], seeds=2, l2=1024.0,
+    sets = shot_sets(digits.train, digits.train.labels, max_shots=10, seeds=2)
+    accuracy = evaluate_fewshot(model, sets, digits.test, 10, shots=[1, 10], l2=1024.0,
                                 batch_size=128, device=torch.device("cpu"))
     assert set(accuracy) == {1, 10}
     assert 0.2 < accuracy[1] < accuracy[10]

@@ -302,7 +302,8 @@ def test_plan_model_sizes_match_the_paper(tmp_path: Path) -> None:
     mixers = {variant: params[variant] for variant in ("B/32", "L/32", "L/16")}
     assert mixers == pytest.approx({"B/32": 60, "L/32": 206, "L/16": 208}, rel=0.015)
     assert params["vit_base_patch32_224"] == pytest.approx(87.5, rel=0.01)  # timm's ViT-B/32
-    assert plan["trial_count"] == 6 * 4  # three Mixers and three baselines, each on four subsets
+    assert params["resnetv2_152x2_bit"] == pytest.approx(232.2, rel=0.01)  # BiT-R152x2, the paper's BiT
+    assert plan["trial_count"] == 7 * 4  # the paper's three Mixers and four baselines, each on four subsets
 
 
 LINKED = {
@@ -369,8 +370,10 @@ def test_sweep_validate_names_the_key_path_inside_a_linked_value(
 def test_sweep_validate_shows_each_label_with_its_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["sweep", "validate", str(SWEEPS / "jft_subsets.yaml")]) == 0
     printed = capsys.readouterr().out
-    assert "grid recipe: Mixer-B/32, Mixer-L/32, Mixer-L/16, ViT-B/32, ViT-L/16, BiT-R50x1" in printed
-    assert "recipe=ViT-L/16: model.timm_model=vit_large_patch16_224 train.lr=0.0004 train.weight_decay=0.1" in printed
+    assert "grid recipe: Mixer-B/32, Mixer-L/32, Mixer-L/16, ViT-B/32, ViT-L/32, ViT-L/16, BiT-R152x2" in printed
+    assert "recipe=ViT-L/32: model.timm_model=vit_large_patch32_224 train.lr=0.0006 train.weight_decay=0.1" in printed
+    assert "recipe=BiT-R152x2: model.timm_model=resnetv2_152x2_bit train.lr=0.0006 train.weight_decay=0.1" in printed
+    assert "subset=3%: data.fraction=0.03 train.eval_every_steps=4000" in printed
 
 
 @pytest.mark.parametrize("axis", ["search", "grid"])

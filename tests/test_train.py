@@ -95,13 +95,13 @@ def test_downstream_fewshot_and_best_upstream_validation_metrics():
 
 def test_downstream_shots_do_not_depend_on_the_pretraining_fraction():
     from mixer_core.data import build_splits
-    from mixer_core.evaluate import fewshot_tasks, sample_fewshot
+    from mixer_core.evaluate import fewshot_tasks
 
     def shots(fraction: float) -> dict:
         config = parse_config(digits_config(data={"fraction": fraction}, eval={"fewshot_datasets": [
             {"name": "mnist_idx", "path": str(MNIST), "label": "mnist"}]}))
         tasks = fewshot_tasks(config.eval, config.data, build_splits(config.data))
-        return {task.label: sample_fewshot(task.shots_from, 5, 10, seed=0).tensors[0] for task in tasks}
+        return {task.label: torch.stack([image for image, _ in task.shot_sets[0]]) for task in tasks}
 
     small, full = shots(0.1), shots(1.0)
     assert small.keys() == {"mnist", None}  # downstream first, then the pre-training data's own splits

@@ -23,6 +23,7 @@ from mixer_core.data.errors import DataError
 from mixer_core.data.examples import Examples, Source, as_uint8_images, check_labels
 from mixer_core.data.facts import SYNTHETIC_IMAGE_SIZE
 from mixer_core.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, idx_layout, read_idx
+from mixer_core.data.memory import check_in_memory
 from mixer_core.data.parquet import load_parquet
 from mixer_core.data.synthetic import load_synthetic
 
@@ -159,12 +160,13 @@ def _read_image_files(listing: ImageFiles, size: int | None) -> Examples:
 
 
 def load_imagefolder(cfg: DataConfig, seed: int) -> Source:
-    """A class-per-folder tree (`list_image_folder`), decoded into memory.
+    """A class-per-folder tree (`list_image_folder`), decoded into memory unless over the in-memory limit (`memory.py`).
 
     Images are resized to data.image_size at load when it is set (so mixed sizes are fine), else must all
     share one shape. Keys are the file paths relative to data.path.
     """
     folder = list_image_folder(cfg)
+    check_in_memory(cfg, len(folder.train.keys) + len(folder.test.keys if folder.test else []), folder.train.files[0])
     train = _read_image_files(folder.train, cfg.image_size)
     test = _read_image_files(folder.test, cfg.image_size) if folder.test is not None else None
     if test is not None and test.images.shape[1:] != train.images.shape[1:]:
@@ -181,6 +183,7 @@ def encode_png(image: torch.Tensor) -> bytes:
 
 def load_parquet_source(cfg: DataConfig, seed: int) -> Source:
     """Sharded Parquet from a folder, glob or fsspec URL, decoded into memory (see parquet.py)."""
+    check_in_memory(cfg)
     return load_parquet(cfg.path, cfg.image_size)
 
 
