@@ -79,10 +79,10 @@ from mixer_core.checkpoint import (
 from mixer_core.config import RunConfig
 from mixer_core.data import build_mixup, build_splits, make_loader
 from mixer_core.data.streamed import StreamedTraining
-from mixer_core.device import autocast, resolve_device
+from mixer_core.device import autocast, compiles, pins_memory, resolve_device, synchronize
 from mixer_core.evaluate import evaluate_fewshot_tasks, evaluate_top1, fewshot_tasks
 from mixer_core.losses import classification_loss
-from mixer_core.model import count_parameters
+from mixer_core.model import MlpMixer, count_parameters
 from mixer_core.variants import VARIANTS
 from mixer_core.optim import build_optimizer, build_schedule, total_steps
 from mixer_core.sizes import training_flops
@@ -158,7 +158,7 @@ def train(
     train_model: nn.Module = model
     if world_size > 1:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if train_cfg.compile:
+    if compiles(train_cfg.compile, device, isinstance(model, MlpMixer)):
         train_model = torch.compile(train_model)
     bar = tqdm(desc=config.model.name, file=sys.stderr, disable=not progress or rank != 0, dynamic_ncols=True)
 
@@ -169,9 +169,9 @@ def train(
     def epoch_loader(epoch: int) -> Iterator:
         seed_everything(derived_seed(train_cfg.seed, epoch, rank))
         if stream is not None:
-            return stream.epoch(epoch)
+            return stream.epoch(epoch, pin_memory=pins_memory(device))
         loader = make_loader(splits.train, rank_batch_size, shuffle=True, seed=derived_seed(train_cfg.seed, epoch),
-                             num_workers=data_cfg.num_workers, drop_last=drop_last)
+                             num_workers=data_cfg.num_workers, drop_last=drop_last, pin_memory=pins_memory(device))
         return iter(loader)
 
     steps_per_epoch = stream.steps_per_epoch if stream is not None else len(
@@ -181,7 +181,7 @@ def train(
     num_steps = total_steps(train_cfg, steps_per_epoch, data_cfg.batch_size)
     eval_interval = train_cfg.eval_every_steps or _every(train_cfg.eval_every_epochs, steps_per_epoch)
     checkpoint_interval = _every(train_cfg.checkpoint_every_epochs, steps_per_epoch)
-    optimizer = build_optimizer(model, train_cfg)
+    optimizer = build_optimizer(model, train_cfg, device)
     schedule = build_schedule(optimizer, train_cfg, num_steps)
     mixup = build_mixup(data_cfg, splits.num_classes)
     fewshot = fewshot_tasks(config.eval, data_cfg, splits)
@@ -273,8 +273,7 @@ def train(
         return {**report, **position.best}
 
     def report(evaluate: bool, interval_started: float) -> dict[str, float]:
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # so the interval's time includes all its queued GPU work
+        synchronize(device)  # so the interval's time includes all its queued accelerator work
         metrics = training_metrics(time.perf_counter() - interval_started)
         if evaluate:
             metrics.update(evaluation_metrics(final=position.step == num_steps))
