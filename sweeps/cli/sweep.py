@@ -73,22 +73,25 @@ def run(args: argparse.Namespace) -> int:
 
 def validate_command(args: argparse.Namespace) -> int:
     """Print the expanded plan: trials, axes, parameters and GMACs per variant, total training FLOPs."""
-    from sweeps.plan import format_plan, plan_sweep
+    from sweeps.plan import format_plan, memory_problems, plan_sweep
 
     plan = plan_sweep(load_spec(args.spec, args.overrides))
     if args.json:
         emit_json(plan)
     else:
         print(format_plan(plan))
-    return 0
+    problems = memory_problems(plan)
+    return refuse("sweep validate", SpecError("\n".join(problems))) if problems else 0
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the sweep on Ray; print a results table and where to look in MLflow."""
-    from sweeps.plan import format_plan, plan_sweep
+    from sweeps.plan import format_plan, memory_problems, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
+    if memory_problems(plan):
+        raise SpecError("\n".join(memory_problems(plan)))
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         _check_local_resources(spec)  # before starting anything
     print(format_plan(plan), file=sys.stderr)
