@@ -222,6 +222,10 @@ class SweepSpec(_Strict):
     def _defaults_from_other_fields(self) -> SweepSpec:
         if self.experiment is None:
             self.experiment = self.name
+        if self.resources.use_tpu and self.base.train.device == "auto":
+            self.base.train.device = "tpu"  # `auto` never means TPU (mixer_core.device); a TPU sweep does
+        elif self.resources.use_tpu and self.base.train.device != "tpu":
+            raise ValueError(f"base.train.device is {self.base.train.device} but resources.use_tpu is true")
         modes = {objective.metric: objective.mode for objective in self.objective}
         self.checkpoint.score_attribute = self.checkpoint.score_attribute or self.objective[0].metric
         self.checkpoint.score_order = self.checkpoint.score_order or modes.get(self.checkpoint.score_attribute)

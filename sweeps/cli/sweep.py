@@ -92,8 +92,10 @@ def run_command(args: argparse.Namespace) -> int:
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
     if memory_problems(plan):
         raise SpecError("\n".join(memory_problems(plan)))
-    if not (args.address or os.environ.get("RAY_ADDRESS")):
-        _check_local_resources(spec)  # before starting anything
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    if not on_cluster:
+        _check_tpus(spec, on_cluster)  # before starting anything
+        _check_local_resources(spec)
     print(format_plan(plan), file=sys.stderr)
     from sweeps.ray_session import start_ray_for_sweep
 
@@ -101,6 +103,8 @@ def run_command(args: argparse.Namespace) -> int:
     from sweeps import engine
     from sweeps.sweep_runs import SweepConflict
 
+    if on_cluster:
+        _check_tpus(spec, on_cluster)
     _check_cluster_resources(spec)
     try:
         with _interruptible(spec.name), contextlib.redirect_stdout(sys.stderr):  # stdout is for results
@@ -193,6 +197,18 @@ def bench_command(args: argparse.Namespace) -> int:
         meanings = engine_bench.FIGURE_MEANINGS
         print(format_table([{"figure": name, "value": value, "what": meanings[name]} for name, value in figures.items()]))
     return 0
+
+
+def _check_tpus(spec, on_cluster: bool) -> None:
+    """Refuse a TPU sweep whose trials would find no TPU, or no torch_tpu and libtpu, where they would run:
+    never a silent fall-back to CPU."""
+    if not spec.resources.use_tpu:
+        return
+    from sweeps.tpu import tpu_problem
+
+    problem = tpu_problem(spec, on_cluster)
+    if problem:
+        raise SpecError(f"{spec.source}: resources.use_tpu: {problem}")
 
 
 def _check_local_resources(spec) -> None:
