@@ -260,10 +260,10 @@ def batch_tiling_problem(batch_size: int, micro_batch_size: int | None, workers:
     if micro_batch_size is None or per_worker % micro_batch_size == 0:
         return None
     fits = [size for size in range(micro_batch_size, 0, -1) if per_worker % size == 0][0]
-    return (
-        f"data.batch_size {batch_size} over {workers} worker(s) is {per_worker} examples each, not a multiple of "
-        f"train.micro_batch_size {micro_batch_size} (set it to a divisor of {per_worker}, e.g. {fits})"
-    )
+    share = f"data.batch_size {batch_size}" + (f" over {workers} workers is {per_worker} examples each," if workers > 1
+                                               else " is")
+    return (f"{share} not a multiple of train.micro_batch_size {micro_batch_size} (set it to a divisor of "
+            f"{per_worker}, e.g. {fits})")
 
 
 def image_shape_problem(model: ModelConfig, height: int, width: int) -> str | None:

@@ -3,7 +3,8 @@ anything starts whether a micro-batch fits the accelerator a spec names.
 
 Per device, training holds:
 - parameters, their gradients, and the optimizer's state: fp32 whatever the autocast precision (AdamW keeps two
-  moments, SGD momentum one); under DDP a second gradient-sized buffer (the all-reduce buckets);
+  moments, SGD momentum one); under DDP a second gradient-sized buffer (the all-reduce buckets); under bf16
+  autocast a bf16 copy of the weights, cast once per forward and kept for the backward pass;
 - activations autograd keeps for the backward pass, per example of the micro-batch. A Mixer block keeps the
   inputs of its two LayerNorms (fp32 even under bf16 autocast, which runs LayerNorm in fp32), the LayerNorm
   outputs the matmuls read, and each MLP's hidden layer before and after GELU (compute precision): per image
@@ -65,13 +66,19 @@ class MemoryEstimate:
     gradients: float
     optimizer: float
     ddp_buckets: float
+    weight_copies: float  # autocast's bf16 weights
     activations: float  # at the micro-batch, in the run's precision and checkpointing
     transient: float
 
     @property
+    def weights_and_optimizer(self) -> float:
+        """What does not grow with the micro-batch."""
+        return self.params + self.gradients + self.optimizer + self.ddp_buckets + self.weight_copies
+
+    @property
     def total(self) -> float:
         """Everything at once: what must fit below the device's memory (less the runtime's reserve)."""
-        return self.params + self.gradients + self.optimizer + self.ddp_buckets + self.activations + self.transient
+        return self.weights_and_optimizer + self.activations + self.transient
 
 
 def mixer_activation_bytes(
@@ -87,9 +94,12 @@ def mixer_activation_bytes(
     outside_blocks = in_chans * image_size**2 * compute + tokens * hidden * FP32_BYTES + hidden * compute
     outside_blocks += num_classes * FP32_BYTES  # the loss's softmax or sigmoid
     block_input = tokens * hidden * compute  # the residual stream is in compute precision
+    # Recomputing a block keeps its activations again, except in fp32 its first LayerNorm's input: that is the
+    # kept block input itself (bf16 autocast saves an fp32 copy of it).
+    recomputed = block - (0 if bf16 else block_input)
     return ActivationBytes(
         full=outside_blocks + variant.num_blocks * block,
-        checkpointed=outside_blocks + variant.num_blocks * block_input + block,
+        checkpointed=outside_blocks + variant.num_blocks * block_input + recomputed,
     )
 
 
@@ -110,8 +120,10 @@ def training_memory(
     recipe: str = "pretrain",
     checkpointing: bool = False,
     workers: int = 1,
+    bf16: bool = False,
 ) -> MemoryEstimate:
-    """Peak bytes of one training process of a model with `params` parameters at `micro_batch_size` examples."""
+    """Peak bytes of one training process of a model with `params` parameters at `micro_batch_size` examples
+    (`activations` and `transient_per_example` in the run's precision: bf16 autocast when `bf16`)."""
     weights = params * FP32_BYTES
     per_example = activations.checkpointed if checkpointing else activations.full
     return MemoryEstimate(
@@ -119,6 +131,7 @@ def training_memory(
         gradients=weights,
         optimizer=OPTIMIZER_STATES[recipe] * weights,
         ddp_buckets=weights if workers > 1 else 0.0,
+        weight_copies=params * BF16_BYTES if bf16 else 0.0,
         activations=per_example * micro_batch_size,
         transient=transient_per_example * micro_batch_size,
     )

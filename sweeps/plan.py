@@ -81,7 +81,7 @@ class MemoryRow:
     micro_batch: int
     precision: str  # the trial's: bf16 on accelerators with train.bf16, else fp32
     checkpointing: bool
-    weights_and_optimizer_gb: float  # parameters, gradients, optimizer state, DDP buckets
+    weights_and_optimizer_gb: float  # parameters, gradients, optimizer state, DDP buckets, bf16 weight copies
     activations_fp32_gb: float
     activations_bf16_gb: float
     activations_fp32_checkpointed_gb: float
@@ -185,7 +185,8 @@ def _memory_row(spec: SweepSpec, config: RunConfig, cost: ModelCost) -> MemoryRo
 
     def estimate(micro: int, checkpointed: bool = checkpointing, kind: str = precision) -> MemoryEstimate:
         return training_memory(cost.params, cost.activations[kind], cost.transient[kind], micro,
-                               recipe=config.train.recipe, checkpointing=checkpointed, workers=workers)
+                               recipe=config.train.recipe, checkpointing=checkpointed, workers=workers,
+                               bf16=kind == "bf16")
 
     run = estimate(micro_batch)
     device_gb = resources.device_memory_gb
@@ -195,7 +196,7 @@ def _memory_row(spec: SweepSpec, config: RunConfig, cost: ModelCost) -> MemoryRo
         micro_batch=micro_batch,
         precision=precision,
         checkpointing=checkpointing,
-        weights_and_optimizer_gb=(run.params + run.gradients + run.optimizer + run.ddp_buckets) / 1e9,
+        weights_and_optimizer_gb=run.weights_and_optimizer / 1e9,
         activations_fp32_gb=estimate(micro_batch, False, "fp32").activations / 1e9,
         activations_bf16_gb=estimate(micro_batch, False, "bf16").activations / 1e9,
         activations_fp32_checkpointed_gb=estimate(micro_batch, True, "fp32").activations / 1e9,

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 from typing import TYPE_CHECKING
 
-from sweeps.spec import Resources, SweepSpec
-
-if TYPE_CHECKING:  # Ray is imported where it is used: refusing on this machine must not wait for it
+if TYPE_CHECKING:
+    # Imported where they are used: refusing on this machine must not wait for Ray, and the probe that runs on
+    # each TPU host imports this module alone, in a fresh worker process, within the probe's time limit.
     import ray.train
 
+    from sweeps.spec import Resources, SweepSpec
+
 TPU_SOFTWARE = ("torch_tpu", "libtpu")  # module names; the `tpu` extra installs them (pyproject.toml)
-PROBE_TIMEOUT_S = 3.0  # `mixer sweep run` refuses within 5 s; a host that cannot answer in 3 is not ready
+# `mixer sweep run` refuses within 5 s: a host that cannot answer in 3 is not ready (a busy cluster may allow more)
+PROBE_TIMEOUT_S = float(os.environ.get("MIXER_TPU_PROBE_TIMEOUT_S", "3"))
 
 
 def scaling_config(resources: Resources) -> ray.train.ScalingConfig:
