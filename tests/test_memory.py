@@ -129,3 +129,11 @@ def test_the_shipped_jft_study_fits_40_gb_cards_per_the_plan():
     rows = json.loads(result.stdout)["memory"]
     assert {row["model"] for row in rows} >= {"L/16", "vit_large_patch16_224"}
     assert all(row["device_gb"] == 40 and row["fits"] for row in rows)
+
+
+def test_find_micro_batch_on_cpu_needs_a_memory_bound():
+    result = subprocess.run([MIXER, "bench", "--find-micro-batch", "--variant", "Ti/4"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("mixer bench --find-micro-batch: on CPU nothing runs out of memory before the "
+                                     "machine swaps; give the bound: --memory-gb GB")
