@@ -1,4 +1,4 @@
-"""Read a sweep back from MLflow: its parent run and one `Trial` per child run (schema in `sweeps.tracking`)."""
+"""Read a sweep back from MLflow: its parent run and one `Trial` per child run (schema in `sweeps.tracking.schema`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from sweeps.tracking import (
+from sweeps.tracking.queries import find_sweep_run, trial_runs
+from sweeps.tracking.schema import (
     ROLE_SWEEP,
     ROLE_TRIAL,
     TAG_CHECKPOINT,
@@ -23,10 +24,8 @@ from sweeps.tracking import (
     TAG_ROLE,
     TAG_SWEEP,
     TAG_TRIAL_ID,
-    find_sweep_run,
-    tracking_uri,
-    trial_runs,
 )
+from sweeps.tracking.store import tracking_uri
 
 
 class SweepNotFound(LookupError):

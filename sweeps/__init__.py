@@ -1,1 +1,2 @@
-"""Sweep specs, the Ray Tune/Train/Optuna engine, MLflow logging and the `mixer` CLI."""
+"""Sweep specs and their plans, the Ray Tune/Train/Optuna engine, MLflow tracking, the Ray Data stream and
+benchmarks."""

@@ -33,7 +33,6 @@ from mixer_core.memory import (
 )
 from mixer_core.sizes import mixer_macs, mixer_parameters, training_flops
 from mixer_core.variants import VARIANTS
-from sweeps.cli.output import format_table
 from sweeps.spec import (
     OPTUNA_SEARCHERS,
     SpecError,
@@ -43,6 +42,7 @@ from sweeps.spec import (
     is_linked,
     linked_settings,
 )
+from sweeps.tables import format_table
 
 # Keys that change what a trial costs; the plan bounds a search by the extremes of these only.
 _COST_KEYS = (

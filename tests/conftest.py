@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-# Ray Train polls workers every 2 s by default; 0.2 s makes every trial end sooner (see sweeps.engine).
+# Ray Train polls workers every 2 s by default; 0.2 s makes every trial end sooner (see sweeps.engine.ray_session).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # One intra-op thread (set before torch is imported): the tests' tiny models gain nothing from a second thread,
 # and on shared cores torch's spinning threads made the training tests ~9x slower (331 s vs 36 s).
@@ -23,7 +23,7 @@ def ray_address() -> str:
     """Start one local Ray (2 logical CPUs, no dashboard) for the session; returns its GCS address."""
     import ray
 
-    from sweeps.ray_session import init_ray
+    from sweeps.engine.ray_session import init_ray
 
     init_ray(num_cpus=2)
     yield ray.get_runtime_context().gcs_address

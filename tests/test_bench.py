@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from mixer_cli import main
 from mixer_core.bench import time_interleaved
-from sweeps.cli import main
 
 
 def test_models_take_turns_after_their_warm_up():

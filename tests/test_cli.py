@@ -7,7 +7,7 @@ from importlib.metadata import version
 
 import pytest
 
-from sweeps.cli import main
+from mixer_cli import main
 
 
 def test_version_prints_the_installed_package_version(capsys):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps import tracking
+from sweeps.tracking import queries, store
 
 WAIT_SECONDS = 300
 GPU_NODE = "ray.worker.gpu"
@@ -112,10 +112,10 @@ def test_a_gpu_sweep_is_accepted_before_any_gpu_node_exists_and_runs_once_the_au
     result = json.loads(driver.stdout)
     assert [trial["status"] for trial in result["trials"]] == ["TERMINATED"]
     assert f"1 {GPU_NODE}" in ray_status(env, address)  # the node the autoscaler added for it
-    [run] = tracking.trial_runs(mlflow_store, *_parent_ids(mlflow_store, result["parent_run_id"]))
+    [run] = queries.trial_runs(mlflow_store, *_parent_ids(mlflow_store, result["parent_run_id"]))
     assert run.info.status == "FINISHED"
 
 
 def _parent_ids(uri: str, parent_run_id: str) -> tuple[str, str]:
-    parent = tracking.RetryingMlflowClient(uri).get_run(parent_run_id)
+    parent = store.RetryingMlflowClient(uri).get_run(parent_run_id)
     return parent.info.experiment_id, parent_run_id

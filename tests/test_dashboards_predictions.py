@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
-
 from dashboards_fixtures import FAMILY_PARAMS, FULL_TRAIN_SIZE, TRUE_JOINT_LAW, shared_store, true_error
-from sweeps.cli import main
+from mlflow import MlflowClient
 from test_dashboards_report import run_report
+
+from mixer_cli import main
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from dashboards_fixtures import TRUE_LAWS, shared_store
 from mlflow import MlflowClient
 
 from dashboards.checkpoints import CheckpointError, load_trial_mixer
 from dashboards.runs import SweepNotFound, Trial, load_sweep
+from mixer_cli import main
 from mixer_core.checkpoint import load_checkpoint
-from dashboards_fixtures import TRUE_LAWS, shared_store
-from sweeps.cli import main
 
 MLFLOW_URL = "https://mlflow.example.org"
 

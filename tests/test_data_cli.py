@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import yaml
-
-from sweeps.cli import main
 from shipped_data import MNIST, REPO_ROOT
 
+from mixer_cli import main
 
 
 def _json(capsys, argv):

@@ -9,12 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-
-from sweeps import tracking
-from sweeps.cli import main
-from sweeps.engine import optuna_storage_url
-from sweeps.spec import SpecError, load_spec
 from shipped_data import MNIST
+
+from mixer_cli import main
+from sweeps.engine.search import optuna_storage_url
+from sweeps.spec import SpecError, load_spec
+from sweeps.tracking import queries
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, dict]:
@@ -41,7 +41,7 @@ def test_grid_sweep_logs_parent_and_trial_runs(ray_address, mlflow_store, tiny_s
     parent = client.get_run(result["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["mixer.sweep"] == "grid" and parent.data.tags["mixer.role"] == "sweep"
-    trials = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    trials = queries.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
     assert sorted(run.data.tags["mixer.trial_id"] for run in trials) == sorted(t["trial_id"] for t in result["trials"])
     for run in trials:
         assert run.info.status == "FINISHED"
@@ -101,7 +101,7 @@ def test_linked_grid_values_reach_each_trial_together(ray_address, mlflow_store,
         study = optuna.load_study(study_name=summary.study_name, storage=result["optuna_storage"])
         assert sorted(trial.params["recipe"] for trial in study.trials) == ["Ti/2-fast", "Ti/4"]
     parent = MlflowClient(mlflow_store).get_run(result["parent_run_id"])
-    trials = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    trials = queries.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
     recipes = {"Ti/4": ("Ti/4", "0.001"), "Ti/2-fast": ("Ti/2", "0.003")}
     for run in trials:  # MLflow params stay the flattened config: the linked lr beside its variant
         label = labels[run.data.tags["mixer.trial_id"]]
@@ -133,7 +133,7 @@ def test_optuna_asha_sweep_keeps_its_study_beside_mlflow(ray_address, mlflow_sto
     assert sorted(t["params"]["train.lr"] for t in result["trials"]) == lrs
 
     parent = MlflowClient(mlflow_store).get_run(result["parent_run_id"])
-    trials = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    trials = queries.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
     assert sorted(float(run.data.params["train.lr"]) for run in trials) == lrs
 
 
@@ -207,7 +207,7 @@ def test_asha_stops_poor_trials_midway_and_optuna_records_them_as_pruned(ray_add
 
     parent = MlflowClient(mlflow_store).get_run(result["parent_run_id"])
     runs = {run.data.tags["mixer.trial_id"]: run for run in
-            tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)}
+            queries.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)}
     assert len(runs) == 5 and all(run.info.status == "FINISHED" for run in runs.values())
     for trial in by_status["STOPPED"]:
         run = runs[trial["trial_id"]]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-from sweeps import tracking
-from sweeps.cli import main
 from test_engine_faults import EPOCHS, assert_one_complete_run_per_trial, evaluations, trial_runs_of, wait_for
+
+from mixer_cli import main
+from sweeps.tracking import queries
 
 # MLflow's SQLite store waits this long for a lock (`PRAGMA busy_timeout = 20000` in mlflow/store/db/utils.py).
 SQLITE_BUSY_TIMEOUT_SECONDS = 20
@@ -147,6 +147,6 @@ def test_a_sweep_failing_before_tune_starts_ends_its_parent_run_failed_with_the_
     with pytest.raises(Exception, match="unable to open database file"):
         main(["sweep", "run", str(spec), "--address", ray_address])
 
-    parent = tracking.find_sweep_run(mlflow_store, "no-study")
+    parent = queries.find_sweep_run(mlflow_store, "no-study")
     assert parent.info.status == "FAILED"
     assert "unable to open database file" in parent.data.tags["mixer.error"]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sweeps.cli import main
+from mixer_cli import main
 
 # (what is wrong, spec fields / --set overrides, the key path the message must name)
 MISTAKES = [
@@ -49,7 +49,7 @@ def test_bad_spec_exits_2_naming_file_and_key(mistake, fields, overrides, key_pa
 def test_bad_spec_starts_no_ray_and_validate_agrees(tiny_spec, mlflow_store, tmp_path):
     spec = tiny_spec("bad", grid={"data.fraction": [0.0]})
     probe = (
-        "import sys; from sweeps.cli import main; "
+        "import sys; from mixer_cli import main; "
         f"status = main(['sweep', 'run', {str(spec)!r}, '--json']); print(status, 'ray' in sys.modules)"
     )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
@@ -64,7 +64,7 @@ def test_a_sweeps_driver_imports_no_torch(tiny_spec, mlflow_store):
     import it (1.8 s before the first trial on 2 cores), is off. The trials import torch in their own process."""
     spec = tiny_spec("driver-imports", base={"train": {"epochs": 1}})
     probe = (
-        "import sys; from sweeps.cli import main; "
+        "import sys; from mixer_cli import main; "
         f"status = main(['sweep', 'run', {str(spec)!r}, '--json']); "
         "print(status, sorted(m for m in ('torch', 'timm', 'tensorboardX') if m in sys.modules))"
     )
@@ -74,9 +74,9 @@ def test_a_sweeps_driver_imports_no_torch(tiny_spec, mlflow_store):
 
 def test_a_trial_process_imports_no_mlflow():
     """What a trial's process imports to train (both launchers, streaming included) leaves MLflow to the sweep's
-    writer (`sweeps.mlflow_writer`), so no trial pays for importing it."""
+    writer (`sweeps.tracking.writer`), so no trial pays for importing it."""
     probe = (
-        "import sys, sweeps.trial, sweeps.worker, sweeps.stream, mixer_core.train, mixer_core.data; "
+        "import sys, sweeps.engine.trial, sweeps.engine.worker, sweeps.stream, mixer_core.train, mixer_core.data; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))"
     )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)

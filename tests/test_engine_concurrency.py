@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from sweeps.cli import main
 from test_engine_bookkeeping import assert_every_report_logged, free_port, start_mlflow_server, stop_mlflow_server
 from test_engine_faults import EPOCHS, assert_one_complete_run_per_trial
+
+from mixer_cli import main
 
 TRIALS = 4
 

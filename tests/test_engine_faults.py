@@ -18,9 +18,9 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from sweeps import tracking
-from sweeps.cli import main
-from sweeps.scratch import remove_abandoned
+from mixer_cli import main
+from sweeps.engine.scratch import remove_abandoned
+from sweeps.tracking import queries
 
 EPOCHS = 6
 WAIT_SECONDS = 300
@@ -28,10 +28,10 @@ WAIT_SECONDS = 300
 
 def trial_runs_of(uri: str, sweep: str) -> list:
     """The trial runs of sweep `sweep` in the test experiment (empty before the sweep starts logging)."""
-    parent = tracking.find_sweep_run(uri, sweep)
+    parent = queries.find_sweep_run(uri, sweep)
     if parent is None:
         return []
-    return tracking.trial_runs(uri, parent.info.experiment_id, parent.info.run_id)
+    return queries.trial_runs(uri, parent.info.experiment_id, parent.info.run_id)
 
 
 def evaluations(uri: str, run_id: str) -> list[int]:
@@ -187,7 +187,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_address, mlflow_store
     assert stopped_after < 30
     assert "mixer sweep resume ctrlc" in err
     # The interrupted trial's run and the sweep's are KILLED, and no training process of the sweep is left.
-    parent = tracking.find_sweep_run(mlflow_store, "ctrlc")
+    parent = queries.find_sweep_run(mlflow_store, "ctrlc")
     assert parent.info.status == "KILLED"
     runs_before = {run.info.run_id: run for run in trial_runs_of(mlflow_store, "ctrlc")}
     assert "RUNNING" not in {run.info.status for run in runs_before.values()}

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
+from mixer_cli import main
 from mixer_core.flops import analytic_macs, measured_macs
-from mixer_core.sizes import variant_table
 from mixer_core.model import create_mixer, create_timm_twin, resize_token_mixing
+from mixer_core.sizes import variant_table
 from mixer_core.variants import VARIANTS
-from sweeps.cli import main
 
 
 def meta_mixer(name: str, image_size: int, num_classes: int = 1000):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps import tracking
+from sweeps.tracking import queries
 
 GCS_PORT = 6390
 DASHBOARD_PORT = 8270
@@ -76,8 +76,8 @@ def test_ray_job_submit_runs_a_sweep(ray_head, mlflow_store, tiny_spec, tmp_path
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "mlflow ui --backend-store-uri" in submitted.stdout  # the sweep's closing lines, streamed back
 
-    parent = tracking.find_sweep_run(mlflow_store, "jobsweep")
+    parent = queries.find_sweep_run(mlflow_store, "jobsweep")
     assert parent is not None and parent.info.status == "FINISHED"
-    (trial,) = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    (trial,) = queries.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
     assert trial.info.status == "FINISHED"
     assert len(MlflowClient(mlflow_store).get_metric_history(trial.info.run_id, "val_top1")) == 2

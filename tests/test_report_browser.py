@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from dashboards_fixtures import shared_store
-from sweeps.cli import main
+
+from mixer_cli import main
 
 CHROMIUM = shutil.which("chromium")
 # Running as root in a container: no sandbox, no GPU, and nothing that reaches the network.

@@ -8,12 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from sweeps.scratch import remove_abandoned, trial_scratch_dir
+from sweeps.engine.scratch import remove_abandoned, trial_scratch_dir
 
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from sweeps.scratch import trial_scratch_dir
+    from sweeps.engine.scratch import trial_scratch_dir
     with trial_scratch_dir(Path(sys.argv[1])) as work:
         (work / "checkpoint.pt").write_bytes(b"x" * 1024)
         print(work, flush=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mixer_cli import main
 from mixer_core.config import RunConfig
 from mixer_core.model import count_parameters, create_mixer
-from sweeps.cli import main
 from sweeps.plan import estimated_examples, format_plan, plan_sweep, trial_configs, trial_count
 from sweeps.spec import SpecError, build_run_config, check_resources, load_spec, spec_hash
 

@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from image_folders import write_jpeg_folder
-from mixer_core.config import DataConfig, parse_config
+
+from mixer_core.config import DataConfig
+from mixer_core.config_io import parse_config
 from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
 from mixer_core.data.parquet import find_shards, read_examples
@@ -155,8 +156,8 @@ def test_a_sweep_streams_jpeg_shards_and_a_bad_row_fails_its_trial_keeping_what_
 ):
     from mlflow.tracking import MlflowClient
 
-    from sweeps import tracking
-    from sweeps.cli import main
+    from mixer_cli import main
+    from sweeps.tracking import queries
 
     base = {
         "data": {**STREAM, "path": str(jpeg_shards), "fraction": 0.3},
@@ -182,15 +183,15 @@ def test_a_sweep_streams_jpeg_shards_and_a_bad_row_fails_its_trial_keeping_what_
     output = capsys.readouterr()
     assert f"{shard}: row {last_key}: not a decodable image" in output.out + output.err
 
-    parent = tracking.find_sweep_run(mlflow_store, "broken")
-    [run] = tracking.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    parent = queries.find_sweep_run(mlflow_store, "broken")
+    [run] = queries.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
     assert run.info.status == "FAILED"
     losses = MlflowClient(mlflow_store).get_metric_history(run.info.run_id, "train_loss")
     assert [metric.step for metric in losses] == list(range(1, 7))  # every step before the bad batch
 
 
 def test_data_bench_measures_the_stream_and_torchvision_alike(ray_address, jpeg_shards, tmp_path, capsys):
-    from sweeps.cli import main
+    from mixer_cli import main
 
     folder = write_jpeg_folder(tmp_path / "folder", count=12)
     common = ["--set", "data.image_size=32", "--set", "data.augment.inception_crop=true", "--batch-size", "4",

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import engine, tracking
-from sweeps.cli import main
+from mixer_cli import main
+from sweeps.engine.run import find_resumable
 from sweeps.spec import load_spec, spec_hash
+from sweeps.tracking import queries, recording
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, dict | list]:
@@ -35,10 +36,10 @@ def test_two_runs_of_one_sweep_keep_their_own_state_and_are_reached_by_id(ray_ad
     for result in (first, second):
         sweep_id = ids[result["parent_run_id"]]
         assert result["experiment_dir"].endswith(f"/twice-{sweep_id}")
-        assert tracking.find_sweep_run(mlflow_store, sweep_id).info.run_id == result["parent_run_id"]  # report
-        context, directory = engine.find_resumable(sweep_id)  # resume
+        assert queries.find_sweep_run(mlflow_store, sweep_id).info.run_id == result["parent_run_id"]  # report
+        context, directory = find_resumable(sweep_id)  # resume
         assert (context.parent_run_id, directory) == (result["parent_run_id"], result["experiment_dir"])
-    assert tracking.find_sweep_run(mlflow_store, "twice").info.run_id == second["parent_run_id"]  # the name: newest
+    assert queries.find_sweep_run(mlflow_store, "twice").info.run_id == second["parent_run_id"]  # the name: newest
 
 
 def start_parent_run(uri: str, spec_path: Path, sweep_id: str, **recorded_changes) -> str:
@@ -48,7 +49,7 @@ def start_parent_run(uri: str, spec_path: Path, sweep_id: str, **recorded_change
     resolved = {**spec.model_dump(mode="json", exclude_unset=True), "storage_path": spec.resolved_storage_path()}
     validated = {**spec.model_dump(mode="json"), **recorded_changes}
     digest = "0" * 16 if recorded_changes else spec_hash(spec)
-    return tracking.start_sweep_run(uri, spec.experiment, spec.name, sweep_id, digest, spec_path, resolved,
+    return recording.start_sweep_run(uri, spec.experiment, spec.name, sweep_id, digest, spec_path, resolved,
                                     validated, "/anywhere/the/tag/says")
 
 
@@ -62,18 +63,18 @@ def test_a_second_run_of_a_running_sweep_is_refused_naming_the_running_one(ray_a
     assert status == 2
     message = capsys.readouterr().err
     assert "sweep busy is already running (id 0123abcd" in message and running in message
-    assert len(tracking.list_sweeps(mlflow_store)) == 1  # nothing was started
+    assert len(queries.list_sweeps(mlflow_store)) == 1  # nothing was started
 
 
 def test_resume_restores_from_the_specs_own_folder_not_from_a_tag(mlflow_store, tiny_spec, tmp_path):
     spec = tiny_spec("tagged")
     start_parent_run(mlflow_store, spec, "89abcdef")
     with pytest.raises(LookupError, match=f"no Tune state to restore at {tmp_path}/ray_results/tagged-89abcdef$"):
-        engine.find_resumable("89abcdef")
+        find_resumable("89abcdef")
 
 
 def test_resume_refuses_a_spec_that_validates_differently_now_and_says_what_differs(mlflow_store, tiny_spec):
     spec = tiny_spec("changed")
     start_parent_run(mlflow_store, spec, "456789ab", seed=7, max_failures=2)
     with pytest.raises(LookupError, match=r"max_failures: 2 -> 0; seed: 7 -> 0"):
-        engine.find_resumable("changed")
+        find_resumable("changed")

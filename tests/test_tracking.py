@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 
 from mixer_core.checkpoint import STATE_FILE, save_checkpoint
 from mixer_core.config import RunConfig
-from sweeps import tracking
-from sweeps.run_artifacts import fetch_init_from, log_checkpoint
+from sweeps.tracking import queries, recording, schema, store
+from sweeps.tracking.artifacts import fetch_init_from, log_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,15 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 def test_default_uri_is_absolute_sqlite_under_cwd(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert store.tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    assert tracking.tracking_uri() == "http://mlflow.example:5000"
+    assert store.tracking_uri() == "http://mlflow.example:5000"
 
 
 def test_ui_hint_is_the_servers_page_of_the_experiment_in_the_model_training_view():
     page = "#/experiments/3?workflowType=machine_learning"
-    assert tracking.ui_hint("http://mlflow.example:5000/", "3") == f"http://mlflow.example:5000/{page}"
-    assert tracking.ui_hint("sqlite:////data/mlflow.db", "3") == (
+    assert store.ui_hint("http://mlflow.example:5000/", "3") == f"http://mlflow.example:5000/{page}"
+    assert store.ui_hint("sqlite:////data/mlflow.db", "3") == (
         f"mlflow ui --backend-store-uri sqlite:////data/mlflow.db, then http://127.0.0.1:5000/{page}"
     )
 
@@ -38,16 +38,16 @@ def test_ui_hint_is_the_servers_page_of_the_experiment_in_the_model_training_vie
 def _sweep(uri: str, tmp_path: Path, name: str = "s1") -> str:
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(f"name: {name}\n")
-    return tracking.start_sweep_run(
+    return recording.start_sweep_run(
         uri, "exp", name, f"{name}-id", "abc123", spec_file, {"name": name}, {"name": name, "seed": 0},
         str(tmp_path / name),
     )
 
 
-def _trial(uri: str, parent_id: str, trial_id: str, config: RunConfig) -> tracking.TrialRun:
+def _trial(uri: str, parent_id: str, trial_id: str, config: RunConfig) -> recording.TrialRun:
     experiment_id = MlflowClient(uri).get_run(parent_id).info.experiment_id
-    params = tracking.flatten(config.model_dump())
-    return tracking.TrialRun(uri, experiment_id, parent_id, "s1", trial_id, params, tracking.trial_tags(config))
+    params = schema.flatten(config.model_dump())
+    return recording.TrialRun(uri, experiment_id, parent_id, "s1", trial_id, params, schema.trial_tags(config))
 
 
 def test_parent_run_has_schema_tags_spec_and_resolved_spec(mlflow_store, tmp_path):
@@ -62,12 +62,12 @@ def test_parent_run_has_schema_tags_spec_and_resolved_spec(mlflow_store, tmp_pat
     assert parent.data.tags["mlflow.source.type"] == "LOCAL"
     assert "mlflow.source.git.commit" not in parent.data.tags  # tmp_path is no git repository
     artifacts = {item.path for item in MlflowClient(mlflow_store).list_artifacts(parent_id)}
-    assert artifacts == {"spec.yaml", tracking.RESOLVED_SPEC_ARTIFACT, tracking.VALIDATED_SPEC_ARTIFACT}
-    assert tracking.load_spec_artifact(mlflow_store, parent_id) == {"name": "s1"}
-    assert tracking.load_spec_artifact(mlflow_store, parent_id, tracking.VALIDATED_SPEC_ARTIFACT)["seed"] == 0
-    assert tracking.find_sweep_run(mlflow_store, "s1").info.run_id == parent_id
-    assert tracking.find_sweep_run(mlflow_store, "s1-id").info.run_id == parent_id  # by the sweep's id
-    assert tracking.find_sweep_run(mlflow_store, "no-such-sweep") is None
+    assert artifacts == {"spec.yaml", schema.RESOLVED_SPEC_ARTIFACT, schema.VALIDATED_SPEC_ARTIFACT}
+    assert queries.load_spec_artifact(mlflow_store, parent_id) == {"name": "s1"}
+    assert queries.load_spec_artifact(mlflow_store, parent_id, schema.VALIDATED_SPEC_ARTIFACT)["seed"] == 0
+    assert queries.find_sweep_run(mlflow_store, "s1").info.run_id == parent_id
+    assert queries.find_sweep_run(mlflow_store, "s1-id").info.run_id == parent_id  # by the sweep's id
+    assert queries.find_sweep_run(mlflow_store, "no-such-sweep") is None
     assert (tmp_path / "mlartifacts").is_dir()  # local store: artifacts beside the database
 
 
@@ -77,13 +77,13 @@ def test_experiment_opens_as_model_training_in_the_mlflow_ui(mlflow_store, tmp_p
     assert client.get_experiment_by_name("exp").tags["mlflow.experimentKind"] == "custom_model_development"
     # An experiment made before the schema had the tag gets it from the next sweep.
     client.create_experiment("older", artifact_location=(tmp_path / "older").as_uri())
-    tracking.ensure_experiment(client, "older")
+    recording.ensure_experiment(client, "older")
     assert client.get_experiment_by_name("older").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_runs_record_the_git_commit_of_the_spec_and_trials_inherit_user_and_source(mlflow_store):
     spec_path = REPO / "sweeps" / "quickstart.yaml"
-    parent_id = tracking.start_sweep_run(mlflow_store, "exp", "s1", "s1-id", "abc123", spec_path, {}, {}, "/tmp/s1")
+    parent_id = recording.start_sweep_run(mlflow_store, "exp", "s1", "s1-id", "abc123", spec_path, {}, {}, "/tmp/s1")
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     client = MlflowClient(mlflow_store)
     parent_tags = client.get_run(parent_id).data.tags
@@ -100,7 +100,7 @@ def test_trial_run_continues_without_duplicated_steps(mlflow_store, tmp_path):
     experiment_id = MlflowClient(mlflow_store).get_run(parent_id).info.experiment_id
     config = RunConfig.model_validate({"model": {"variant": "Ti/4"}, "data": {"fraction": 0.5}})
 
-    def attempt() -> tracking.TrialRun:
+    def attempt() -> recording.TrialRun:
         return _trial(mlflow_store, parent_id, "t_00000", config)
 
     first = attempt()
@@ -114,7 +114,7 @@ def test_trial_run_continues_without_duplicated_steps(mlflow_store, tmp_path):
     second.log({"train_loss": 0.1, "step": 40, "test_top1": float("nan")}, step=40)
 
     client = MlflowClient(mlflow_store)
-    runs = tracking.trial_runs(mlflow_store, experiment_id, parent_id)
+    runs = queries.trial_runs(mlflow_store, experiment_id, parent_id)
     assert [run.info.run_id for run in runs] == [first.run_id]
     assert [m.step for m in client.get_metric_history(first.run_id, "train_loss")] == [10, 20, 30, 40]
     assert client.get_metric_history(first.run_id, "train_loss")[2].value == 1.0 / 30  # the first report kept
@@ -131,14 +131,14 @@ def test_trial_run_continues_without_duplicated_steps(mlflow_store, tmp_path):
     assert run.data.tags["mixer.role"] == "trial"
     assert run.data.tags["mlflow.parentRunId"] == parent_id
 
-    tracking.finish_run(mlflow_store, first.run_id, "FINISHED", {tracking.TAG_CHECKPOINT: "/ckpt"})
-    (sweep,) = tracking.list_sweeps(mlflow_store)
+    recording.finish_run(mlflow_store, first.run_id, "FINISHED", {schema.TAG_CHECKPOINT: "/ckpt"})
+    (sweep,) = queries.list_sweeps(mlflow_store)
     assert (sweep["name"], sweep["trials"], sweep["trial_states"]) == ("s1", 1, {"FINISHED": 1})
     assert client.get_run(first.run_id).data.tags["mixer.checkpoint"] == "/ckpt"
 
 
 def test_flatten_nested_config():
-    assert tracking.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+    assert schema.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
 
 
 def test_parent_run_carries_the_best_trial_and_the_trial_counts(mlflow_store, tmp_path):
@@ -149,10 +149,10 @@ def test_parent_run_carries_the_best_trial_and_the_trial_counts(mlflow_store, tm
         config = RunConfig.model_validate({"train": {"lr": lr}})
         run = _trial(mlflow_store, parent_id, trial_id, config)
         run.log({"val_top1": accuracy, "step": 40}, step=40)
-        tracking.finish_run(mlflow_store, run.run_id, status)
+        recording.finish_run(mlflow_store, run.run_id, status)
 
     # While a trial failed, the sweep may still be resumed: no params yet, since MLflow cannot change them.
-    best = tracking.record_sweep_outcome(mlflow_store, experiment_id, parent_id, "t_1", complete=False)
+    best = recording.record_sweep_outcome(mlflow_store, experiment_id, parent_id, "t_1", complete=False)
     client = MlflowClient(mlflow_store)
     parent = client.get_run(parent_id)
     assert parent.data.tags["mixer.best_trial_id"] == "t_1"
@@ -163,7 +163,7 @@ def test_parent_run_carries_the_best_trial_and_the_trial_counts(mlflow_store, tm
     assert parent.data.metrics["trials_killed"] == 0
     assert parent.data.params == {}
 
-    tracking.record_sweep_outcome(mlflow_store, experiment_id, parent_id, "t_1", complete=True)
+    recording.record_sweep_outcome(mlflow_store, experiment_id, parent_id, "t_1", complete=True)
     params = client.get_run(parent_id).data.params
     assert params["train.lr"] == "0.01" and params == best.data.params
 

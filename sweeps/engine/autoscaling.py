@@ -2,7 +2,7 @@
 starts without GPU workers, and with a head that offers no CPUs for work) is for the autoscaler to make room for.
 
 Ray 2.60 shows a driver neither the autoscaler's node types nor whether it could fit a request, so the engine can
-tell only that an autoscaler is there; it warns instead of refusing (`sweeps.cli.sweep`).
+tell only that an autoscaler is there; it warns instead of refusing (`mixer_cli.sweep`).
 """
 
 from __future__ import annotations

@@ -15,12 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from mixer_cli.output import add_json_flag, emit_json, refuse
 from mixer_core import metrics
-from mixer_core.config import ConfigError, load_config
+from mixer_core.config_io import ConfigError, load_config
 from mixer_core.data import DataError
 from mixer_core.train import TrainingError, train
-from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
-from sweeps.run_artifacts import fetch_init_from
+from sweeps.tables import format_table
+from sweeps.tracking.artifacts import fetch_init_from
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             config = fetch_init_from(config, Path(download_dir))
             stream = None
             if config.data.streams:
-                from sweeps.ray_session import init_ray
+                from sweeps.engine.ray_session import init_ray
                 from sweeps.stream import open_stream
 
                 init_ray()

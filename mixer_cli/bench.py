@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 
+from mixer_cli.output import add_json_flag, emit_json, refuse
 from mixer_core.bench import DTYPES, MODES, BenchSettings, run_bench
 from mixer_core.variants import VARIANTS
-from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
+from sweeps.tables import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,12 +12,15 @@ import os
 import sys
 from pathlib import Path
 
-from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, apply_override, load_config, parse_as, suggestion
+from mixer_cli.output import add_json_flag, emit_json, refuse
+from mixer_core.config import DATASET_NAMES, DataConfig
+from mixer_core.config_io import ConfigError, apply_override, load_config, parse_as
+from mixer_core.config_messages import suggestion
 from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
 from mixer_core.data.parquet import class_names, count_selected, decoded_size, find_shards, row_count
-from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
-from sweeps.data_bench import PIPELINES, bench_loader
+from sweeps.bench.data import PIPELINES, bench_loader
+from sweeps.tables import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +108,7 @@ def run_convert(cfg: DataConfig, args: argparse.Namespace) -> dict:
 
 
 def run_bench(cfg: DataConfig, args: argparse.Namespace) -> dict:
-    """Images/s and peak memory of the training input pipeline (`sweeps.data_bench`)."""
+    """Images/s and peak memory of the training input pipeline (`sweeps.bench.data`)."""
     pipeline = args.pipeline or ("stream" if cfg.streams else "memory")
     processes = cfg.num_workers if args.processes is None else args.processes
     if pipeline == "stream" and processes == 0:

@@ -9,7 +9,7 @@ whatever the number of concurrent trials, and it runs on the driver's node, wher
 Calls from one trial's process run in the order it sent them. Evaluation reports (what Tune, ASHA and the
 driver see) wait until they are written, and every earlier report with them: nothing the driver knows of a
 trial, and no step before a checkpoint, is missing from MLflow. Step metrics between evaluations are sent
-without waiting. A retried trial continues its run (`sweeps.tracking.TrialRun`), so no step is logged twice.
+without waiting. A retried trial continues its run (`sweeps.tracking.recording.TrialRun`), so no step is logged twice.
 """
 
 from __future__ import annotations
@@ -25,31 +25,32 @@ class MlflowWriter:
     """Writes the trial runs of one sweep (experiment `experiment_id`, parent run `parent_run_id`)."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_name: str):
-        from sweeps import tracking  # this process's one import of MLflow
+        from sweeps.tracking import recording  # this process's one import of MLflow
 
-        self.tracking = tracking
+        self.recording = recording
         self.where = (uri, experiment_id, parent_run_id, sweep_name)
-        self.runs: dict[str, Any] = {}  # trial id -> sweeps.tracking.TrialRun, opened on first use
+        self.runs: dict[str, Any] = {}  # trial id -> sweeps.tracking.recording.TrialRun, opened on first use
 
     def _run(self, trial_id: str, run_config: dict[str, Any]):
         if trial_id not in self.runs:
-            from mixer_core.config import parse_config
+            from mixer_core.config_io import parse_config
+            from sweeps.tracking.schema import flatten, trial_tags
 
             config = parse_config(run_config, source=f"trial {trial_id}")
-            self.runs[trial_id] = self.tracking.TrialRun(
-                *self.where, trial_id, self.tracking.flatten(config.model_dump()), self.tracking.trial_tags(config)
+            self.runs[trial_id] = self.recording.TrialRun(
+                *self.where, trial_id, flatten(config.model_dump()), trial_tags(config)
             )
         return self.runs[trial_id]
 
     def open(self, trial_id: str, run_config: dict[str, Any]) -> None:
         """Create the trial's run, or continue it (a retry, a resumed sweep)."""
-        from sweeps.mlflow_retry import best_effort
+        from sweeps.tracking.store import best_effort
 
         best_effort(f"trial {trial_id}'s run", self._run, trial_id, run_config)
 
     def log(self, trial_id: str, run_config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
         """Log one report of the trial at `step`."""
-        from sweeps.mlflow_retry import best_effort
+        from sweeps.tracking.store import best_effort
 
         best_effort(f"trial {trial_id} step {step}", lambda: self._run(trial_id, run_config).log(metrics, step=step))
 

@@ -11,8 +11,9 @@ from dashboards.analysis import analyse_sweep
 from dashboards.holdout import HOLDOUTS, INTERVAL_KIND
 from dashboards.report import log_fit_metrics, log_report, prediction_rows, write_report
 from dashboards.runs import SweepNotFound, load_sweep
-from sweeps.cli.output import add_json_flag, emit_json, format_table, refuse
-from sweeps.tracking import tracking_uri
+from mixer_cli.output import add_json_flag, emit_json, refuse
+from sweeps.tables import format_table
+from sweeps.tracking.store import tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,12 +1,10 @@
 """Starting Ray (or joining a cluster) for a sweep, a trial or `mixer train`; this module imports only Ray, so the
-CLI can start Ray before it imports the sweep engine.
+CLI can start Ray while it imports the sweep engine.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
@@ -17,7 +15,7 @@ import ray
 # (so no snapshot names a deleted checkpoint) and warns each time it does so within 5 s: with one checkpoint
 # kept, that is every evaluation of a short trial, which is intended here. Tune's default result loggers include
 # TensorBoard's, whose import makes the driver import torch (1.8 s before the first trial starts, on 2 cores);
-# runs are in MLflow, so the sweep asks for Tune's CSV and JSON result files only (`sweeps.engine`).
+# runs are in MLflow, so the sweep asks for Tune's CSV and JSON result files only (`sweeps.engine.run`).
 # torch_tpu registers itself to load with `import torch`; on a host without libtpu that aborts the process, and on
 # a TPU host it would claim the chips for whichever process imported torch first (a Tune trial's process, a
 # decoding task). Only training processes load it: Ray Train's tpu_dist backend and `mixer_core.device` do.
@@ -56,21 +54,3 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # here has no node to lose, so trials skip it.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-
-
-def start_ray_for_sweep(address: str | None = None) -> None:
-    """`init_ray`, while another thread imports the sweep engine (Ray Tune, Optuna, MLflow: about 1.5 s on 2 cores)
-    and opens the MLflow store (a user's first sweep creates `mlflow.db`'s tables: about 1.5 s). Starting Ray is
-    mostly waiting for its processes to come up. Ray starts in this thread: the processes it starts on this
-    machine end with the thread that started them."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        prepared = pool.submit(_import_engine_and_open_store)
-        init_ray(address)
-        prepared.result()
-
-
-def _import_engine_and_open_store() -> None:
-    importlib.import_module("sweeps.engine")  # for the sweep that follows
-    from sweeps import tracking
-
-    tracking.RetryingMlflowClient(tracking.tracking_uri()).search_experiments(max_results=1)

@@ -1,24 +1,49 @@
-"""The `mixer` console script: one subcommand per module, each with `add_arguments` and `run`."""
+"""The `mixer` console script, the top floor: it assembles every command and imports downward only.
+
+Each subcommand is a module of this package with `add_arguments(parser)` and `run(args)`. A command's module is
+imported only when that command runs, so `mixer variants` does not pay for importing Ray.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import importlib
 import sys
 from importlib.metadata import version
+from types import ModuleType
 
-# subcommand -> (module implementing it, one-line help). Modules are imported only when their command runs,
-# so `mixer variants` does not pay for importing Ray.
+
+def _command_module(command: str) -> ModuleType:
+    """The module of subcommand `command`, imported now (each import is written out, so the import graph shows it)."""
+    if command == "variants":
+        from mixer_cli import variants as module
+    elif command == "bench":
+        from mixer_cli import bench as module
+    elif command == "train":
+        from mixer_cli import train as module
+    elif command == "data":
+        from mixer_cli import data as module
+    elif command == "sweep":
+        from mixer_cli import sweep as module
+    elif command == "report":
+        from mixer_cli import report as module
+    elif command == "predict":
+        from mixer_cli import predict as module
+    else:
+        raise KeyError(command)
+    return module
+
+
+# subcommand -> one-line help; its module is `mixer_cli.<subcommand>`, imported by `_command_module` when it runs
 COMMANDS = {
-    "variants": ("sweeps.cli.variants", "print the Mixer variants with parameter counts and GMACs"),
-    "bench": ("sweeps.cli.bench", "measure inference and training throughput (img/s)"),
-    "train": ("sweeps.cli.train", "run one training run without Ray"),
-    "data": ("sweeps.cli.data", "dataset tools: convert a source to Parquet shards"),
-    "sweep": ("sweeps.cli.sweep", "validate, run, resume and list sweeps"),
-    "report": ("dashboards.cli", "scaling-law fits, figures and an HTML report of a sweep"),
-    "predict": ("dashboards.predict_cli", "predicted error at a data or model size a sweep never ran"),
+    "variants": "print the Mixer variants with parameter counts and GMACs",
+    "bench": "measure inference and training throughput (img/s)",
+    "train": "run one training run without Ray",
+    "data": "dataset tools: convert a source to Parquet shards",
+    "sweep": "validate, run, resume and list sweeps",
+    "report": "scaling-law fits, figures and an HTML report of a sweep",
+    "predict": "predicted error at a data or model size a sweep never ran",
 }
 
 
@@ -27,10 +52,10 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixer", description="MLP-Mixer sweeps on Ray, tracked in MLflow.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('mixer-sweeps')}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == command:
-            module = importlib.import_module(module_name)
+            module = _command_module(name)
             module.add_arguments(subparser)
             subparser.set_defaults(run=module.run)
     return parser

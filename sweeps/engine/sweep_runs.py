@@ -9,8 +9,8 @@ import re
 import uuid
 from typing import Any
 
-from sweeps import tracking
 from sweeps.spec import SweepSpec, spec_hash, validate_spec
+from sweeps.tracking import queries, schema
 
 _SWEEP_ID = re.compile(r"^[0-9a-f]{8}$")
 
@@ -31,10 +31,10 @@ def experiment_dir(spec: SweepSpec, sweep_id: str) -> str:
 
 def refuse_if_running(uri: str, name: str) -> None:
     """Raise `SweepConflict` naming the running sweep called `name`, if there is one in the MLflow store."""
-    running = tracking.find_sweep_run(uri, name, status="RUNNING")
-    if running is None or running.data.tags.get(tracking.TAG_SWEEP) != name:
+    running = queries.find_sweep_run(uri, name, status="RUNNING")
+    if running is None or running.data.tags.get(schema.TAG_SWEEP) != name:
         return
-    sweep_id = running.data.tags.get(tracking.TAG_SWEEP_ID, "?")
+    sweep_id = running.data.tags.get(schema.TAG_SWEEP_ID, "?")
     raise SweepConflict(
         f"sweep {name} is already running (id {sweep_id}, MLflow run {running.info.run_id}); wait for it, stop it"
         f" with Ctrl-C, or give this one another name (--set name=...). If its driver died, finish it with:"
@@ -50,15 +50,15 @@ def resumable(uri: str, parent: Any) -> tuple[SweepSpec, str]:
     saying what differs otherwise.
     """
     tags = parent.data.tags
-    name, sweep_id = tags.get(tracking.TAG_SWEEP), tags.get(tracking.TAG_SWEEP_ID, "")
+    name, sweep_id = tags.get(schema.TAG_SWEEP), tags.get(schema.TAG_SWEEP_ID, "")
     if not _SWEEP_ID.match(sweep_id):
         raise LookupError(f"sweep {name}: MLflow run {parent.info.run_id} has no valid sweep id ({sweep_id!r})")
     source = f"sweep {name} {sweep_id} (MLflow run {parent.info.run_id})"
-    spec = validate_spec(tracking.load_spec_artifact(uri, parent.info.run_id), source)
+    spec = validate_spec(queries.load_spec_artifact(uri, parent.info.run_id), source)
     if spec.name != name:
         raise LookupError(f"{source}: its recorded spec names another sweep, {spec.name!r}")
-    if spec_hash(spec) != tags.get(tracking.TAG_SPEC_HASH):
-        recorded = tracking.load_spec_artifact(uri, parent.info.run_id, tracking.VALIDATED_SPEC_ARTIFACT)
+    if spec_hash(spec) != tags.get(schema.TAG_SPEC_HASH):
+        recorded = queries.load_spec_artifact(uri, parent.info.run_id, schema.VALIDATED_SPEC_ARTIFACT)
         differences = "; ".join(spec_changes(recorded, spec.model_dump(mode="json"))) or "its spec hash differs"
         raise LookupError(
             f"{source}: its spec validates differently now than when it started (defaults changed in this version"
@@ -69,7 +69,7 @@ def resumable(uri: str, parent: Any) -> tuple[SweepSpec, str]:
 
 def spec_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`key: recorded -> current` for every spec key whose value differs (dotted paths)."""
-    then, now = tracking.flatten(recorded), tracking.flatten(current)
+    then, now = schema.flatten(recorded), schema.flatten(current)
     return [
         f"{key}: {then.get(key, '(unset)')!r} -> {now.get(key, '(unset)')!r}"
         for key in sorted(then.keys() | now.keys())

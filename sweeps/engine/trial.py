@@ -1,4 +1,4 @@
-"""What runs in each Tune trial's process: the trial's config, then one of two launchers of `sweeps.worker`.
+"""What runs in each Tune trial's process: the trial's config, then one of two launchers of `sweeps.engine.worker`.
 
 - One worker (`workers_per_trial: 1`): the worker function runs right here, in the trial's own process, which
   holds the worker's CPUs and GPUs and which Tune reuses for the next trial (`reuse_actors`). torch and timm
@@ -9,7 +9,7 @@
   results reach Tune through `TuneReportCallback`; Ray Train retries lost workers from the trial's checkpoint.
 
 This module is what a trial's process imports (Tune unpickles `run_trial` by reference), so it stays clear of
-the driver's searchers and of MLflow, which the sweep's writer (`sweeps.mlflow_writer`) imports instead.
+the driver's searchers and of MLflow, which the sweep's writer (`sweeps.tracking.writer`) imports instead.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import ray.train
 import ray.tune
 from ray.actor import ActorHandle
 
-from mixer_core.config import RunConfig, resolve_paths
-from sweeps.ray_session import set_ray_env_defaults
-from sweeps import tpu
+from mixer_core.config import RunConfig
+from mixer_core.config_io import resolve_paths
+from sweeps.engine import tpu
+from sweeps.engine.ray_session import set_ray_env_defaults
+from sweeps.engine.worker import run_worker, train_worker
 from sweeps.spec import Resources, SweepSpec, build_run_config
-from sweeps.worker import run_worker, train_worker
 
 # A trial of several workers only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an
 # empty resource request, and any CPU held here would be missing for the workers, so it asks for one byte.
@@ -77,7 +78,7 @@ def _report_to_tune(metrics: dict[str, float], checkpoint_dir: Path | None) -> N
 
 def run_trial(params: dict[str, Any], context: SweepContext, writer: ActorHandle) -> None:
     """One Tune trial of the config `params` picks; its runs (MLflow, Ray Train) are named by the trial id, and
-    `writer` (`sweeps.mlflow_writer`) writes its MLflow run."""
+    `writer` (`sweeps.tracking.writer`) writes its MLflow run."""
     spec = context.spec
     trial_id = ray.tune.get_context().get_trial_id()
     run_config = resolve_paths(build_run_config(spec, params), context.working_dir)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from mixer_cli.output import add_json_flag, emit_json
 from mixer_core.sizes import variant_table
-from sweeps.cli.output import add_json_flag, emit_json, format_table
+from sweeps.tables import format_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

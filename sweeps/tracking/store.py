@@ -1,5 +1,6 @@
-"""MLflow calls that outlast a store that is briefly unavailable: a SQLite file locked past its busy timeout, a
-tracking server restarting or unreachable for longer than MLflow's own HTTP retries wait.
+"""The MLflow store: where it is (`tracking_uri`), how to look at it (`ui_hint`), and calls that outlast a store
+that is briefly unavailable: a SQLite file locked past its busy timeout, a tracking server restarting or
+unreachable for longer than MLflow's own HTTP retries wait.
 
 `RetryingMlflowClient` is an `MlflowClient` whose calls are retried with exponential backoff while the error says
 the store is unavailable (not that the request is wrong); `best_effort` runs bookkeeping that must never fail a
@@ -8,9 +9,11 @@ trial or the sweep, and warns instead.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -24,7 +27,7 @@ _FIRST_WAIT_SECONDS, _LONGEST_WAIT_SECONDS = 0.5, 15.0
 # What an unavailable store answers: SQLite's "database is locked" and a server's 503 arrive as
 # TEMPORARILY_UNAVAILABLE; a refused connection, once MLflow's own HTTP retries are spent, as INTERNAL_ERROR.
 _UNAVAILABLE_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"})
-
+LOCAL_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 Returned = TypeVar("Returned")
 
 
@@ -72,3 +75,25 @@ def best_effort(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) 
         call(*args, **kwargs)
     except Exception as error:
         print(f"MLflow: {what} not recorded: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else an absolute `sqlite:///<cwd>/mlflow.db` (MLflow 3 refuses ./mlruns)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def experiment_url(ui_url: str, experiment_id: str) -> str:
+    """The experiment's runs in the MLflow UI at `ui_url`, in its model-training view.
+
+    MLflow 3.17's UI picks the view from a per-browser GenAI / Model training switch (GenAI until a person flips
+    it) rather than from the experiment's kind tag; `workflowType` in the link sets that switch.
+    """
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """Where to see an experiment of the store `uri`: its page on a tracking server, else the `mlflow ui` command
+    that serves this store and the page to open there."""
+    if uri.startswith(("http://", "https://")):
+        return experiment_url(uri, experiment_id)
+    return f"mlflow ui --backend-store-uri {uri}, then {experiment_url(LOCAL_UI_URL, experiment_id)}"

@@ -1,7 +1,7 @@
 """What trains a trial: the `mixer_core` training loop, reporting to Ray, with rank 0 logging to MLflow through the
-sweep's writer (`sweeps.mlflow_writer`).
+sweep's writer (`sweeps.tracking.writer`).
 
-One worker function, two launchers (`sweeps.trial`): a one-worker trial runs `run_worker` in its own Tune
+One worker function, two launchers (`sweeps.engine.trial`): a one-worker trial runs `run_worker` in its own Tune
 process, which Tune reuses for the next trial, and reports through `ray.tune`; a trial of several DDP workers
 runs `train_worker` on each Ray Train worker and reports through `ray.train`. Either way a retried or restored
 trial resumes from its last reported checkpoint and continues the same MLflow run (Ray's MLflow helpers do not
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import ray.train
 
 from mixer_core import metrics as metric_names
-from mixer_core.config import ConfigError, parse_config
-from sweeps.mlflow_writer import TrialLog
-from sweeps.run_artifacts import fetch_init_from
-from sweeps.scratch import trial_scratch_dir
+from mixer_core.config_io import ConfigError, parse_config
+from sweeps.engine.scratch import trial_scratch_dir
+from sweeps.tracking.artifacts import fetch_init_from
+from sweeps.tracking.writer import TrialLog
 
 if TYPE_CHECKING:  # Ray Data is imported only by trials that stream
     from ray.data import DataIterator

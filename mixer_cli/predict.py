@@ -9,8 +9,9 @@ import sys
 from dashboards.holdout import INTERVAL_KIND
 from dashboards.predict import predict_at
 from dashboards.runs import SweepNotFound, load_sweep
-from sweeps.cli.output import add_json_flag, emit_json, format_table
-from sweeps.tracking import tracking_uri
+from mixer_cli.output import add_json_flag, emit_json
+from sweeps.tables import format_table
+from sweeps.tracking.store import tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,9 +21,10 @@ def log_checkpoint(uri: str, run_id: str, checkpoint: str, artifact_path: str = 
     """Log the checkpoint directory `checkpoint` (a local path, or an `s3://`/`gs://` URI from a cluster's
     storage) under `artifact_path` of run `run_id`; returns its `runs:/RUN_ID/PATH` URI."""
     import pyarrow.fs
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(uri)
+    from sweeps.tracking.store import RetryingMlflowClient
+
+    client = RetryingMlflowClient(uri)
     if "://" in checkpoint:
         with tempfile.TemporaryDirectory(prefix="mixer-checkpoint-") as local:
             pyarrow.fs.copy_files(checkpoint, local)
@@ -35,7 +36,7 @@ def log_checkpoint(uri: str, run_id: str, checkpoint: str, artifact_path: str = 
 
 def fetch_init_from(config: RunConfig, directory: Path, uri: str | None = None) -> RunConfig:
     """`config` with a `runs:/RUN_ID/PATH` `train.init_from` downloaded under `directory` from the MLflow store
-    `uri` (default: `sweeps.tracking.tracking_uri()`) and replaced by the local path; any other config as is.
+    `uri` (default: `sweeps.tracking.store.tracking_uri()`) and replaced by the local path; any other config as is.
 
     Raises `FileNotFoundError` naming the URI when the store has no such run or artifact.
     """
@@ -45,7 +46,7 @@ def fetch_init_from(config: RunConfig, directory: Path, uri: str | None = None) 
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from sweeps.tracking import tracking_uri
+    from sweeps.tracking.store import tracking_uri
 
     try:
         local = download_artifacts(artifact_uri=source, dst_path=str(directory), tracking_uri=uri or tracking_uri())

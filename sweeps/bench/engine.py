@@ -63,9 +63,10 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
     import torch
 
     from mixer_core.train import train
-    from sweeps import engine, tracking
-    from sweeps.ray_session import init_ray
+    from sweeps.engine.ray_session import init_ray
+    from sweeps.engine.run import run_sweep
     from sweeps.spec import build_run_config
+    from sweeps.tracking import recording, store
 
     with tempfile.TemporaryDirectory(prefix="mixer-bench-") as scratch:
         scratch_dir = Path(scratch)
@@ -73,7 +74,7 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
         os.environ["MLFLOW_TRACKING_URI"] = uri
         # Created before the clock starts: sweeps meet an existing store, except a user's very first one
         # (creating its tables takes about 1.5 s).
-        tracking.ensure_experiment(tracking.MlflowClient(uri), spec.experiment)
+        recording.ensure_experiment(store.RetryingMlflowClient(uri), spec.experiment)
         reduced = bench_spec(spec, trials, scratch_dir / "ray_results")
         config = build_run_config(reduced, {})
 
@@ -91,7 +92,7 @@ def measure(spec: SweepSpec, spec_path: Path, trials: int) -> dict[str, Any]:
         init_ray()
         ray_init_seconds = time.perf_counter() - init_start
         engine_start = time.time()
-        result = engine.run_sweep(reduced, spec_path, total_trials=trials)
+        result = run_sweep(reduced, spec_path, total_trials=trials)
         engine_seconds = time.time() - engine_start
         after_seconds, after_training = direct(range(half, trials))
     direct_seconds = before_seconds + after_seconds

@@ -1,0 +1,157 @@
+"""Running and resuming a sweep: Ray Tune chooses trials (`sweeps.engine.search`, `sweeps.engine.schedulers`), each
+trial trains in its own reused Tune process (one worker) or through a Ray Train `TorchTrainer` (several workers;
+`sweeps.engine.trial`), the sweep's MLflow writer records a run per trial, `SweepCallback` reports progress, and
+`finish_sweep` summarises. `mixer sweep resume` restores an interrupted sweep with `Tuner.restore`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+import ray.tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+from sweeps.engine import sweep_runs
+from sweeps.engine.progress import SweepCallback
+from sweeps.engine.schedulers import max_concurrent_trials, scheduler
+from sweeps.engine.search import optuna_storage_url, search_algorithm
+from sweeps.engine.summary import SweepResult, finish_sweep
+from sweeps.engine.trial import SweepContext, run_trial, runs_in_trial_process, trial_resources
+from sweeps.spec import SweepSpec, spec_hash, validate_spec
+from sweeps.tracking import queries, recording, schema, store
+from sweeps.tracking.store import best_effort
+from sweeps.tracking.writer import start_writer
+
+
+def _trainable(context: SweepContext, writer: ray.actor.ActorHandle):
+    trainable = ray.tune.with_parameters(run_trial, context=context, writer=writer)
+    return ray.tune.with_resources(trainable, trial_resources(context.spec))
+
+
+def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -> ray.tune.RunConfig:
+    """Where Tune keeps the sweep, and how it retries and checkpoints the trials that train in its processes.
+
+    Trials of several workers leave both to Ray Train (`sweeps.engine.trial`), so Tune neither retries them a second
+    time nor keeps checkpoints of its own for them.
+    """
+    in_trial_process = runs_in_trial_process(spec)
+    storage_path, name = directory.rsplit("/", 1)  # `sweeps.engine.sweep_runs.experiment_dir`
+    return ray.tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],  # not TensorBoard's (`sweeps.engine.ray_session`)
+        verbose=0,
+        failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures if in_trial_process else 0),
+        checkpoint_config=ray.tune.CheckpointConfig(
+            num_to_keep=spec.checkpoint.num_to_keep,
+            checkpoint_score_attribute=spec.checkpoint.score_attribute if in_trial_process else None,
+            checkpoint_score_order=spec.checkpoint.score_order,
+        ),
+    )
+
+
+def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = None) -> SweepResult:
+    """Run a whole sweep on the connected Ray cluster (call `sweeps.engine.ray_session.init_ray` first); log it to MLflow.
+
+    Raises `SweepConflict` while another sweep of the same name is running.
+    """
+    uri = store.tracking_uri()
+    sweep_runs.refuse_if_running(uri, spec.name)
+    sweep_id = sweep_runs.new_sweep_id()
+    directory = sweep_runs.experiment_dir(spec, sweep_id)
+    study_storage = optuna_storage_url(spec, uri)
+    # What was written and overridden (defaults stay implicit), with the storages made absolute for `resume`, and
+    # what that validates to now (`resume` checks it still does).
+    resolved = {**spec.model_dump(mode="json", exclude_unset=True), "storage_path": spec.resolved_storage_path()}
+    if spec.searcher.startswith("optuna"):
+        resolved["optuna_storage"] = study_storage
+    validated = validate_spec(resolved, str(spec_path))
+    parent_run_id = recording.start_sweep_run(
+        uri, spec.experiment, spec.name, sweep_id, spec_hash(validated), spec_path, resolved,
+        validated.model_dump(mode="json"), directory,
+    )
+    with _parent_run_ended_on_error(uri, parent_run_id):
+        experiment_id = recording.ensure_experiment(store.RetryingMlflowClient(uri), spec.experiment)
+        context = SweepContext(spec, uri, experiment_id, parent_run_id, f"{directory}/train")
+        writer = start_writer(uri, experiment_id, parent_run_id, spec.name)  # imports MLflow while Tune starts
+        study_name = f"{spec.name}-{parent_run_id[:8]}"
+        if spec.searcher.startswith("optuna"):
+            print(f"Optuna study {study_name}: {study_storage}", file=sys.stderr, flush=True)
+        param_space, searcher = search_algorithm(spec, study_storage, study_name, max_concurrent_trials(spec))
+        callback = SweepCallback(context, total_trials)
+        tuner = ray.tune.Tuner(
+            _trainable(context, writer),
+            param_space=param_space,
+            tune_config=ray.tune.TuneConfig(  # the searcher and ASHA carry the objective themselves
+                search_alg=searcher,
+                scheduler=scheduler(spec),
+                num_samples=spec.num_samples,
+                reuse_actors=True,  # a finished trial's process runs the next trial: torch and timm stay imported
+            ),
+            run_config=_tune_run_config(spec, directory, callback),
+        )
+        return finish_sweep(context, _fit(tuner, context, writer), callback, directory)
+
+
+@contextmanager
+def _parent_run_ended_on_error(uri: str, parent_run_id: str) -> Iterator[None]:
+    """Whatever fails while the sweep's parent run is open ends it FAILED, tagged with the error, before the error
+    propagates (an interrupted sweep has already been marked KILLED by `_fit`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
+        reason = f"{type(error).__name__}: {error}"
+        tags = {schema.TAG_ERROR: reason}
+        best_effort("the sweep's failure", recording.finish_run, uri, parent_run_id, "FAILED", tags)
+        raise
+
+
+def _fit(tuner: ray.tune.Tuner, context: SweepContext, writer: ray.actor.ActorHandle):
+    """`tuner.fit()`, then every trial report written to MLflow. A second Ctrl-C (which Tune does not catch) marks
+    the parent run and its running trials KILLED, resumable."""
+    try:
+        results = tuner.fit()
+        ray.get(writer.drain.remote())  # what stopped trials sent after their last evaluation
+        return results
+    except KeyboardInterrupt:
+        best_effort(
+            "the sweep's interruption",
+            recording.kill_running_runs, context.tracking_uri, context.experiment_id, context.parent_run_id,
+        )
+        raise
+
+
+def find_resumable(sweep: str) -> tuple[SweepContext, str]:
+    """The context and Tune state directory of the sweep with id `sweep` (else the latest named `sweep`), read back
+    from its MLflow parent run (`sweeps.engine.sweep_runs.resumable`).
+
+    Raises `LookupError` when the MLflow store has no such sweep, its spec validates differently now, or Tune
+    kept no state for it.
+    """
+    uri = store.tracking_uri()
+    parent = queries.find_sweep_run(uri, sweep)
+    if parent is None:
+        raise LookupError(f"no sweep named {sweep!r} or with that id in {uri}")
+    spec, directory = sweep_runs.resumable(uri, parent)
+    if not ray.tune.Tuner.can_restore(directory):
+        raise LookupError(f"sweep {sweep!r}: no Tune state to restore at {directory}")
+    return SweepContext(spec, uri, parent.info.experiment_id, parent.info.run_id, f"{directory}/train"), directory
+
+
+def resume_sweep(context: SweepContext, directory: str) -> SweepResult:
+    """Finish a sweep after its driver died: `Tuner.restore` runs only the unfinished trials again."""
+    store.RetryingMlflowClient(context.tracking_uri).update_run(context.parent_run_id, status="RUNNING")
+    with _parent_run_ended_on_error(context.tracking_uri, context.parent_run_id):
+        spec = context.spec
+        writer = start_writer(context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name)
+        tuner = ray.tune.Tuner.restore(
+            directory, trainable=_trainable(context, writer), resume_unfinished=True, resume_errored=True
+        )
+        results = _fit(tuner, context, writer)
+        return finish_sweep(context, results, SweepCallback.of_sweep(context.parent_run_id), directory)
