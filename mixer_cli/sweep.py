@@ -224,7 +224,7 @@ def _check_tpus(spec, on_cluster: bool) -> None:
     never a silent fall-back to CPU."""
     if not spec.resources.use_tpu:
         return
-    from sweeps.tpu import tpu_problem
+    from sweeps.engine.tpu import tpu_problem
 
     problem = tpu_problem(spec, on_cluster)
     if problem:

@@ -3,7 +3,7 @@ device-dependent defaults (compile, fused AdamW, pinned host memory).
 
 TPUs are PyTorch devices through torch_tpu (`torch.device("tpu")`). torch_tpu registers itself as a
 `torch.backends` entry point, and on a host without libtpu that registration aborts `import torch`; our entry
-points switch autoloading off (`TORCH_DEVICE_BACKEND_AUTOLOAD=0`, `sweeps.cli`), so torch_tpu is imported only
+points switch autoloading off (`TORCH_DEVICE_BACKEND_AUTOLOAD=0`, `mixer_cli`), so torch_tpu is imported only
 here, only when a run asks for `tpu`, or by Ray Train's `tpu_dist` backend on TPU workers.
 """
 

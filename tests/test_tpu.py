@@ -24,7 +24,7 @@ from ray._private.accelerators.tpu import TPUAcceleratorManager
 from ray.cluster_utils import Cluster
 
 from sweeps.spec import SpecError, validate_spec
-from sweeps.tpu import tpu_problem
+from sweeps.engine.tpu import tpu_problem
 
 MIXER = str(Path(sys.executable).with_name("mixer"))
 
@@ -137,8 +137,8 @@ import json, sys
 import ray
 from ray.train.torch import TorchConfig, TorchTrainer
 from sweeps.spec import load_spec
-from sweeps.tpu import tpu_problem
-from sweeps.trial import scaling_config
+from sweeps.engine.tpu import tpu_problem
+from sweeps.engine.trial import scaling_config
 
 def where_i_run():
     context = ray.get_runtime_context()

@@ -81,13 +81,13 @@ def tpu_problem(spec: SweepSpec, on_cluster: bool) -> str | None:
         )
     import ray
 
-    from sweeps.autoscaling import autoscaler_running
+    from sweeps.engine.autoscaling import autoscaler_running
 
     available = ray.cluster_resources()
     type_resource = f"accelerator_type:{resources.accelerator_type}"
     if available.get("TPU", 0) < resources.workers_per_trial or type_resource not in available:
         if autoscaler_running():
-            return None  # the autoscaler may add a slice; `sweeps.cli.sweep` says that trials wait for it
+            return None  # the autoscaler may add a slice; `mixer_cli.sweep` says that trials wait for it
         return (f"the cluster has {available.get('TPU', 0):g} TPU chips"
                 f"{'' if type_resource in available else ' and none of type ' + resources.accelerator_type}, "
                 f"a trial needs {wanted}, and no autoscaler could add them")
