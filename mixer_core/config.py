@@ -254,13 +254,12 @@ class RunConfig(_Section):
             raise ValueError(problem)
         return self
 
-    def accumulation_steps(self, workers: int) -> int:
-        """Micro-steps per optimizer step when `workers` data-parallel processes share `data.batch_size`;
-        `ValueError` (see `batch_tiling_problem`) when they cannot tile it."""
+    def check_batch_tiling(self, workers: int) -> None:
+        """`ValueError` (see `batch_tiling_problem`) unless `workers` data-parallel processes, each taking
+        `train.micro_batch_size` examples per micro-step, make up `data.batch_size` in whole micro-steps."""
         problem = batch_tiling_problem(self.data.batch_size, self.train.micro_batch_size, workers)
         if problem:
             raise ValueError(problem)
-        return self.data.batch_size // workers // (self.train.micro_batch_size or self.data.batch_size // workers)
 
 
 def batch_tiling_problem(batch_size: int, micro_batch_size: int | None, workers: int) -> str | None:

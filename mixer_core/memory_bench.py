@@ -70,14 +70,18 @@ def training_step_peak_bytes(
 
 
 def peak_bytes_in_fresh_process(cases: list[dict[str, Any]]) -> list[int]:
-    """`training_step_peak_bytes(**case)` for each case, measured one after another in a new process
-    (spawned, with large blocks returned to the kernel on free, and warmed up by a tiny step first)."""
+    """`training_step_peak_bytes(**case)` for each case, each measured in a new process (spawned, with large
+    blocks returned to the kernel on free, and warmed up by a tiny step first). One process for several cases
+    reads low: what the first case's tensors left in the heap, the next one reuses without growing."""
     saved = {name: os.environ.get(name) for name in _MALLOC_ENV}
     os.environ.update(_MALLOC_ENV)  # the spawned interpreter reads them as it starts
     try:
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_warm_up) as pool:
-            return [pool.submit(_measure, case).result() for case in cases]
+        peaks = []
+        for case in cases:
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_warm_up) as pool:
+                peaks.append(pool.submit(_measure, case).result())
+        return peaks
     finally:
         for name, value in saved.items():
             if value is None:

@@ -218,7 +218,7 @@ def prepare(config: RunConfig, stream: StreamedTraining | None = None, checkpoin
     rank, world_size = _rank_and_world()
     train_cfg, data_cfg = config.train, config.data
     device = resolve_device(train_cfg.device)
-    config.accumulation_steps(world_size)  # ValueError when the ranks' micro-batches cannot tile the batch
+    config.check_batch_tiling(world_size)  # ValueError when the ranks' micro-batches cannot tile the batch
 
     seed_everything(train_cfg.seed)  # same model initialisation on every rank
     if stream is not None:

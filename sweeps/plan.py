@@ -168,7 +168,7 @@ def memory_problems(plan: dict[str, Any]) -> list[str]:
 
 def _check_tiling(spec: SweepSpec, config: RunConfig) -> None:
     try:
-        config.accumulation_steps(spec.resources.workers_per_trial)
+        config.check_batch_tiling(spec.resources.workers_per_trial)
     except ValueError as problem:
         where = _where_varied(spec, "data.batch_size")
         raise SpecError(f"{spec.source}: {where}: {problem} (resources.workers_per_trial "
