@@ -92,8 +92,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
-    if memory_problems(plan):
-        raise SpecError("\n".join(memory_problems(plan)))
+    problems = memory_problems(plan)
+    if problems:
+        raise SpecError("\n".join(problems))
     on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not on_cluster:
         _check_tpus(spec, on_cluster)  # before starting anything

@@ -260,7 +260,8 @@ def _memory_lines(memory: list[dict[str, Any]]) -> list[str]:
             "total": row["total_gb"],
             "as_run": f"{row['precision']}{' ckpt' if row['checkpointing'] else ''}",
             "device": row["device_gb"],
-            "fits": {True: "yes", False: f"no: micro_batch {row['fits_micro_batch'] or 0} fits", None: "-"}[row["fits"]],
+            "fits": {True: "yes", None: "-", False: f"no: micro_batch {row['fits_micro_batch'] or 0} fits"}[
+                row["fits"]],
         }
         for row in memory
     ]

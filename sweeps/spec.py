@@ -140,7 +140,8 @@ class Resources(_Strict):
 
     @model_validator(mode="after")
     def _known_device_memory(self) -> Resources:
-        if self.accelerator_type and self.accelerator_type not in ACCELERATOR_MEMORY_GB and not self.accelerator_memory_gb:
+        known = self.accelerator_type in ACCELERATOR_MEMORY_GB or self.accelerator_memory_gb
+        if self.accelerator_type and not known:
             raise ValueError(
                 f"accelerator_type {self.accelerator_type!r} has no known memory"
                 f"{suggestion(self.accelerator_type, list(ACCELERATOR_MEMORY_GB))}; or set accelerator_memory_gb"

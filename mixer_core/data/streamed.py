@@ -68,6 +68,6 @@ class StreamedTraining:
         with `pin_memory`, so the copy to a GPU (`non_blocking=True`) overlaps the previous step's compute."""
         permutation, size = self.splits.val.permutation, self.splits.image_shape[-1]
         for batch in itertools.islice(self.epoch_batches(epoch), self.steps_per_epoch):
-            images = as_uint8_images(batch["image"], channels_last=True)
-            images, labels = to_model_input(images, size, permutation), torch.as_tensor(batch["label"], dtype=torch.int64)
+            images = to_model_input(as_uint8_images(batch["image"], channels_last=True), size, permutation)
+            labels = torch.as_tensor(batch["label"], dtype=torch.int64)
             yield (images.pin_memory(), labels.pin_memory()) if pin_memory else (images, labels)
