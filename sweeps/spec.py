@@ -135,6 +135,7 @@ class Resources(_Strict):
     tpu_topology: str | None = Field(None, pattern=r"^[1-9][0-9]*(x[1-9][0-9]*){1,2}$")  # chips per axis: 2x4
     # Ray's accelerator type names (`ray.util.accelerators`: A100-40G, H100, TPU-V6E, ...); the memory plan reads
     # the device memory of known ones (`mixer_core.memory.ACCELERATOR_MEMORY_GB`), or accelerator_memory_gb.
+    # Only TPU trials are placed by it (Ray reserves a slice of that type); GPU trials go to any GPU.
     accelerator_type: str | None = None
     accelerator_memory_gb: float | None = Field(None, gt=0.0)
 

@@ -43,11 +43,16 @@ def tpu_spec(tmp_path: Path, topology: str = "2x4") -> Path:
     return path
 
 
-def fake_tpu_software(root: Path) -> Path:
-    """Empty `torch_tpu` and `libtpu` packages: found by name, as the refusal looks for them, never imported."""
+def fake_tpu_software(root: Path, torch_range: str = ">=2.11.0,<=2.15.0") -> Path:
+    """Stand-ins for `torch_tpu` and `libtpu`: found by name, as the refusal looks for them, never imported; the
+    torch_tpu distribution's metadata asks for torch in `torch_range` (0.2.0's own range by default)."""
     for name in ("torch_tpu", "libtpu"):
         (root / name).mkdir(parents=True)
         (root / name / "__init__.py").write_text("raise ImportError('a test stand-in, never to be imported')\n")
+    metadata = root / "torch_tpu-0.2.0.dist-info"
+    metadata.mkdir()
+    (metadata / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch-tpu\nVersion: 0.2.0\n"
+                                       f"Requires-Dist: torch{torch_range}\n")
     return root
 
 
@@ -94,6 +99,13 @@ def test_on_a_tpu_vm_the_refusal_counts_its_chips(tmp_path, monkeypatch):
         "or a TPU VM")
     monkeypatch.setattr(TPUAcceleratorManager, "get_current_node_num_accelerators", staticmethod(lambda: 8))
     assert tpu_problem(spec, on_cluster=False) is None
+
+
+def test_a_torch_tpu_built_for_another_torch_is_refused(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(fake_tpu_software(tmp_path / "site", torch_range=">=2.5,<2.6")))
+    spec = validate_spec(yaml.safe_load(tpu_spec(tmp_path).read_text()))
+    problem = tpu_problem(spec, on_cluster=False)
+    assert problem.startswith("on this machine, torch 2.14.1") and "does not pair with torch_tpu's torch<2.6,>=2.5" in problem
 
 
 @pytest.fixture

@@ -48,18 +48,30 @@ def missing_software() -> list[str]:
     return [name for name in TPU_SOFTWARE if importlib.util.find_spec(name) is None]
 
 
-def host_report() -> dict[str, object]:
-    """What a TPU host offers: missing TPU modules, chips the TPU runtime would see, and the installed torch."""
-    from ray._private.accelerators import TPUAcceleratorManager
+def torch_pairing_problem() -> str | None:
+    """Why the installed torch is outside the range the installed torch_tpu was built for, or None (also when
+    either is missing: `missing_software` says so). Read from the packages' metadata, nothing imported."""
+    from packaging.requirements import Requirement
 
     try:
         torch_version = importlib.metadata.version("torch")
+        requirements = [Requirement(text) for text in importlib.metadata.requires("torch-tpu") or []]
     except importlib.metadata.PackageNotFoundError:
-        torch_version = None
+        return None
+    for requirement in requirements:
+        if requirement.name == "torch" and not requirement.specifier.contains(torch_version, prereleases=True):
+            return f"torch {torch_version} does not pair with torch_tpu's torch{requirement.specifier}"
+    return None
+
+
+def host_report() -> dict[str, object]:
+    """What a TPU host offers: missing TPU modules, chips the TPU runtime would see, a torch/torch_tpu mismatch."""
+    from ray._private.accelerators import TPUAcceleratorManager
+
     return {
         "missing": missing_software(),
         "chips": TPUAcceleratorManager.get_current_node_num_accelerators(),
-        "torch": torch_version,
+        "pairing": torch_pairing_problem(),
     }
 
 
@@ -72,7 +84,8 @@ def tpu_problem(spec: SweepSpec, on_cluster: bool) -> str | None:
     resources = spec.resources
     wanted = f"{resources.workers_per_trial} {resources.accelerator_type} chips ({resources.tpu_topology})"
     if not on_cluster:
-        problem = _host_problem({"missing": missing_software()}, "this machine", wanted)
+        problem = _host_problem({"missing": missing_software(), "pairing": torch_pairing_problem()}, "this machine",
+                                wanted)
         if problem:
             return problem
         chips = host_report()["chips"]
@@ -117,7 +130,9 @@ def _cluster_hosts_problem(type_resource: str, wanted: str) -> str | None:
 
 
 def _host_problem(host: dict[str, object], where: str, wanted: str) -> str | None:
-    if not host["missing"]:
-        return None
-    return (f"{' and '.join(host['missing'])} not installed on {where}, where trials on {wanted} would run "
-            "(install mixer-sweeps[tpu] in the TPU image: cluster/launcher/gcp-tpu-pod.yaml)")
+    advice = "(install mixer-sweeps[tpu] in the TPU image: cluster/launcher/gcp-tpu-pod.yaml)"
+    if host["missing"]:
+        return f"{' and '.join(host['missing'])} not installed on {where}, where trials on {wanted} would run {advice}"
+    if host["pairing"]:
+        return f"on {where}, {host['pairing']} {advice}"
+    return None
