@@ -19,6 +19,7 @@ timm baselines are counted from autograd's saved tensors on the meta device (`mi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mixer_core.sizes import num_tokens
@@ -137,7 +138,9 @@ def training_memory(
     )
 
 
-def largest_fitting_micro_batch(estimate_at, device_bytes: float, per_worker_batch: int) -> int | None:
+def largest_fitting_micro_batch(
+    estimate_at: Callable[[int], MemoryEstimate], device_bytes: float, per_worker_batch: int
+) -> int | None:
     """The largest divisor of `per_worker_batch` whose `estimate_at(micro_batch).total` fits `device_bytes`,
     or None when not even one example does. Memory grows with the micro-batch, so the search stops early."""
     fitting = None
