@@ -340,9 +340,10 @@ def _counted_cost(model: ModelConfig, num_classes: int, image_shape: tuple[int, 
 
     with torch.device("meta"):
         network = build_model(model, num_classes, image_shape)
-        full = saved_activation_bytes(network, image_shape)
+        # Two images: BatchNorm refuses a batch of one where the feature map has shrunk to one value per channel.
+        full = saved_activation_bytes(network, image_shape, batch_size=2) / 2
         network.set_grad_checkpointing(True)
-        kept = saved_activation_bytes(network, image_shape)
+        kept = saved_activation_bytes(network, image_shape, batch_size=2) / 2
         units = len(getattr(network, "blocks", getattr(network, "stages", [None])))
         fp32 = ActivationBytes(full=full, checkpointed=kept + full / units)
         return ModelCost(
