@@ -91,14 +91,15 @@ def run_command(args: argparse.Namespace) -> int:
     from sweeps.plan import format_plan, memory_problems, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    if not on_cluster:
+        _check_tpus(spec, on_cluster)  # first: it needs neither the plan nor Ray
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
     problems = memory_problems(plan)
     if problems:
         raise SpecError("\n".join(problems))
-    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not on_cluster:
-        _check_tpus(spec, on_cluster)  # before starting anything
-        _check_local_resources(spec)
+        _check_local_resources(spec)  # before starting anything
     print(format_plan(plan), file=sys.stderr)
     _start_ray_for_sweep(args.address)  # imports the engine while Ray starts
     from sweeps.engine.run import run_sweep

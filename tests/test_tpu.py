@@ -44,11 +44,14 @@ def tpu_spec(tmp_path: Path, topology: str = "2x4") -> Path:
 
 
 def fake_tpu_software(root: Path, torch_range: str = ">=2.11.0,<=2.15.0") -> Path:
-    """Stand-ins for `torch_tpu` and `libtpu`: found by name, as the refusal looks for them, never imported; the
-    torch_tpu distribution's metadata asks for torch in `torch_range` (0.2.0's own range by default)."""
-    for name in ("torch_tpu", "libtpu"):
+    """Stand-ins for `torch_tpu` and `libtpu`, found by name as the refusal looks for them. Importing the
+    torch_tpu stand-in only names torch's extension device `tpu`, as torch_tpu's loader does (Ray Train's TPU
+    device manager imports it and asks for that device); it has no kernels. Its distribution's metadata asks for
+    torch in `torch_range` (0.2.0's own range by default)."""
+    for name, code in (("torch_tpu", "import torch\n\ntorch.utils.rename_privateuse1_backend('tpu')\n"),
+                       ("libtpu", "raise ImportError('a test stand-in, never to be imported')\n")):
         (root / name).mkdir(parents=True)
-        (root / name / "__init__.py").write_text("raise ImportError('a test stand-in, never to be imported')\n")
+        (root / name / "__init__.py").write_text(code)
     metadata = root / "torch_tpu-0.2.0.dist-info"
     metadata.mkdir()
     (metadata / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch-tpu\nVersion: 0.2.0\n"
@@ -152,21 +155,24 @@ from sweeps.spec import load_spec
 from sweeps.engine.tpu import tpu_problem
 from sweeps.engine.trial import scaling_config
 
-def where_i_run():
+def where_i_run(config):
+    # Ray Train V2 keeps no metrics without a checkpoint: the worker writes where it ran (the cluster is local).
     context = ray.get_runtime_context()
-    ray.train.report({"node": context.get_node_id(), "tpu_ids": context.get_accelerator_ids()["TPU"],
-                      "world_size": ray.train.get_context().get_world_size()})
+    with open(config["out"], "w") as out:
+        json.dump({"node": context.get_node_id(), "tpu_ids": context.get_accelerator_ids()["TPU"],
+                   "world_size": ray.train.get_context().get_world_size()}, out)
 
 ray.init(address=sys.argv[2])
 spec = load_spec(sys.argv[1])
 scaling = scaling_config(spec.resources)
 default_backend = TorchTrainer(where_i_run, scaling_config=scaling).backend_config.backend
 # torch_tpu's tpu_dist process group needs real chips; gloo stands in for it on the reserved slice.
-result = TorchTrainer(where_i_run, scaling_config=scaling, torch_config=TorchConfig(backend="gloo")).fit()
+TorchTrainer(where_i_run, train_loop_config={"out": sys.argv[3]}, scaling_config=scaling,
+             torch_config=TorchConfig(backend="gloo")).fit()
 tpu_nodes = [n["NodeID"] for n in ray.nodes() if n["Resources"].get("TPU")]
 print(json.dumps({"problem": tpu_problem(spec, on_cluster=True), "backend": default_backend,
                   "use_tpu": scaling.use_tpu, "topology": scaling.topology, "accelerator": scaling.accelerator_type,
-                  "metrics": result.metrics, "tpu_nodes": tpu_nodes}))
+                  "worker": json.load(open(sys.argv[3])), "tpu_nodes": tpu_nodes}))
 """
 
 
@@ -176,7 +182,8 @@ def test_a_tpu_trial_reserves_the_slice_and_runs_one_worker_per_chip_there(tmp_p
     site = fake_tpu_software(tmp_path / "site")
     fake_tpu_cluster.add_slice({"PYTHONPATH": f"{site}:{os.environ.get('PYTHONPATH', '')}"})
     spec = tpu_spec(tmp_path, topology="1x1")
-    result = subprocess.run([sys.executable, "-c", WIRING, str(spec), fake_tpu_cluster.address],
+    result = subprocess.run([sys.executable, "-c", WIRING, str(spec), fake_tpu_cluster.address,
+                             str(tmp_path / "worker.json")],
                             capture_output=True, text=True, timeout=600,
                             env={**os.environ, "MIXER_TPU_PROBE_TIMEOUT_S": "30"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -184,5 +191,5 @@ def test_a_tpu_trial_reserves_the_slice_and_runs_one_worker_per_chip_there(tmp_p
     assert wiring["problem"] is None
     assert (wiring["backend"], wiring["use_tpu"], wiring["topology"], wiring["accelerator"]) == (
         "tpu_dist", True, "1x1", "TPU-V6E")
-    assert wiring["metrics"]["world_size"] == 1
-    assert wiring["metrics"]["node"] in wiring["tpu_nodes"] and len(wiring["metrics"]["tpu_ids"]) == 1
+    assert wiring["worker"]["world_size"] == 1
+    assert wiring["worker"]["node"] in wiring["tpu_nodes"] and len(wiring["worker"]["tpu_ids"]) == 1
