@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             command.add_argument("--shard-size", type=int, default=1024, help="examples per shard (default 1024)")
             command.add_argument("--processes", type=int, default=os.cpu_count(),
                                  help="shards written at once (default: one per CPU; 1 for memory:// URLs)")
+            command.add_argument("--replace", action="store_true",
+                                 help="convert into a folder that holds shards already, removing them first "
+                                      "(without it, a non-empty DEST is refused)")
         if name == "bench":
             command.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
             command.add_argument("--batches", type=int, default=50, help="timed batches (default 50)")
@@ -103,7 +106,8 @@ def run_convert(cfg: DataConfig, args: argparse.Namespace) -> dict:
     """Write the source as train/val/test Parquet shard sets (`mixer_core.data.convert`); returns the manifest."""
     if args.shard_size <= 0 or args.processes <= 0:
         raise ConfigError(f"--shard-size and --processes must be positive, got {args.shard_size}, {args.processes}")
-    manifest = convert(cfg, args.dest, args.shard_size, args.processes, _progress, seed=args.seed)
+    manifest = convert(cfg, args.dest, args.shard_size, args.processes, _progress, seed=args.seed,
+                       replace=args.replace)
     return {"dest": args.dest, **manifest}
 
 

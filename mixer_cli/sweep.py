@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import time
@@ -18,7 +19,9 @@ from typing import Any
 
 from mixer_cli.output import EXIT_INTERRUPTED, add_json_flag, emit_json, refuse
 from mixer_core import metrics
-from sweeps.spec import SpecError, load_spec
+from mixer_core.config_messages import shown
+from mixer_core.redact import redacted
+from sweeps.spec import MAX_NAME_CHARS, SWEEP_NAME_PATTERN, SpecError, load_spec
 from sweeps.tables import format_table
 
 
@@ -121,7 +124,13 @@ def resume_command(args: argparse.Namespace) -> int:
     """Restore the sweep's Tuner and finish its unfinished trials."""
     from sweeps.engine.ray_session import init_ray
     from sweeps.engine.run import find_resumable, resume_sweep
+    from sweeps.tracking import store
 
+    if not re.fullmatch(SWEEP_NAME_PATTERN, args.name) or len(args.name) > MAX_NAME_CHARS:
+        return refuse("sweep resume", f"{shown(args.name)} is not a sweep name or id (letters, digits, _ . -)")
+    if store.missing_sqlite_store(store.tracking_uri()):
+        return refuse("sweep resume", f"{store.tracking_uri()}: no MLflow store here; resume from the folder the "
+                                      "sweep ran in, or set MLFLOW_TRACKING_URI")
     try:
         context, directory = find_resumable(args.name)
     except LookupError as error:  # no such sweep, or no Tune state kept for it
@@ -262,18 +271,18 @@ def _check_cluster_resources(spec) -> None:
 
 
 def _print_result(result, as_json: bool) -> None:
-    document = _result_document(result)
+    document = redacted(_result_document(result))  # no password of a storage URL on stdout
     if as_json:
         emit_json(document)
         return
     print(format_table(_result_rows(result)))
     print(f"\nbest trial: {result.best_trial_id or '-'} ({result.objective[0]})")
     if result.best_checkpoint:
-        print(f"best weights: {result.best_checkpoint}   (a train.init_from for fine-tuning)")
-    print(f"MLflow: {result.mlflow_ui}   (sweep run {result.parent_run_id})")
+        print(f"best weights: {document['best_checkpoint']}   (a train.init_from for fine-tuning)")
+    print(f"MLflow: {document['mlflow_ui']}   (sweep run {result.parent_run_id})")
     if result.optuna_storage:
-        print(f"Optuna: optuna-dashboard {result.optuna_storage}")
-    print(f"Tune state: {result.experiment_dir}")
+        print(f"Optuna: optuna-dashboard {document['optuna_storage']}")
+    print(f"Tune state: {document['experiment_dir']}")
     print(f"Report: mixer report {result.name}")
 
 

@@ -10,6 +10,7 @@ are printed as a table, or with `--json` as one JSON document.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import tempfile
 import time
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=0.003 (repeatable)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="run directory for checkpoints (default: runs/<config name>-<UTC time>)")
+                        help="run directory for checkpoints, empty or new unless --resume (default: "
+                             "runs/<config name>-<UTC time>-<random suffix>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
                         help="continue from a checkpoint directory, or from a run directory's newest checkpoint")
     parser.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints")
@@ -44,6 +46,12 @@ def _run_dir_of(resume: Path | None) -> Path | None:
     return resume.parent.parent if resume.parent.name == "checkpoints" else resume
 
 
+def _new_run_dir(config: Path) -> Path:
+    """`runs/<config name>-<UTC time>-<6 random hex digits>`: two runs started in one second get two folders."""
+    started = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return Path("runs") / f"{config.stem}-{started}-{secrets.token_hex(3)}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Train one run; exit status 0 on success, 2 for a bad config or dataset, 1 when training fails."""
     try:
@@ -52,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
         return refuse("train", error)
     work_dir = None
     if not args.no_checkpoints:
-        started = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        work_dir = args.out or _run_dir_of(args.resume) or Path("runs") / f"{args.config.stem}-{started}"
+        work_dir = args.out or _run_dir_of(args.resume) or _new_run_dir(args.config)
+        if args.resume is None and work_dir.is_dir() and any(work_dir.iterdir()):
+            return refuse("train", f"{work_dir}: holds another run; continue it with --resume {work_dir}, "
+                                   "or name an empty folder with --out")
     try:
         with tempfile.TemporaryDirectory(prefix="mixer-init-") as download_dir:
             config = fetch_init_from(config, Path(download_dir))

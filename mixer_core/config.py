@@ -11,11 +11,12 @@ and every trial see the same config and refuse the same configs with the same me
 
 from __future__ import annotations
 
-from typing import Literal
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from mixer_core.config_messages import suggestion
+from mixer_core.config_messages import shown, suggestion
 from mixer_core.variants import VARIANTS
 
 DATASET_NAMES = (
@@ -33,10 +34,29 @@ DATASET_NAMES = (
 PERMUTATIONS = ("none", "patches", "pixels_within_patches", "patches_and_pixels_within_patches", "pixels")
 RANDAUGMENT_MAX_MAGNITUDE = 20  # the paper's Appendix B searches RandAugment magnitudes up to 20
 SOURCES_WITHOUT_PATH = ("digits", "synthetic")  # every other source reads its files from data.path
+# Run lengths past any real run (the paper's longest: 7 epochs of JFT-300M, about 2e9 examples), so a typo such as
+# `epochs: 1.0e+300` is refused instead of planned as infinite FLOPs.
+MAX_EPOCHS, MAX_STEPS, MAX_EXAMPLES = 100_000, 10**10, 10**13
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class StrictModel(BaseModel):
+    """The rules every config and spec model shares: unknown keys, NaN and ±inf (also as text, `'inf'`) and
+    true/false where a number belongs are errors, not silently taken."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation
+        accepted = typing.get_args(annotation) or (annotation,)
+        if isinstance(value, bool) and bool not in accepted and ({int, float} & set(accepted)):
+            raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
+
+
+class _Section(StrictModel):
+    model_config = ConfigDict(validate_assignment=True)
 
 
 class ModelConfig(_Section):
@@ -57,7 +77,7 @@ class ModelConfig(_Section):
     @classmethod
     def _known_variant(cls, variant: str) -> str:
         if variant not in VARIANTS:
-            raise ValueError(f"unknown Mixer variant {variant!r}{suggestion(variant, list(VARIANTS))}")
+            raise ValueError(f"unknown Mixer variant {shown(variant)}{suggestion(variant, list(VARIANTS))}")
         return variant
 
     @property
@@ -144,9 +164,9 @@ class TrainConfig(_Section):
     """The optimisation recipe: `pretrain` (Adam, linear schedule) or `finetune` (SGD momentum, cosine)."""
 
     recipe: Literal["pretrain", "finetune"] = "pretrain"
-    epochs: float | None = Field(10, gt=0)
-    steps: int | None = Field(None, gt=0)  # budget mode: a fixed step count whatever the fraction
-    examples: int | None = Field(None, gt=0)  # budget mode: a fixed number of examples seen
+    epochs: float | None = Field(10, gt=0, le=MAX_EPOCHS)
+    steps: int | None = Field(None, gt=0, le=MAX_STEPS)  # budget mode: a fixed step count whatever the fraction
+    examples: int | None = Field(None, gt=0, le=MAX_EXAMPLES)  # budget mode: a fixed number of examples seen
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(0, ge=0)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mixer_core.config import RunConfig
-from mixer_core.config_messages import as_model, format_validation_error, suggestion
+from mixer_core.config_messages import as_model, clip, format_validation_error, shown, suggestion
 
 ModelT = typing.TypeVar("ModelT", bound=BaseModel)
 
@@ -27,19 +27,69 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- reading
 
+MAX_FILE_BYTES = 1 << 20  # a spec or config is a few kB; anything this large is not one
+MAX_NESTING = 32  # mapping and list levels; the deepest real config has five
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """YAML as configs use it: no aliases (an alias bomb expands tenfold per level), no duplicate keys (the last
+    would silently win), at most `MAX_NESTING` levels (PyYAML recurses once per level)."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.MarkedYAMLError(problem="aliases (*name) are not allowed; write the value out",
+                                       problem_mark=self.peek_event().start_mark)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.MarkedYAMLError(problem=f"nested more than {MAX_NESTING} levels deep",
+                                           problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 (PyYAML's signature)
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.MarkedYAMLError(problem=f"duplicate key {shown(key)}", problem_mark=key_node.start_mark)
+            seen.add(key if isinstance(key, typing.Hashable) else id(key_node))
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`text` read as YAML by `_StrictYamlLoader`; `ConfigError` in one line (`line L, column C: problem`)."""
+    try:
+        return yaml.load(text, Loader=_StrictYamlLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML{where}: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"not valid YAML: {shown(str(error))}") from None
+
 
 def read_mapping(path: str | Path, kind: str) -> dict[str, Any]:
-    """The YAML mapping in `path`; `ConfigError` naming the file when it is missing, not YAML or not a mapping.
+    """The YAML mapping in `path`; `ConfigError` naming the file when it is missing, a directory, too large, not
+    UTF-8, not YAML (see `load_yaml`) or not a mapping.
 
     `kind` names what the file should be in the message (`config`, `sweep spec`).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a {kind} file")
     if not path.is_file():
         raise ConfigError(f"{path}: no such {kind} file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes; a {kind} file is at most {MAX_FILE_BYTES}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        data = load_yaml(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start}); save it as UTF-8") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     if data is None:  # an empty file: every default
         return {}
     if not isinstance(data, dict):
@@ -64,6 +114,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML run config, or a sweep spec's `base:`, and apply `--set` overrides (see `apply_override`)."""
     data = read_mapping(path, "config")
     data = data.get("base", data) or {}  # a sweep spec's base config is a run config too
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: base: expected a mapping (a run config), got {type(data).__name__}")
     for override in overrides:
         try:
             apply_override(data, override)
@@ -79,11 +131,11 @@ def parse_override(override: str) -> tuple[str, Any]:
     """Split a `--set` value `train.lr=0.01` into (`train.lr`, 0.01), the value read as YAML."""
     key, sep, value = override.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+        raise ConfigError(f"--set {shown(override)}: expected KEY=VALUE, e.g. train.lr=0.01")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {key.strip()}: the value is not valid YAML: {error}") from None
+        return key.strip(), load_yaml(value)
+    except ConfigError as error:
+        raise ConfigError(f"--set {clip(key.strip())}: the value is {error}") from None
 
 
 def apply_override(data: dict[str, Any], override: str) -> str:
@@ -123,12 +175,16 @@ def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:
 
 
 def set_by_path(data: dict[str, Any], dotted_key: str, value: Any) -> None:
-    """Set `data[a][b][c] = value` for `a.b.c`, creating intermediate mappings."""
+    """Set `data[a][b][c] = value` for `a.b.c`, creating intermediate mappings (and one for a null section);
+    `ConfigError` when a section on the way holds something else."""
     *parents, leaf = dotted_key.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
+    for depth, part in enumerate(parents):
+        if data.get(part) is None:
+            data[part] = {}
+        data = data[part]
         if not isinstance(data, dict):
-            raise ConfigError(f"{dotted_key}: {part} is not a mapping")
+            section = ".".join(parents[: depth + 1])
+            raise ConfigError(f"{dotted_key}: {section} is a {type(data).__name__}, not a mapping")
     data[leaf] = value
 
 
@@ -147,8 +203,9 @@ def key_path_problem(key: str) -> str | None:
         return None
     inside = [path for path in leaves if path.startswith(key + ".")]
     if inside:
-        return f"is a section, not a setting; name one of {', '.join(inside)}"
-    return f"unknown config key {key!r}{suggestion(key, leaves)}"
+        listed = ", ".join(inside[:4]) + (f" (or {len(inside) - 4} more)" if len(inside) > 4 else "")
+        return f"is a section, not a setting; name one of {listed}"
+    return f"unknown config key {shown(key)}{suggestion(key, leaves)}"
 
 
 def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:

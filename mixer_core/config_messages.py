@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from mixer_core.redact import redacted
+
 
 def as_model(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model an annotation holds, looking inside `X | None`."""
@@ -36,12 +38,27 @@ def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return as_model(annotation)
 
 
+MAX_SHOWN_CHARS = 60  # a value or key quoted in a message is cut to this many characters
+
+
+def clip(text: str) -> str:
+    """`text` on one line (unprintable characters escaped) and cut to `MAX_SHOWN_CHARS` characters with `...`, so
+    no input makes a message long or breaks its lines."""
+    text = text if text.isprintable() else repr(text)[1:-1]
+    return text if len(text) <= MAX_SHOWN_CHARS else f"{text[:MAX_SHOWN_CHARS - 3]}..."
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, passwords in URLs hidden (`mixer_core.redact`), cut by `clip`."""
+    return clip(redacted(repr(value)))
+
+
 def suggestion(word: str, candidates: list[str]) -> str:
     """`; did you mean 'x'?` for the closest candidate, or for one ending in `.word` (a missing section); or ``.
 
     Equally close spellings go to the one whose characters are nearest, so `Ti/5` suggests `Ti/4`, not `Ti/7`.
     """
-    word = str(word)
+    word = str(word)[:MAX_SHOWN_CHARS]  # difflib is quadratic in length; no key is longer
     similarity = {candidate: difflib.SequenceMatcher(None, word, candidate).ratio() for candidate in candidates}
     best = max(similarity.values(), default=0.0)
     matches = [candidate for candidate, ratio in similarity.items() if ratio == best and ratio >= 0.6]
@@ -77,7 +94,7 @@ def _key_path(prefix: str, loc: tuple, data: Any) -> str:
     for part in loc:
         if isinstance(part, int) and not isinstance(written, list):
             continue
-        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{part}"
+        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{clip(str(part))}"
         if isinstance(written, dict):
             written = written.get(part)
         elif isinstance(written, list) and isinstance(part, int) and part < len(written):
@@ -93,15 +110,15 @@ def _describe(problem: dict, model: type[BaseModel]) -> str:
     if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
         known = list(parent.model_fields) if parent else []
-        return f"unknown key {loc[-1]!r}{suggestion(str(loc[-1]), known)}"
+        return f"unknown key {shown(loc[-1])}{suggestion(str(loc[-1]), known)}"
     message = problem["msg"].removeprefix("Value error, ")
     if kind == "value_error":  # our validators' messages name the value themselves
         return message
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", problem["ctx"]["expected"])
-        return f"{message}, got {given!r}{suggestion(str(given), choices)}"
+        return f"{message}, got {shown(given)}{suggestion(str(given), choices)}"
     if kind == "missing":
         return message.lower()
     if not isinstance(given, (dict, list)) or kind.endswith("_type"):
-        return f"{message}, got {given!r}"
+        return f"{message}, got {shown(given)}"
     return message

@@ -20,10 +20,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mixer_core import metrics
-from mixer_core.config import RunConfig
+from mixer_core.config import RunConfig, StrictModel
 from mixer_core.config_io import (
     ConfigError,
     apply_override,
@@ -34,24 +34,24 @@ from mixer_core.config_io import (
     read_mapping,
     set_by_path,
 )
-from mixer_core.config_messages import format_validation_error, suggestion, validation_problems
+from mixer_core.config_messages import clip, format_validation_error, shown, suggestion, validation_problems
 from mixer_core.memory import ACCELERATOR_MEMORY_GB
+from mixer_core.redact import redacted
 
 SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")
 OPTUNA_SEARCHERS = ("optuna-tpe", "optuna-nsga2")
 STORAGE_SCHEMES = ("s3", "gs")
 LABEL = "label"  # the optional key that names a linked grid value
+SWEEP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a directory name, and safe inside MLflow filter strings
+MAX_NAME_CHARS = 128  # names end up in directory names, MLflow tags and tables
+MAX_DESCRIPTION_CHARS = 2000
 
 
 class SpecError(ValueError):
     """A sweep spec that cannot run; one line per problem, each naming the spec file and the key path."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Distribution(_Strict):
+class Distribution(StrictModel):
     """One Optuna search dimension: `float` (optionally `log`), `int`, or `categorical` over `choices`."""
 
     type: Literal["float", "int", "categorical"]
@@ -92,14 +92,14 @@ class Distribution(_Strict):
         return [self.low, self.high]
 
 
-class Objective(_Strict):
+class Objective(StrictModel):
     """A metric reported by the training loop (`mixer_core.metrics`) and whether to maximise or minimise it."""
 
     metric: str
     mode: Literal["max", "min"]
 
 
-class Scheduler(_Strict):
+class Scheduler(StrictModel):
     """Trial scheduling: `fifo` runs every trial to the end; `asha` stops weak ones early.
 
     ASHA's `grace_period` and `max_t` count `time_attr`: training reports (one per `train.eval_every_epochs`)
@@ -122,7 +122,7 @@ class Scheduler(_Strict):
         return self
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     """What one trial asks of the cluster: a Ray Train worker group of `workers_per_trial` DDP workers; on TPUs
     (`use_tpu`) one worker per chip of a `tpu_topology` slice of `accelerator_type` (e.g. TPU-V6E, 2x4: 8)."""
 
@@ -144,7 +144,7 @@ class Resources(_Strict):
         known = self.accelerator_type in ACCELERATOR_MEMORY_GB or self.accelerator_memory_gb
         if self.accelerator_type and not known:
             raise ValueError(
-                f"accelerator_type {self.accelerator_type!r} has no known memory"
+                f"accelerator_type {shown(self.accelerator_type)} has no known memory"
                 f"{suggestion(self.accelerator_type, list(ACCELERATOR_MEMORY_GB))}; or set accelerator_memory_gb"
             )
         return self
@@ -182,7 +182,7 @@ class Resources(_Strict):
         return self
 
 
-class CheckpointPolicy(_Strict):
+class CheckpointPolicy(StrictModel):
     """Which checkpoints Ray keeps per trial; the score defaults to the (first) objective."""
 
     num_to_keep: int | None = Field(2, ge=1)  # None keeps all
@@ -190,12 +190,12 @@ class CheckpointPolicy(_Strict):
     score_order: Literal["max", "min"] | None = None  # defaults to the objective's mode for an objective metric
 
 
-class SweepSpec(_Strict):
+class SweepSpec(StrictModel):
     """A validated sweep spec. `source` is the file it came from (for messages)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names a directory under storage_path
-    experiment: str | None = None  # MLflow experiment; defaults to `name`
-    description: str = ""
+    name: str = Field(pattern=SWEEP_NAME_PATTERN, max_length=MAX_NAME_CHARS)  # names a directory under storage_path
+    experiment: str | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)  # MLflow's; defaults to `name`
+    description: str = Field("", max_length=MAX_DESCRIPTION_CHARS)
     base: RunConfig = RunConfig()
     grid: dict[str, list[Any]] = {}  # config key path (or linked axis) -> values; trials are their product
     search: dict[str, Distribution] = {}  # config key path -> distribution (random and Optuna searchers)
@@ -256,6 +256,9 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
     source = str(path)
     try:
         data = read_mapping(path, "sweep spec")
+    except ConfigError as error:  # it names the file
+        raise SpecError(str(error)) from None
+    try:
         for override in overrides:
             _apply_override(data, override)
     except ConfigError as error:
@@ -282,17 +285,27 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     key, value = parse_override(override)
     top, _, rest = key.partition(".")
     if top in ("grid", "search") and rest:
-        data.setdefault(top, {})[rest] = value  # the axis name itself holds dots
+        _section(data, top, key)[rest] = value  # the axis name itself holds dots
     elif top in SweepSpec.model_fields and top != "base":
         set_by_path(data, key, value)
     else:
-        config_key = apply_override(data.setdefault("base", {}), override)
-        for axes in (data.get("grid") or {}, data.get("search") or {}):
+        config_key = apply_override(_section(data, "base", key), override)
+        for axes in (_section(data, "grid", key), _section(data, "search", key)):
             axes.pop(config_key, None)
-        for axis, values in (data.get("grid") or {}).items():
+        for axis, values in data["grid"].items():
             linked_values = values if is_linked(axis) and isinstance(values, list) else []
             for value in filter(lambda value: isinstance(value, dict), linked_values):
                 value.pop(config_key, None)
+
+
+def _section(data: dict[str, Any], top: str, key: str) -> dict[str, Any]:
+    """The spec's mapping `top` (created when missing or null) that `--set key` changes; `ConfigError` if the spec
+    holds something else there."""
+    if data.get(top) is None:
+        data[top] = {}
+    if not isinstance(data[top], dict):
+        raise ConfigError(f"--set {clip(key)}: {top} is a {type(data[top]).__name__} in the spec, not a mapping")
+    return data[top]
 
 
 def is_linked(axis: str) -> bool:
@@ -345,10 +358,11 @@ def build_run_config(spec: SweepSpec, params: dict[str, Any]) -> RunConfig:
 
 
 def spec_hash(spec: SweepSpec | str | Path) -> str:
-    """A short stable hash of the validated spec (defaults filled in), so equal sweeps hash equal."""
+    """A short stable hash of the validated spec (defaults filled in), so equal sweeps hash equal. Passwords are
+    left out (`mixer_core.redact`), as from the spec MLflow keeps, which `mixer sweep resume` hashes again."""
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    canonical = json.dumps(redacted(spec.model_dump(mode="json")), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -444,6 +458,9 @@ def _linked_shape_problems(axis: str, values: list[Any]) -> list[tuple[str, str]
     problems, labels = [], {}
     for i, value in enumerate(values):
         where = f"grid.{axis}[{i}]"
+        if not all(isinstance(key, str) for key in value):
+            problems.append((where, f"keys are config key paths (text), got {shown(next(k for k in value if not isinstance(k, str)))}"))
+            continue
         problems += [problem for key in _settings(value) for problem in _key_problems(where, key)]
         label = linked_label(value)
         if not _settings(value):

@@ -98,6 +98,9 @@ def test_launcher_yaml_installs_the_project_it_syncs_and_runs_mlflow_on_the_head
     config = yaml.safe_load(path.read_text())
     project = next(remote for remote, local in config["file_mounts"].items() if local == ".")
     assert any(f"-e {project}" in command for command in config["setup_commands"])
+    # The head's server runs MLflow's basic-auth app, which needs the auth extra.
+    assert any("'mlflow[auth]>=3.17'" in shlex.split(command, posix=False)
+               for command in config["head_setup_commands"])
     # The head's MLflow server keeps artifacts in the cloud's object store.
     mlflow_commands = [command for command in config["head_start_ray_commands"] if "head-mlflow.sh" in command]
     assert len(mlflow_commands) == 1
@@ -255,6 +258,11 @@ def test_network_policy_admits_only_the_clusters_pods_and_on_the_job_api_the_ope
             admitted = [source for source in sources if selects(source["podSelector"], submitter_labels)
                         or selects(source["podSelector"], operator_labels)]
             assert admitted == sources
+            # The operator's pods are admitted from the one namespace cluster/README.md installs it in, not any.
+            for source in sources:
+                if "namespaceSelector" in source:
+                    namespace = source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    assert f"kuberay/kuberay-operator --namespace {namespace} " in (CLUSTER / "README.md").read_text()
     assert any(selects(source["podSelector"], submitter_labels) for rule in spec["ingress"] for source in rule["from"])
 
 
@@ -305,6 +313,34 @@ def test_mlflow_kustomization_names_existing_files_and_its_image():
     kustomization = yaml.safe_load((CLUSTER / "mlflow" / "kustomization.yaml").read_text())
     assert all((CLUSTER / "mlflow" / name).is_file() for name in kustomization["resources"])
     assert {image["name"] for image in kustomization["images"]} == {mlflow_container()["image"]}
+
+
+def test_network_policies_admit_only_ray_pods_to_mlflow_and_only_mlflow_to_postgres():
+    documents = mlflow_documents()
+    policies = {document["metadata"]["name"]: document["spec"] for document in documents
+                if document["kind"] == "NetworkPolicy"}
+    pods = {document["metadata"]["name"]: document["spec"]["template"]["metadata"]["labels"]
+            for document in documents if document["kind"] in ("Deployment", "StatefulSet")}
+    assert set(policies) == {"mlflow", "mlflow-postgres"}
+    ray_pod_labels = pod_labels(kuberay_cluster_specs()["raycluster.yaml"])[0]
+    for name, port, admitted in (("mlflow", 5000, ray_pod_labels), ("mlflow-postgres", 5432, pods["mlflow"])):
+        spec = policies[name]
+        assert selects(spec["podSelector"], pods[name]) and spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        (source,) = rule["from"]
+        assert selects(source["podSelector"], admitted) and not selects(source["podSelector"], {})
+    # The Ray pods live in another namespace, named, not any.
+    (ray_source,) = policies["mlflow"]["ingress"][0]["from"]
+    assert ray_source["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "default"}}
+    assert "namespaceSelector" not in policies["mlflow-postgres"]["ingress"][0]["from"][0]
+
+
+def test_head_mlflow_script_binds_no_wildcard_and_writes_with_a_private_umask():
+    script = (CLUSTER / "launcher" / "head-mlflow.sh").read_text()
+    assert "0.0.0.0" not in script.replace("never on 0.0.0.0", "")
+    assert '--host "$MLFLOW_HOST"' in script
+    assert script.index("\numask 077") < script.index(">~/mlflow/admin-credentials")
 
 
 # --------------------------------------------------------------------------------------- nothing is public

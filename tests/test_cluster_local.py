@@ -210,3 +210,21 @@ def test_stop_ends_every_process_the_scripts_started(local_cluster):
     for port in (RAY_PORT, DASHBOARD_PORT, MLFLOW_PORT):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=10).close()
+
+
+def test_stop_leaves_alone_a_session_whose_recorded_id_another_program_now_leads(tmp_path):
+    # The recorded head session id is stale: the id now leads a program the scripts never started.
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        cluster_dir = tmp_path / ".mixer-cluster"
+        cluster_dir.mkdir()
+        (cluster_dir / "ray-head.sid").write_text(f"{stranger.pid}\n")
+        (cluster_dir / "ray-head.args").write_text("start --head --node-ip-address 127.0.0.1 --port 6391\n")
+        result = subprocess.run([str(LOCAL / "stop.sh")], cwd=tmp_path, capture_output=True, text=True,
+                                env={**os.environ, "MIXER_CLUSTER_DIR": str(cluster_dir)}, timeout=SCRIPT_SECONDS)
+        assert result.returncode == 0, result.stderr
+        assert f"ray-head: session {stranger.pid} now belongs to another program (sleep 300); left alone" in result.stdout
+        assert stranger.poll() is None and not (cluster_dir / "ray-head.sid").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

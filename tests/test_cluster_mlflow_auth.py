@@ -137,38 +137,50 @@ def test_a_user_created_by_the_admin_logs_a_run(auth_server, monkeypatch):
     assert client.get_run(run.info.run_id).data.metrics == {"val_top1": 0.5}
 
 
-def test_the_ray_up_heads_mlflow_server_asks_for_the_login_in_the_credentials_file(tmp_path):
-    # cluster/launcher/head-mlflow.sh, run as the launcher runs it, with HOME and the artifact store made local.
-    password = "head-password-for-tests"
+def test_the_ray_up_heads_mlflow_server_binds_one_address_and_gives_the_nodes_an_ordinary_user(tmp_path):
+    # cluster/launcher/head-mlflow.sh, run as the launcher runs it, with HOME and the artifact store made local
+    # and the head's private address played by loopback.
+    password = "node-password-for-tests"
     (tmp_path / ".mlflow").mkdir()
     (tmp_path / ".mlflow" / "credentials").write_text(
-        f"[mlflow]\nmlflow_tracking_username = admin\nmlflow_tracking_password = {password}\n"
+        f"[mlflow]\nmlflow_tracking_username = mixer\nmlflow_tracking_password = {password}\n"
     )
     port = free_loopback_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update(HOME=str(tmp_path), MLFLOW_PORT=str(port),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    env.update(HOME=str(tmp_path), MLFLOW_PORT=str(port), MLFLOW_HOST="127.0.0.1",
+               STARTUP_SECONDS=str(STARTUP_SECONDS), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
     script = MANIFESTS.parent / "launcher" / "head-mlflow.sh"
     # The script leaves the server running in its own process group, which the test ends.
     starter = subprocess.Popen(["bash", str(script), str(tmp_path / "mlartifacts")], env=env, start_new_session=True,
                                stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        assert starter.wait(timeout=60) == 0, starter.stderr.read()
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while request_or_none(f"{url}/health") != 200:
-            assert time.monotonic() < deadline, (tmp_path / "mlflow" / "server.log").read_text()[-3000:]
-            time.sleep(1)
+        assert starter.wait(timeout=STARTUP_SECONDS + 60) == 0, starter.stderr.read()
+        assert request(f"{url}/health") == 200  # it returned once the server answered
         search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
         assert request(search) == 401
-        assert request(search, "admin", password) == 200
+        assert request(search, "mixer", password) == 200
+        # The nodes' user is not an admin: it cannot create users; the admin's login stays on the head, private.
+        new_user = {"username": "intruder", "password": "intruder-password"}
+        assert request(f"{url}/api/2.0/mlflow/users/create", "mixer", password, body=new_user) == 403
+        admin_file = tmp_path / "mlflow" / "admin-credentials"
+        admin, admin_password = admin_file.read_text().split()
+        assert admin == "admin" and admin_password != password and admin_file.stat().st_mode & 0o077 == 0
+        assert request(search, admin, admin_password) == 200
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert {line.split()[3] for line in listening.splitlines()} == {f"127.0.0.1:{port}"}  # not 0.0.0.0
     finally:
         os.killpg(starter.pid, signal.SIGTERM)
 
 
-def request_or_none(url: str) -> int | None:
-    """`request(url)`, or None while nothing listens there."""
-    try:
-        return request(url)
-    except OSError:
-        return None
+def test_the_ray_up_heads_script_refuses_the_admin_as_the_nodes_user(tmp_path):
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "credentials").write_text("[mlflow]\nmlflow_tracking_username = admin\n"
+                                                      "mlflow_tracking_password = secret\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(HOME=str(tmp_path), MLFLOW_PORT=str(free_loopback_port()), MLFLOW_HOST="127.0.0.1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    script = MANIFESTS.parent / "launcher" / "head-mlflow.sh"
+    result = subprocess.run(["bash", str(script), str(tmp_path / "a")], env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "name an ordinary user there" in result.stderr
+    assert not (tmp_path / "mlflow" / "admin-credentials").exists()

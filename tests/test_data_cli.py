@@ -38,6 +38,27 @@ def test_convert_writes_shards_that_read_back(capsys, tmp_path):
         assert info["splits"] == {"train": 647, "val": 144, "test": 359} and info["image_shape"] == [1, 8, 8]
 
 
+def test_convert_into_a_folder_with_shards_is_refused_unless_replaced_and_then_only_new_shards_are_read(
+    capsys, tmp_path
+):
+    dest = tmp_path / "digits"
+    _json(capsys, ["data", "convert", "digits", str(dest), "--shard-size", "1000", "--json"])
+    before = sorted(path.name for path in dest.iterdir())
+    assert main(["data", "convert", "digits", str(dest), "--shard-size", "300"]) == 2
+    assert capsys.readouterr().err == (
+        f"mixer data convert: {dest}: not empty ({len(before)} entries); converting into it would mix old and new "
+        "shards. Choose an empty folder, or pass --replace to remove its shards first\n"
+    )
+    assert sorted(path.name for path in dest.iterdir()) == before  # nothing written
+    manifest = _json(capsys, ["data", "convert", "digits", str(dest), "--shard-size", "300", "--replace", "--json"])
+    assert len(manifest["splits"]["train"]["shards"]) == 5
+    assert not (dest / "train-00000-of-00002.parquet").exists()  # the old shards are gone
+    # A stray shard beside the manifest's (copied in, or left by a tool of its own) is not read either.
+    (dest / "train-extra.parquet").write_bytes((dest / "train-00000-of-00005.parquet").read_bytes())
+    info = _json(capsys, ["data", "info", "parquet", "--set", f"data.path={dest}", "--json"])
+    assert info["splits"] == {"train": 1294, "val": 144, "test": 359}
+
+
 def test_bench_prints_loader_throughput(capsys):
     result = _json(capsys, ["data", "bench", "digits", "--set", "data.augment.flip=true", "--batches", "5", "--json"])
     assert result["images"] == 5 * 128 and result["img_per_sec"] > 0 and result["pipeline"] == "memory"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from mixer_cli import main
+from mixer_cli import train as train_command
 from mixer_core import metrics as m
 from mixer_core.config_io import load_config
 
@@ -20,6 +21,11 @@ def test_train_digits_json_prints_one_document_and_resume_finishes_the_run(tmp_p
     final = json.loads(captured.out)
     assert final[m.STEP] == 1294 // 64 and final[m.TEST_TOP1] > 0.5 and m.fewshot_top1(1) in final
     assert "Ti/4" in captured.err and "100%" in captured.err  # the progress bar is on stderr
+
+    # A second run into the same folder would replace or prune the first one's checkpoints: refused.
+    assert main(["train", "sweeps/train_digits.yaml", *QUICK, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"mixer train: {tmp_path}: holds another run; continue it with --resume "
+                                       f"{tmp_path}, or name an empty folder with --out\n")
 
     # Resuming a finished run evaluates its final checkpoint again; the table names every metric.
     assert main(["train", "sweeps/train_digits.yaml", *QUICK, "--resume", str(tmp_path)]) == 0
@@ -75,3 +81,7 @@ def test_base_prefixed_keys_set_the_run_config_as_in_a_sweep(monkeypatch, capsys
     budget = ["--set", "base.train.steps=2", "--set", "base.eval.fewshot_shots=[]", "--no-checkpoints", "--json"]
     assert main(["train", "sweeps/quickstart.yaml", *budget]) == 0
     assert json.loads(capsys.readouterr().out)[m.STEP] == 2
+
+
+def test_default_run_folders_of_runs_started_in_one_second_differ():
+    assert len({train_command._new_run_dir(Path("sweeps/train_digits.yaml")) for _ in range(100)}) == 100

@@ -19,14 +19,25 @@ export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:$MLFLOW_PORT}
 # when other Ray clusters run on the same machine.
 export RAY_ADDRESS=${RAY_HEAD_ADDRESS:-127.0.0.1:$RAY_PORT}
 
-# Run "$@" as the leader of a new session, recorded in $MIXER_CLUSTER_DIR/$1.sid. Every process it leaves
-# behind stays in that session (Ray's workers get process groups of their own, not sessions), so stop.sh
-# ends exactly these processes; never `ray stop`, which ends every Ray process on the machine.
+# Run "$@" as the leader of a new session, recorded in $MIXER_CLUSTER_DIR/$1.sid, its arguments in $1.args.
+# Every process it leaves behind stays in that session (Ray's workers get process groups of their own, not
+# sessions), so stop.sh ends exactly these processes; never `ray stop`, which ends every Ray process on the
+# machine.
 start_session() {
     local name=$1
     shift
     setsid "$@" >"$MIXER_CLUSTER_DIR/$name.log" 2>&1 &
     echo $! >"$MIXER_CLUSTER_DIR/$name.sid"
+    echo "${*:2}" >"$MIXER_CLUSTER_DIR/$name.args"
+}
+
+# True unless a process leads session $1 whose command line lacks the arguments recorded in $2 (an .args file):
+# then the recorded id is stale, reused by another program's session. A session whose leader has exited (as
+# `ray start` does) keeps its id, which no new session can take while a process of the old one lives.
+session_is_ours() {
+    local leader
+    leader=$(ps -ww -o args= -p "$1" 2>/dev/null) || return 0
+    [[ -s $2 && $leader == *"$(cat "$2")"* ]]
 }
 
 # True while session $1 has a process that is not a zombie.

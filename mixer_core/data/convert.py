@@ -69,6 +69,24 @@ def _write_shard(job: ShardJob) -> str:
     return job.name
 
 
+def _empty_destination(filesystem: fsspec.AbstractFileSystem, root: str, dest: str, replace: bool) -> None:
+    """Make `root` an empty folder to convert into, or raise `DataError`; with `replace`, remove the manifest (so
+    a folder half cleared is never read as a dataset), then the old shards."""
+    if filesystem.exists(root) and not filesystem.isdir(root):
+        raise DataError(f"{dest}: is a file, not a folder to write shards into")
+    entries = filesystem.ls(root, detail=False) if filesystem.exists(root) else []
+    if entries and not replace:
+        raise DataError(f"{dest}: not empty ({len(entries)} entries); converting into it would mix old and new "
+                        "shards. Choose an empty folder, or pass --replace to remove its shards first")
+    names = {posixpath.basename(entry): entry for entry in entries}
+    if MANIFEST in names:
+        filesystem.rm(names.pop(MANIFEST))
+    old_shards = [entry for name, entry in names.items() if name.endswith(".parquet")]
+    if old_shards:
+        filesystem.rm(old_shards)
+    filesystem.makedirs(root, exist_ok=True)
+
+
 def _rows(keys: list[str], labels, images, positions: np.ndarray) -> Rows:
     return Rows([keys[p] for p in positions], np.asarray(labels)[positions], [images[p] for p in positions])
 
@@ -96,11 +114,13 @@ def convert(
     processes: int,
     progress: Callable[[str], None] = lambda _: None,
     seed: int = 0,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Write `cfg`'s source under `dest` as train/val/test shard sets plus `manifest.json`; return the manifest.
 
     `processes` shards are read and written at once (1: in this process, as `memory://` URLs need); `seed`
-    generates the synthetic source.
+    generates the synthetic source. A `dest` that holds anything is refused (`DataError`) unless `replace`, which
+    removes its old shards and manifest first: old and new shards never mix.
     """
     if cfg.name == "parquet":
         raise DataError(f"{cfg.path}: already Parquet shards; convert reads the other sources")
@@ -114,7 +134,7 @@ def convert(
         "test": test or _rows(train.keys, train.labels, train.images, held_out.test),
     }
     filesystem, root = fsspec.core.url_to_fs(dest)
-    filesystem.makedirs(root, exist_ok=True)
+    _empty_destination(filesystem, root, dest, replace)
     jobs, manifest_splits = [], {}
     for split, rows in splits.items():
         ranks = pool_ranks[by_rank] if split == "train" else np.full(len(rows.keys), np.nan)

@@ -10,8 +10,9 @@ and test when the source has none, once), plus `manifest.json`. Every shard has 
 - `subset_rank` (float64, training shards): uniform in [0, 1); data.fraction f is the rows `in_fraction`
   (`fractions.py`), a filter the reader applies to each row group (3% ⊂ 10% ⊂ 30% ⊂ 100% by construction).
 
-Shards are read with pyarrow from a local path or any fsspec URL (s3://, gs://, memory://). A glob names
-shards directly; its `val-*` and `test-*` files are those splits and every other file is training data.
+Shards are read with pyarrow from a local path or any fsspec URL (s3://, gs://, memory://). A folder's shards
+are those its manifest lists. A glob names shards directly; its `val-*` and `test-*` files are those splits and
+every other file is training data.
 """
 
 from __future__ import annotations
@@ -103,22 +104,43 @@ def _labels(column: pa.Array) -> torch.Tensor:
 
 
 def find_shards(path: str) -> ShardSets:
-    """The shard sets of a folder/URL of shards (with `manifest.json`) or of a glob of shards."""
+    """The shard sets of a folder/URL of shards or of a glob of shards.
+
+    A folder's shards are the ones its `manifest.json` lists, so files another conversion left beside them are
+    never read; a folder without a manifest (shards written by hand) and a glob take every shard they match.
+    """
     filesystem, root = fsspec.core.url_to_fs(path)
     is_glob = any(char in root for char in "*?[")
     if not is_glob and not filesystem.isdir(root):
         raise DataError(f"{path}: no such Parquet folder")
-    shards = sorted(filesystem.glob(root if is_glob else posixpath.join(root, "*.parquet")))
+    manifest = read_manifest(filesystem, posixpath.dirname(root) if is_glob else root) or {}
+    if manifest.get("splits") and not is_glob:
+        by_split = _listed_shards(manifest, root, path)
+    else:
+        by_split = _matched_shards(sorted(filesystem.glob(root if is_glob else posixpath.join(root, "*.parquet"))), path)
+    if not by_split["train"]:
+        raise DataError(f"{path}: only held-out shards found; training shards are the ones not named val-* or test-*")
+    return ShardSets(filesystem, by_split, manifest)
+
+
+def _listed_shards(manifest: dict[str, Any], root: str, path: str) -> dict[str, list[str]]:
+    """Each split's shards as the manifest lists them, under `root`."""
+    try:
+        return {split: [posixpath.join(root, name) for name in manifest["splits"].get(split, {}).get("shards", [])]
+                for split in SPLITS}
+    except (AttributeError, TypeError):
+        raise DataError(f"{path}: manifest.json: splits must map each split to its shards") from None
+
+
+def _matched_shards(shards: list[str], path: str) -> dict[str, list[str]]:
+    """Shards by split from their names: `val-*` and `test-*` are held out, every other file is training data."""
     if not shards:
         raise DataError(f"{path}: no Parquet shards found")
     by_split: dict[str, list[str]] = {split: [] for split in SPLITS}
     for shard in shards:
         prefix = posixpath.basename(shard).split("-")[0]
         by_split[prefix if prefix in ("val", "test") else "train"].append(shard)
-    if not by_split["train"]:
-        raise DataError(f"{path}: only held-out shards found; training shards are the ones not named val-* or test-*")
-    manifest = read_manifest(filesystem, posixpath.dirname(root) if is_glob else root) or {}
-    return ShardSets(filesystem, by_split, manifest)
+    return by_split
 
 
 def row_count(sets: ShardSets, split: str) -> int:

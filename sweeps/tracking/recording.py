@@ -18,6 +18,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils import git_utils
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME, MLFLOW_USER
 
+from mixer_core.redact import redacted
 from sweeps.tracking.queries import find_trial_run, trial_runs, trial_states
 from sweeps.tracking.schema import (
     EXPERIMENT_KIND_TRAINING,
@@ -100,22 +101,23 @@ def start_sweep_run(
     """Create the sweep's parent run; returns its run id.
 
     Artifacts: the spec file as written, the resolved spec (overrides applied) that `mixer sweep resume` reads
-    back, and the validated spec (defaults filled in) that it checks the resolved one still validates to.
+    back, and the validated spec (defaults filled in) that it checks the resolved one still validates to; in all
+    of them and in the tags, passwords in URLs (`optuna_storage`, a git remote) are `mixer_core.redact`ed.
     """
     client = RetryingMlflowClient(uri)
     experiment_id = ensure_experiment(client, experiment)
-    tags = {
+    tags = redacted({
         **run_context_tags(spec_path),
         TAG_SWEEP: sweep_name,
         TAG_SWEEP_ID: sweep_id,
         TAG_ROLE: ROLE_SWEEP,
         TAG_SPEC_HASH: spec_hash,
         TAG_EXPERIMENT_DIR: experiment_dir,
-    }
+    })
     run = client.create_run(experiment_id, tags=tags, run_name=sweep_name)
-    client.log_artifact(run.info.run_id, str(spec_path))
-    client.log_dict(run.info.run_id, resolved_spec, RESOLVED_SPEC_ARTIFACT)
-    client.log_dict(run.info.run_id, validated_spec, VALIDATED_SPEC_ARTIFACT)
+    client.log_text(run.info.run_id, redacted(spec_path.read_text(encoding="utf-8")), spec_path.name)
+    client.log_dict(run.info.run_id, redacted(resolved_spec), RESOLVED_SPEC_ARTIFACT)
+    client.log_dict(run.info.run_id, redacted(validated_spec), VALIDATED_SPEC_ARTIFACT)
     return run.info.run_id
 
 

@@ -20,6 +20,8 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mixer_core.redact import redacted
+
 # How long one call keeps trying before it gives up: a server restart or a long SQLite write lock, not an outage
 # that needs a person.
 RETRY_SECONDS = 300.0
@@ -74,7 +76,7 @@ def best_effort(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) 
     try:
         call(*args, **kwargs)
     except Exception as error:
-        print(f"MLflow: {what} not recorded: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        print(f"MLflow: {what} not recorded: {type(error).__name__}: {redacted(str(error))}", file=sys.stderr, flush=True)
 
 
 def tracking_uri() -> str:
@@ -95,5 +97,14 @@ def ui_hint(uri: str, experiment_id: str) -> str:
     """Where to see an experiment of the store `uri`: its page on a tracking server, else the `mlflow ui` command
     that serves this store and the page to open there."""
     if uri.startswith(("http://", "https://")):
-        return experiment_url(uri, experiment_id)
-    return f"mlflow ui --backend-store-uri {uri}, then {experiment_url(LOCAL_UI_URL, experiment_id)}"
+        return redacted(experiment_url(uri, experiment_id))
+    return f"mlflow ui --backend-store-uri {redacted(uri)}, then {experiment_url(LOCAL_UI_URL, experiment_id)}"
+
+
+def missing_sqlite_store(uri: str) -> Path | None:
+    """The SQLite file a `sqlite:///` store `uri` names when it does not exist (MLflow would create an empty one
+    on first use), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///"))
+    return None if path.is_file() else path
