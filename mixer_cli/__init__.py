@@ -64,6 +64,9 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mixer` console script; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else argv
+    # With torch_tpu installed and no libtpu, `import torch` would abort: it loads only where a run asks for a
+    # TPU (`mixer_core.device`); `sweeps.engine.ray_session.WORKER_ENV` says the same to Ray's processes.
+    os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     return args.run(args) or 0

@@ -78,29 +78,38 @@ def run(args: argparse.Namespace) -> int:
 
 def validate_command(args: argparse.Namespace) -> int:
     """Print the expanded plan: trials, axes, parameters and GMACs per variant, total training FLOPs."""
-    from sweeps.plan import format_plan, plan_sweep
+    from sweeps.plan import format_plan, memory_problems, plan_sweep
 
     plan = plan_sweep(load_spec(args.spec, args.overrides))
     if args.json:
         emit_json(plan)
     else:
         print(format_plan(plan))
-    return 0
+    problems = memory_problems(plan)
+    return refuse("sweep validate", SpecError("\n".join(problems))) if problems else 0
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the sweep on Ray; print a results table and where to look in MLflow."""
-    from sweeps.plan import format_plan, plan_sweep
+    from sweeps.plan import format_plan, memory_problems, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    if not on_cluster:
+        _check_tpus(spec, on_cluster)  # first: it needs neither the plan nor Ray
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
-    if not (args.address or os.environ.get("RAY_ADDRESS")):
+    problems = memory_problems(plan)
+    if problems:
+        raise SpecError("\n".join(problems))
+    if not on_cluster:
         _check_local_resources(spec)  # before starting anything
     print(format_plan(plan), file=sys.stderr)
     _start_ray_for_sweep(args.address)  # imports the engine while Ray starts
     from sweeps.engine.run import run_sweep
     from sweeps.engine.sweep_runs import SweepConflict
 
+    if on_cluster:
+        _check_tpus(spec, on_cluster)
     _check_cluster_resources(spec)
     try:
         with _interruptible(spec.name), contextlib.redirect_stdout(sys.stderr):  # stdout is for results
@@ -219,6 +228,18 @@ def bench_command(args: argparse.Namespace) -> int:
         meanings = engine_bench.FIGURE_MEANINGS
         print(format_table([{"figure": name, "value": value, "what": meanings[name]} for name, value in figures.items()]))
     return 0
+
+
+def _check_tpus(spec, on_cluster: bool) -> None:
+    """Refuse a TPU sweep whose trials would find no TPU, or no torch_tpu and libtpu, where they would run:
+    never a silent fall-back to CPU."""
+    if not spec.resources.use_tpu:
+        return
+    from sweeps.engine.tpu import tpu_problem
+
+    problem = tpu_problem(spec, on_cluster)
+    if problem:
+        raise SpecError(f"{spec.source}: resources.use_tpu: {problem}")
 
 
 def _check_local_resources(spec) -> None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixer_core.device import synchronize
 from mixer_core.flops import analytic_macs, measured_macs
 from mixer_core.model import create_mixer, create_timm_twin
 
@@ -51,12 +52,6 @@ class BenchSettings:
 def compute_cores(device: torch.device) -> int:
     """The cores one device computes with: torch's intra-op threads on a CPU, 1 for an accelerator."""
     return torch.get_num_threads() if device.type == "cpu" else 1
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that wall-clock time covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _autocast(settings: BenchSettings) -> contextlib.AbstractContextManager:

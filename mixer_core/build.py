@@ -26,8 +26,18 @@ def build_model(
 ) -> nn.Module:
     """The network for images of `image_shape` (C, H, W) and `num_classes` classes.
 
-    Randomly initialised, or with `init_from` started from pre-trained Mixer weights (see `load_pretrained`).
+    Randomly initialised, or with `init_from` started from pre-trained Mixer weights (see `load_pretrained`);
+    with activation checkpointing when `model.grad_checkpointing` is set.
     """
+    model = _build(cfg, num_classes, image_shape, init_from)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)  # ours and timm's models share the method
+    return model
+
+
+def _build(
+    cfg: ModelConfig, num_classes: int, image_shape: tuple[int, int, int], init_from: Path | None
+) -> nn.Module:
     channels, height, width = image_shape
     if cfg.timm_model:
         if not timm.is_model(cfg.timm_model):

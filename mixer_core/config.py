@@ -69,6 +69,9 @@ class ModelConfig(_Section):
     stoch_depth: float = Field(0.0, ge=0.0, lt=1.0)
     gelu_approximate: Literal["none", "tanh"] = "none"
     head_bias_init: float = 0.0
+    # Recompute each block's activations in the backward pass instead of keeping them: a Mixer keeps one
+    # (tokens x hidden) tensor per block instead of about seven (mixer_core.memory), for ~1/3 more compute.
+    grad_checkpointing: bool = False
 
     @field_validator("variant")
     @classmethod
@@ -170,10 +173,13 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0.0)
     loss: Literal["softmax", "sigmoid"] = "softmax"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Per-device examples of one forward/backward; data.batch_size stays the optimizer's (global) batch, reached
+    # by accumulating batch_size / (micro_batch_size x workers) micro-steps. None: one micro-step per step.
+    micro_batch_size: int | None = Field(None, gt=0)
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = True  # autocast on CUDA; ignored on CPU
-    compile: bool = False
+    device: Literal["auto", "cpu", "cuda", "tpu"] = "auto"  # auto: CUDA when torch sees one, else CPU
+    bf16: bool = True  # autocast on CUDA and TPU; ignored on CPU
+    compile: Literal["auto"] | bool = "auto"  # auto: torch.compile a Mixer on CUDA, nothing else
     eval_every_epochs: float = Field(1.0, gt=0.0)
     # replaces eval_every_epochs when set: equal-step budgets (every fraction) evaluate alike
     eval_every_steps: int | None = Field(None, gt=0)
@@ -260,6 +266,35 @@ class RunConfig(_Section):
         if problem:
             raise ValueError(problem)
         return self
+
+    @model_validator(mode="after")
+    def _micro_batches_tile_the_batch(self) -> RunConfig:
+        problem = batch_tiling_problem(self.data.batch_size, self.train.micro_batch_size, workers=1)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def check_batch_tiling(self, workers: int) -> None:
+        """`ValueError` (see `batch_tiling_problem`) unless `workers` data-parallel processes, each taking
+        `train.micro_batch_size` examples per micro-step, make up `data.batch_size` in whole micro-steps."""
+        problem = batch_tiling_problem(self.data.batch_size, self.train.micro_batch_size, workers)
+        if problem:
+            raise ValueError(problem)
+
+
+def batch_tiling_problem(batch_size: int, micro_batch_size: int | None, workers: int) -> str | None:
+    """Why `workers` processes taking `micro_batch_size` examples per micro-step cannot make up a global batch of
+    `batch_size` in whole micro-steps (every process the same number), or None."""
+    if batch_size % workers:
+        return f"data.batch_size {batch_size} is not divisible by the {workers} workers"
+    per_worker = batch_size // workers
+    if micro_batch_size is None or per_worker % micro_batch_size == 0:
+        return None
+    fits = [size for size in range(micro_batch_size, 0, -1) if per_worker % size == 0][0]
+    share = f"data.batch_size {batch_size}" + (f" over {workers} workers is {per_worker} examples each," if workers > 1
+                                               else " is")
+    return (f"{share} not a multiple of train.micro_batch_size {micro_batch_size} (set it to a divisor of "
+            f"{per_worker}, e.g. {fits})")
 
 
 def image_shape_problem(model: ModelConfig, height: int, width: int) -> str | None:

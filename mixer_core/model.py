@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, lecun_normal_
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mixer_core.variants import VARIANTS, MixerVariant
 
@@ -110,7 +111,14 @@ class MlpMixer(nn.Module):
         )
         self.norm = nn.LayerNorm(variant.hidden_dim, eps=1e-6)
         self.head = nn.Linear(variant.hidden_dim, num_classes) if num_classes else nn.Identity()
+        self.grad_checkpointing = False
         self.reset_parameters(head_bias_init)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only each block's input for the backward pass and recompute the rest (timm's method name, so
+        Mixers and timm baselines switch alike). The recomputation replays the saved random state, so dropout
+        and stochastic depth draw the same masks: gradients are those of the plain forward."""
+        self.grad_checkpointing = enable
 
     def reset_parameters(self, head_bias_init: float = 0.0) -> None:
         """Initialise as the official Flax code: lecun-normal kernels, zero biases, zero head kernel.
@@ -138,8 +146,10 @@ class MlpMixer(nn.Module):
         stem = self.stem(images)
         x = stem.flatten(2).transpose(1, 2)
         features = {"stem": stem, "input_tokens": x} if return_features else None
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            # use_reentrant=False: the form torch recommends; it works when the input needs no gradient
+            x = checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
             if features is not None:
                 features[f"block_{i}"] = x
         pre_logits = self.norm(x).mean(dim=1)

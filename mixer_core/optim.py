@@ -16,8 +16,9 @@ from torch import nn
 from mixer_core.config import TrainConfig
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
     """AdamW for `pretrain`, SGD momentum for `finetune`; weight decay only on kernels (matrices, conv filters).
+    On CUDA, AdamW is torch's fused kernel (one launch for all parameters instead of several per tensor).
 
     Decay is decided by shape as in nanoGPT's `configure_optimizers`: every parameter with two or more
     dimensions is a kernel and decays; biases, LayerNorm scales and shifts (one dimension) do not.
@@ -30,7 +31,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=fused or None)
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, decay: str) -> float:

@@ -43,7 +43,10 @@ Budget mode: `train.steps` or `train.examples` fixes the step count whatever `da
 Batch size. `data.batch_size` is global: each of the `world_size` ranks takes `batch_size / world_size`. Every
 step has the full batch (the ragged end of an epoch is dropped) unless the split is smaller than one batch.
 Under torch.distributed the model is wrapped in DistributedDataParallel here; the caller only initialises the
-process group.
+process group. With `train.micro_batch_size`, a rank's share runs forward and backward in micro-batches whose
+gradients add up before the one optimizer step (DDP all-reduces once, in the last micro-batch's backward pass):
+mixup, the loss, clipping, the schedule, metrics and checkpoints are those of the global batch, so a run is the
+same whatever its micro-batch (to rounding; tests/test_train_accumulation.py checks 1e-10 in fp64).
 
 Errors. A non-finite training loss raises `TrainingError` naming the first bad step, at the next report
 (the loss is not read back every step, so the accelerator never waits); reports made before stay made. Data the
@@ -57,6 +60,7 @@ builds a `Run` (data, model, optimizer, schedule, step counts), `open_epoch` giv
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -87,10 +91,10 @@ from mixer_core.config import RunConfig
 from mixer_core.data import DataError, DataSplits, build_mixup, build_splits, make_loader
 from mixer_core.data.fractions import check_enough_examples
 from mixer_core.data.streamed import StreamedTraining
-from mixer_core.device import autocast, resolve_device
+from mixer_core.device import autocast, compiles, pins_memory, resolve_device, synchronize
 from mixer_core.evaluate import FewshotTask, evaluate_fewshot_tasks, evaluate_top1, fewshot_tasks
 from mixer_core.losses import classification_loss
-from mixer_core.model import count_parameters
+from mixer_core.model import MlpMixer, count_parameters
 from mixer_core.optim import build_optimizer, build_schedule, total_steps
 from mixer_core.sizes import training_flops
 
@@ -201,7 +205,7 @@ def _build_models(
     train_model: nn.Module = model
     if world_size > 1:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.train.compile:
+    if compiles(config.train.compile, device, isinstance(model, MlpMixer)):
         train_model = torch.compile(train_model)
     return model, train_model
 
@@ -214,8 +218,7 @@ def prepare(config: RunConfig, stream: StreamedTraining | None = None, checkpoin
     rank, world_size = _rank_and_world()
     train_cfg, data_cfg = config.train, config.data
     device = resolve_device(train_cfg.device)
-    if data_cfg.batch_size % world_size:
-        raise ValueError(f"data.batch_size {data_cfg.batch_size} is not divisible by the {world_size} ranks")
+    config.check_batch_tiling(world_size)  # ValueError when the ranks' micro-batches cannot tile the batch
 
     seed_everything(train_cfg.seed)  # same model initialisation on every rank
     if stream is not None:
@@ -230,7 +233,7 @@ def prepare(config: RunConfig, stream: StreamedTraining | None = None, checkpoin
                                           drop_last=_keeps_full_batches(splits, data_cfg.batch_size)))
     check_enough_examples(splits.train_size, steps_per_epoch, data_cfg)
     num_steps = total_steps(train_cfg, steps_per_epoch, data_cfg.batch_size)
-    optimizer = build_optimizer(model, train_cfg)
+    optimizer = build_optimizer(model, train_cfg, device)
     schedule = build_schedule(optimizer, train_cfg, num_steps)
     mixup = build_mixup(data_cfg, splits.num_classes)
     fewshot = fewshot_tasks(config.eval, data_cfg, splits)
@@ -261,11 +264,11 @@ def open_epoch(run: Run, position: Position, rng_state: dict[str, Any] | None = 
     seed = run.config.train.seed
     seed_everything(derived_seed(seed, position.epoch, run.rank))
     if run.stream is not None:
-        batches = run.stream.epoch(position.epoch)
+        batches = run.stream.epoch(position.epoch, pin_memory=pins_memory(run.device))
     else:
         batches = iter(make_loader(run.splits.train, run.rank_batch_size, shuffle=True,
                                    seed=derived_seed(seed, position.epoch), num_workers=run.config.data.num_workers,
-                                   drop_last=run.drop_last))
+                                   drop_last=run.drop_last, pin_memory=pins_memory(run.device)))
     if rng_state is not None:
         for _ in range(position.batch_in_epoch):
             next(batches)
@@ -275,24 +278,45 @@ def open_epoch(run: Run, position: Position, rng_state: dict[str, Any] | None = 
 
 
 def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """One optimizer step on a batch; return its loss (detached, still on the device: reading it back would
-    make the accelerator wait) and the learning rate the step used."""
+    """One optimizer step on the rank's share of a global batch, in micro-batches of `train.micro_batch_size`; return
+    the batch's loss (detached, still on the device: reading it back would make the accelerator wait) and the
+    learning rate the step used.
+
+    Mixup pairs images across the whole share, as without micro-batches. Each micro-batch's mean loss is weighted
+    by its share of the batch, so the accumulated gradient is the batch mean's; clipping and the optimizer see
+    that gradient, once."""
     cfg = run.config.train
-    images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+    dtype = next(run.model.parameters()).dtype  # inputs in the weights' precision (autocast lowers it from there)
+    images, labels = images.to(run.device, dtype, non_blocking=True), labels.to(run.device, non_blocking=True)
     targets = labels
     if run.mixup is not None:
         images, targets = run.mixup(images, labels)
-    with autocast(run.device, cfg.bf16):
-        logits = run.train_model(images)
-    loss = classification_loss(logits, targets, cfg.loss, cfg.label_smoothing)
     run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    micro_batch_size = cfg.micro_batch_size or len(images)
+    micro_batches = list(zip(images.split(micro_batch_size), targets.split(micro_batch_size)))
+    loss = torch.zeros((), device=run.device)
+    for index, (micro_images, micro_targets) in enumerate(micro_batches):
+        with _gradient_sync(run, last=index == len(micro_batches) - 1):
+            with autocast(run.device, cfg.bf16):
+                logits = run.train_model(micro_images)
+            micro_loss = classification_loss(logits, micro_targets, cfg.loss, cfg.label_smoothing)
+            (micro_loss * (len(micro_images) / len(images))).backward()
+        loss += micro_loss.detach() * (len(micro_images) / len(images))
     if cfg.grad_clip is not None:
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
     lr = run.schedule.get_last_lr()[0]
     run.optimizer.step()
     run.schedule.step()
-    return loss.detach(), lr
+    return loss, lr
+
+
+def _gradient_sync(run: Run, last: bool) -> contextlib.AbstractContextManager:
+    """DDP's gradient all-reduce only in the last micro-batch's backward pass (`no_sync` on the others: their
+    gradients accumulate locally); nothing to do for a single process."""
+    ddp = getattr(run.train_model, "_orig_mod", run.train_model)  # torch.compile wraps the DDP module
+    if last or not isinstance(ddp, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
 
 
 def training_metrics(run: Run, state: LoopState, interval_seconds: float) -> dict[str, float]:
@@ -397,8 +421,7 @@ def report(
 ) -> dict[str, float]:
     """Make one report (with evaluation and a checkpoint when due if `evaluated`), hand it to `on_report`, start
     the next throughput interval; return its metrics."""
-    if run.device.type == "cuda":
-        torch.cuda.synchronize()  # so the interval's time includes all its queued GPU work
+    synchronize(run.device)  # so the interval's time includes all its queued accelerator work
     metrics = training_metrics(run, state, time.perf_counter() - state.interval_started)
     if evaluated:
         metrics.update(evaluate(run, state.position, final=state.position.step == run.num_steps))

@@ -1,9 +1,16 @@
-"""The expanded plan of a sweep, without starting Ray: its trials, axes, model sizes and training cost.
+"""The expanded plan of a sweep, without starting Ray: its trials, axes, model sizes, training cost and memory.
 
 `mixer sweep validate` prints it, and `mixer sweep run` before starting Ray. A Mixer's size and MACs are arithmetic
 (`mixer_core.sizes`), so planning imports no torch; a timm baseline is built on PyTorch's meta device and counted.
 Dataset sizes and the training split come from the data layer (`mixer_core.data.facts`), never from reading
 images. Training FLOPs are `mixer_core.sizes.training_flops`.
+
+Memory (`mixer_core.memory`): per model and micro-batch, what one worker holds (parameters, gradients, optimizer
+state, activations with and without checkpointing, bf16 and fp32) beside the device memory the spec declares
+(`resources.accelerator_memory_gb`, or known from `resources.accelerator_type`). A trial that would not fit is
+refused before anything starts, with the micro-batch that fits: an out-of-memory error comes only after the
+cluster has started and the data loaders have filled, once per trial and retry, and the estimate is measured to
+be 4-10% above real eager use (an upper bound for compiled runs), so a refused trial would not have run.
 """
 
 from __future__ import annotations
@@ -16,6 +23,15 @@ from typing import Any
 from mixer_core.config import ModelConfig, RunConfig, image_shape_problem
 from mixer_core.data.facts import dataset_facts, estimated_train_size
 from mixer_core.data.memory import in_memory_problem
+from mixer_core.memory import (
+    ActivationBytes,
+    MemoryEstimate,
+    largest_fitting_micro_batch,
+    mixer_activation_bytes,
+    mixer_transient_bytes,
+    training_memory,
+    usable_device_bytes,
+)
 from mixer_core.sizes import mixer_macs, mixer_parameters, training_flops
 from mixer_core.variants import VARIANTS
 from sweeps.spec import (
@@ -37,6 +53,8 @@ _COST_KEYS = (
     "data.image_size",
     "data.fraction",
     "data.batch_size",
+    "train.micro_batch_size",
+    "model.grad_checkpointing",
     "train.epochs",
     "train.steps",
     "train.examples",
@@ -45,13 +63,34 @@ _COST_KEYS = (
 
 @dataclass(frozen=True)
 class ModelCost:
-    """One model at one input shape: its size and forward cost per image."""
+    """One model at one input shape: its size, forward cost and training activations per image."""
 
     model: str  # a Mixer variant or a timm model name
     image_shape: tuple[int, int, int]
     num_classes: int
     params: int
     gmacs: float
+    activations: dict[str, ActivationBytes]  # per precision, "bf16" and "fp32"
+    transient: dict[str, float]  # bytes per image of the backward pass's short-lived buffers, per precision
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """What one worker of a trial holds, in GB, and whether it fits the device."""
+
+    model: str
+    micro_batch: int
+    precision: str  # the trial's: bf16 on accelerators with train.bf16, else fp32
+    checkpointing: bool
+    weights_and_optimizer_gb: float  # parameters, gradients, optimizer state, DDP buckets, bf16 weight copies
+    activations_fp32_gb: float
+    activations_bf16_gb: float
+    activations_fp32_checkpointed_gb: float
+    activations_bf16_checkpointed_gb: float
+    total_gb: float  # in the trial's precision and checkpointing, with the backward pass's transient buffers
+    device_gb: float | None
+    fits: bool | None  # whether total_gb fits device_gb less the runtime's reserve (None: no device declared)
+    fits_micro_batch: int | None  # the largest micro-batch that fits the device (None: unknown or none)
 
 
 def trial_configs(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -74,6 +113,7 @@ def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
     and `train_flops` for all trials (an upper bound for searched sweeps; None when the data size is unknown)
     with a `flops_note`. Raises `SpecError` if a trial's model cannot take its input size."""
     costs: dict[tuple, ModelCost] = {}
+    memory: dict[tuple, MemoryRow] = {}
     total_flops, unknown = 0.0, set()
     optuna = spec.searcher in OPTUNA_SEARCHERS
     for params in [{}] if optuna else trial_configs(spec):
@@ -81,7 +121,11 @@ def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
         for bound in _cost_bounds(spec, include_grid=optuna):
             config = build_run_config(spec, {**params, **bound})
             _check_in_memory(spec, config)
+            _check_tiling(spec, config)
             cost, examples = _model_cost(spec, config, costs), estimated_examples(config)
+            if cost is not None:
+                row = _memory_row(spec, config, cost)
+                memory.setdefault((row.model, row.micro_batch, row.checkpointing, row.precision), row)
             if cost is None or examples is None:
                 unknown.add(config.data.name)
                 continue
@@ -90,6 +134,8 @@ def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
     note = "upper bound: every trial at its most costly setting" if spec.search or optuna else "all trials"
     if unknown:
         note = f"{', '.join(sorted(unknown))} data of unknown size: set data.image_size and train.steps or train.examples"
+    models = [{key: value for key, value in asdict(cost).items() if key not in ("activations", "transient")}
+              for cost in costs.values()]
     return {
         "name": spec.name,
         "source": spec.source,
@@ -97,10 +143,71 @@ def plan_sweep(spec: SweepSpec) -> dict[str, Any]:
         "scheduler": spec.scheduler.type,
         "trial_count": trial_count(spec),
         "axes": _describe_axes(spec),
-        "models": [asdict(cost) for cost in costs.values()],
+        "models": models,
         "train_flops": None if unknown else total_flops,
         "flops_note": note,
+        "memory": [asdict(row) for row in memory.values()],
     }
+
+
+def memory_problems(plan: dict[str, Any]) -> list[str]:
+    """One line per model of the plan whose trial does not fit its device, with the micro-batch that does."""
+    problems = []
+    for row in plan["memory"]:
+        if row["fits"] is not False:
+            continue
+        fits = row["fits_micro_batch"]
+        advice = (f"set train.micro_batch_size: {fits}" if fits else
+                  "not even one example fits; set model.grad_checkpointing: true" if not row["checkpointing"] else
+                  "not even one example fits, even with activation checkpointing")
+        problems.append(
+            f"{plan['source']}: {row['model']}: needs ~{row['total_gb']:.1f} GB per device at micro-batch "
+            f"{row['micro_batch']} ({row['precision']}{', checkpointed' if row['checkpointing'] else ''}); "
+            f"the device has {row['device_gb']:g} GB: {advice}"
+        )
+    return problems
+
+
+def _check_tiling(spec: SweepSpec, config: RunConfig) -> None:
+    try:
+        config.check_batch_tiling(spec.resources.workers_per_trial)
+    except ValueError as problem:
+        where = _where_varied(spec, "data.batch_size")
+        raise SpecError(f"{spec.source}: {where}: {problem} (resources.workers_per_trial "
+                        f"{spec.resources.workers_per_trial})") from None
+
+
+def _memory_row(spec: SweepSpec, config: RunConfig, cost: ModelCost) -> MemoryRow:
+    """The memory of one worker of a trial of `config` (see `MemoryRow`)."""
+    resources, workers = spec.resources, spec.resources.workers_per_trial
+    per_worker = config.data.batch_size // workers
+    micro_batch = config.train.micro_batch_size or per_worker
+    precision = "bf16" if config.train.bf16 and (resources.use_gpu or resources.use_tpu) else "fp32"
+    checkpointing = config.model.grad_checkpointing
+
+    def estimate(micro: int, checkpointed: bool = checkpointing, kind: str = precision) -> MemoryEstimate:
+        return training_memory(cost.params, cost.activations[kind], cost.transient[kind], micro,
+                               recipe=config.train.recipe, checkpointing=checkpointed, workers=workers,
+                               bf16=kind == "bf16")
+
+    run = estimate(micro_batch)
+    device_gb = resources.device_memory_gb
+    usable = None if device_gb is None else usable_device_bytes(device_gb)
+    return MemoryRow(
+        model=cost.model,
+        micro_batch=micro_batch,
+        precision=precision,
+        checkpointing=checkpointing,
+        weights_and_optimizer_gb=run.weights_and_optimizer / 1e9,
+        activations_fp32_gb=estimate(micro_batch, False, "fp32").activations / 1e9,
+        activations_bf16_gb=estimate(micro_batch, False, "bf16").activations / 1e9,
+        activations_fp32_checkpointed_gb=estimate(micro_batch, True, "fp32").activations / 1e9,
+        activations_bf16_checkpointed_gb=estimate(micro_batch, True, "bf16").activations / 1e9,
+        total_gb=run.total / 1e9,
+        device_gb=device_gb,
+        fits=None if usable is None else run.total <= usable,
+        fits_micro_batch=None if usable is None else largest_fitting_micro_batch(estimate, usable, per_worker),
+    )
 
 
 def estimated_examples(config: RunConfig) -> int | None:
@@ -134,8 +241,34 @@ def format_plan(plan: dict[str, Any]) -> str:
             format_table(rows),
             "",
             f"estimated training FLOPs: {_flops_text(plan['train_flops'])} ({plan['flops_note']})",
+            *_memory_lines(plan["memory"]),
         ]
     )
+
+
+def _memory_lines(memory: list[dict[str, Any]]) -> list[str]:
+    """The memory table: GB per worker; `act` columns are activations at the micro-batch (`ckpt`: checkpointed)."""
+    if not memory:
+        return []
+    rows = [
+        {
+            "model": row["model"],
+            "micro_batch": row["micro_batch"],
+            "weights+grads+opt": row["weights_and_optimizer_gb"],
+            "act_fp32": row["activations_fp32_gb"],
+            "act_bf16": row["activations_bf16_gb"],
+            "act_fp32_ckpt": row["activations_fp32_checkpointed_gb"],
+            "act_bf16_ckpt": row["activations_bf16_checkpointed_gb"],
+            "total": row["total_gb"],
+            "as_run": f"{row['precision']}{' ckpt' if row['checkpointing'] else ''}",
+            "device": row["device_gb"],
+            "fits": {True: "yes", None: "-", False: f"no: micro_batch {row['fits_micro_batch'] or 0} fits"}[
+                row["fits"]],
+        }
+        for row in memory
+    ]
+    return ["", "estimated memory per worker, GB (eager PyTorch; total = as run, with the backward's buffers):",
+            format_table(rows)]
 
 
 def _flops_text(flops: float | None) -> str:
@@ -181,14 +314,19 @@ def _model_cost(spec: SweepSpec, config: RunConfig, cache: dict[tuple, ModelCost
         raise SpecError(f"{spec.source}: {_where_varied(spec, 'model.variant')}: {config.data.name} images: {problem}")
     if config.model.timm_model:
         try:
-            params, macs = _counted_size(config.model, key[2], key[1])
+            cache[key] = _counted_cost(config.model, key[2], key[1])
         except ValueError as error:  # a setting the model cannot take (e.g. head_bias_init without a head bias)
             raise SpecError(f"{spec.source}: {_where_varied(spec, 'model.timm_model')}: {error}") from None
-    else:
-        variant = VARIANTS[config.model.variant]
-        params = mixer_parameters(variant, height, channels, key[2])
-        macs = mixer_macs(variant, height, channels, key[2])
-    cache[key] = ModelCost(name, key[1], key[2], params, macs / 1e9)
+        return cache[key]
+    variant = VARIANTS[config.model.variant]
+    cache[key] = ModelCost(
+        name, key[1], key[2],
+        params=mixer_parameters(variant, height, channels, key[2]),
+        gmacs=mixer_macs(variant, height, channels, key[2]) / 1e9,
+        activations={kind: mixer_activation_bytes(variant, height, channels, key[2], bf16=kind == "bf16")
+                     for kind in ("bf16", "fp32")},
+        transient={kind: mixer_transient_bytes(variant, height, bf16=kind == "bf16") for kind in ("bf16", "fp32")},
+    )
     return cache[key]
 
 
@@ -199,16 +337,34 @@ def _check_in_memory(spec: SweepSpec, config: RunConfig) -> None:
         raise SpecError(f"{spec.source}: {_where_varied(spec, 'data.path')}: {problem}")
 
 
-def _counted_size(model: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> tuple[int, int]:
-    """Parameters and forward MACs of a timm baseline, built on the meta device (no memory, no initialisation)."""
+def _counted_cost(model: ModelConfig, num_classes: int, image_shape: tuple[int, int, int]) -> ModelCost:
+    """A timm baseline's size, MACs and activations, counted on the meta device (no memory, no initialisation).
+
+    Activations are autograd's saved tensors in fp32; bf16 is taken as half of them (LayerNorm inputs kept in
+    fp32 make it some 10% more for a ViT). With checkpointing, what the checkpointed forward keeps plus one
+    checkpointed unit (a block or stage) recomputed; that unit's activations also stand for the transient buffers.
+    """
     import torch  # only baselines need it; a plan of Mixers stays free of torch's import time
 
+    from mixer_core.activations import saved_activation_bytes
     from mixer_core.build import build_model, forward_macs
     from mixer_core.model import count_parameters
 
     with torch.device("meta"):
         network = build_model(model, num_classes, image_shape)
-        return count_parameters(network), forward_macs(network, image_shape)
+        # Two images: BatchNorm refuses a batch of one where the feature map has shrunk to one value per channel.
+        full = saved_activation_bytes(network, image_shape, batch_size=2) / 2
+        network.set_grad_checkpointing(True)
+        kept = saved_activation_bytes(network, image_shape, batch_size=2) / 2
+        units = len(getattr(network, "blocks", getattr(network, "stages", [None])))
+        fp32 = ActivationBytes(full=full, checkpointed=kept + full / units)
+        return ModelCost(
+            model.timm_model, image_shape, num_classes,
+            params=count_parameters(network),
+            gmacs=forward_macs(network, image_shape) / 1e9,
+            activations={"fp32": fp32, "bf16": ActivationBytes(fp32.full / 2, fp32.checkpointed / 2)},
+            transient={"fp32": full / units, "bf16": full / units / 2},
+        )
 
 
 def _where_varied(spec: SweepSpec, key: str) -> str:

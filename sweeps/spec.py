@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,7 @@ from mixer_core.config_io import (
     set_by_path,
 )
 from mixer_core.config_messages import clip, format_validation_error, shown, suggestion, validation_problems
+from mixer_core.memory import ACCELERATOR_MEMORY_GB
 from mixer_core.redact import redacted
 
 SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")
@@ -121,13 +123,53 @@ class Scheduler(StrictModel):
 
 
 class Resources(StrictModel):
-    """What one trial asks of the cluster: a Ray Train worker group of `workers_per_trial` DDP workers."""
+    """What one trial asks of the cluster: a Ray Train worker group of `workers_per_trial` DDP workers; on TPUs
+    (`use_tpu`) one worker per chip of a `tpu_topology` slice of `accelerator_type` (e.g. TPU-V6E, 2x4: 8)."""
 
     workers_per_trial: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)  # fractional CPUs let several trials share a laptop's cores
     gpus_per_worker: float | None = Field(None, ge=0.0)  # None: 1 with use_gpu, else 0
     max_concurrent_trials: int | None = Field(None, ge=1)
+    use_tpu: bool = False
+    tpu_topology: str | None = Field(None, pattern=r"^[1-9][0-9]*(x[1-9][0-9]*){1,2}$")  # chips per axis: 2x4
+    # Ray's accelerator type names (`ray.util.accelerators`: A100-40G, H100, TPU-V6E, ...); the memory plan reads
+    # the device memory of known ones (`mixer_core.memory.ACCELERATOR_MEMORY_GB`), or accelerator_memory_gb.
+    # Only TPU trials are placed by it (Ray reserves a slice of that type); GPU trials go to any GPU.
+    accelerator_type: str | None = None
+    accelerator_memory_gb: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _known_device_memory(self) -> Resources:
+        known = self.accelerator_type in ACCELERATOR_MEMORY_GB or self.accelerator_memory_gb
+        if self.accelerator_type and not known:
+            raise ValueError(
+                f"accelerator_type {shown(self.accelerator_type)} has no known memory"
+                f"{suggestion(self.accelerator_type, list(ACCELERATOR_MEMORY_GB))}; or set accelerator_memory_gb"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tpu_slice(self) -> Resources:
+        if not self.use_tpu:
+            if self.tpu_topology:
+                raise ValueError("tpu_topology is set but use_tpu is false")
+            return self
+        if self.use_gpu:
+            raise ValueError("use_tpu and use_gpu are both true; a trial runs on one kind of accelerator")
+        if not self.tpu_topology or not (self.accelerator_type or "").startswith("TPU-"):
+            raise ValueError("use_tpu needs tpu_topology (e.g. 2x4) and accelerator_type (e.g. TPU-V6E)")
+        chips = math.prod(int(side) for side in self.tpu_topology.split("x"))
+        if "workers_per_trial" in self.model_fields_set and self.workers_per_trial != chips:
+            raise ValueError(f"workers_per_trial is {self.workers_per_trial} but a {self.tpu_topology} slice runs one "
+                             f"worker per chip: {chips} (leave workers_per_trial out)")
+        self.workers_per_trial = chips
+        return self
+
+    @property
+    def device_memory_gb(self) -> float | None:
+        """Memory of one accelerator: `accelerator_memory_gb`, else the known figure of `accelerator_type`."""
+        return self.accelerator_memory_gb or ACCELERATOR_MEMORY_GB.get(self.accelerator_type or "")
 
     @model_validator(mode="after")
     def _gpus_follow_use_gpu(self) -> Resources:
@@ -180,6 +222,10 @@ class SweepSpec(StrictModel):
     def _defaults_from_other_fields(self) -> SweepSpec:
         if self.experiment is None:
             self.experiment = self.name
+        if self.resources.use_tpu and self.base.train.device == "auto":
+            self.base.train.device = "tpu"  # `auto` never means TPU (mixer_core.device); a TPU sweep does
+        elif self.resources.use_tpu and self.base.train.device != "tpu":
+            raise ValueError(f"base.train.device is {self.base.train.device} but resources.use_tpu is true")
         modes = {objective.metric: objective.mode for objective in self.objective}
         self.checkpoint.score_attribute = self.checkpoint.score_attribute or self.objective[0].metric
         self.checkpoint.score_order = self.checkpoint.score_order or modes.get(self.checkpoint.score_attribute)

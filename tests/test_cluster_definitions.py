@@ -110,14 +110,41 @@ def test_launcher_yaml_installs_the_project_it_syncs_and_runs_mlflow_on_the_head
     assert artifacts_uri.split("://")[0] == ("s3" if config["provider"]["type"] == "aws" else "gs")
 
 
-def test_tpu_pod_yaml_asks_for_a_multi_host_slice_ray_recognises():
+def test_tpu_pod_yaml_asks_for_a_slice_ray_recognises_and_installs_torch_tpu_on_its_hosts_only():
     config = yaml.safe_load((CLUSTER / "launcher" / "gcp-tpu-pod.yaml").read_text())
     tpu_types = [node for node in config["available_node_types"].values() if "acceleratorType" in node["node_config"]]
     assert len(tpu_types) == 1
     accelerator = tpu_types[0]["node_config"]["acceleratorType"]
     assert TPUAcceleratorManager.is_valid_tpu_accelerator_type(accelerator)
-    # v4 counts cores: 2 per chip, 4 chips per host, so v4-16 is two hosts.
-    assert int(accelerator.split("-")[1]) // 2 > 4
+    # torch_tpu and libtpu (the `tpu` extra) on the TPU hosts, never on the head, where `import torch` would abort.
+    assert any("[tpu]" in command for command in config["worker_setup_commands"])
+    assert not any("tpu" in command for key in ("setup_commands", "head_setup_commands") for command in config[key])
+
+
+def test_tpu_extra_pins_torch_tpu_and_libtpu_that_pair_with_our_torch():
+    """torch-tpu 0.2.0 requires torch >= 2.11, <= 2.15 and libtpu >= 0.0.50 (its wheel's metadata)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"]
+    tpu = {requirement.name: requirement.specifier for requirement in map(Requirement, project["optional-dependencies"]["tpu"])}
+    assert set(tpu) == {"torch-tpu", "libtpu"}
+    torch_pin = next(Requirement(r) for r in project["dependencies"] if r.startswith("torch>"))
+    assert "2.14.1" in torch_pin.specifier and "0.2.0" in tpu["torch-tpu"]
+    assert all(Version(spec.version) >= Version("0.0.50") for spec in tpu["libtpu"])
+
+
+def test_kuberay_tpu_example_has_what_kuberay_requires_and_asks_gke_for_a_v6e_slice():
+    (cluster,) = load_documents(CLUSTER / "kuberay" / "raycluster-tpu.yaml")
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    check_ray_cluster_spec(cluster["spec"], "raycluster-tpu.yaml")
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    selector = group["template"]["spec"]["nodeSelector"]
+    assert TPUAcceleratorManager.is_valid_tpu_accelerator_topology("v6e", selector["cloud.google.com/gke-tpu-topology"])
+    (worker,) = group["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["google.com/tpu"] == "8"
 
 
 # ------------------------------------------------------------------------------------------ KubeRay manifests

@@ -11,9 +11,11 @@ from mixer_core.config import DataConfig
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False
+    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader whose order depends only on (seed, epoch): call `loader.sampler.set_epoch(epoch)` each epoch.
+    With `pin_memory` its batches are page-locked, so copies to a GPU with `non_blocking=True` overlap compute.
 
     The sampler is always a DistributedSampler (one replica when torch.distributed is not initialised), so
     single-process and DDP runs shuffle the same way and a resumed run replays the same order.
@@ -34,6 +36,7 @@ def make_loader(
         num_workers=num_workers,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),  # worker seeds, hence augmentation, follow `seed`
     )
 

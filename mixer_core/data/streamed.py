@@ -63,9 +63,11 @@ class StreamedTraining:
         """Full global batches per epoch (the stream drops the ragged end); `mixer_core.train` checks it is not 0."""
         return self.splits.train_size // self.global_batch_size
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Model inputs (float32 (n, C, S, S) in [-1, 1], permuted) and labels of the rank's batches."""
+    def epoch(self, epoch: int, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Model inputs (float32 (n, C, S, S) in [-1, 1], permuted) and labels of the rank's batches; page-locked
+        with `pin_memory`, so the copy to a GPU (`non_blocking=True`) overlaps the previous step's compute."""
         permutation, size = self.splits.val.permutation, self.splits.image_shape[-1]
         for batch in itertools.islice(self.epoch_batches(epoch), self.steps_per_epoch):
-            images = as_uint8_images(batch["image"], channels_last=True)
-            yield to_model_input(images, size, permutation), torch.as_tensor(batch["label"], dtype=torch.int64)
+            images = to_model_input(as_uint8_images(batch["image"], channels_last=True), size, permutation)
+            labels = torch.as_tensor(batch["label"], dtype=torch.int64)
+            yield (images.pin_memory(), labels.pin_memory()) if pin_memory else (images, labels)

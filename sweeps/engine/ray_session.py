@@ -16,7 +16,12 @@ import ray
 # kept, that is every evaluation of a short trial, which is intended here. Tune's default result loggers include
 # TensorBoard's, whose import makes the driver import torch (1.8 s before the first trial starts, on 2 cores);
 # runs are in MLflow, so the sweep asks for Tune's CSV and JSON result files only (`sweeps.engine.run`).
+# torch_tpu registers itself to load with `import torch`; on a host without libtpu that aborts the process, and on
+# a TPU host it would claim the chips for whichever process imported torch first (a Tune trial's process, a
+# decoding task). Only training processes load it: Ray Train's tpu_dist backend and `mixer_core.device` do.
+WORKER_ENV = {"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}
 RAY_ENV_DEFAULTS = {
+    **WORKER_ENV,
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -41,8 +46,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     # Ray Train's workers and controllers log every checkpoint and report; `SweepCallback` prints the progress
     # a person reads, and failures with their traceback file, so their logs stay in Ray's log folder.
-    if address:
-        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    if address:  # a cluster's processes inherit the environment of its nodes, not this one's
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False,
+                 runtime_env={"env_vars": WORKER_ENV})
     else:
         # Ray Train watches for nodes being drained (spot preemption) with one more actor per trial; a Ray started
         # here has no node to lose, so trials skip it.

@@ -24,9 +24,10 @@ from ray.actor import ActorHandle
 
 from mixer_core.config import RunConfig
 from mixer_core.config_io import resolve_paths
+from sweeps.engine import tpu
 from sweeps.engine.ray_session import set_ray_env_defaults
 from sweeps.engine.worker import run_worker, train_worker
-from sweeps.spec import SweepSpec, build_run_config
+from sweeps.spec import Resources, SweepSpec, build_run_config
 
 # A trial of several workers only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an
 # empty resource request, and any CPU held here would be missing for the workers, so it asks for one byte.
@@ -46,8 +47,9 @@ class SweepContext:
 
 
 def runs_in_trial_process(spec: SweepSpec) -> bool:
-    """Whether the spec's trials train in Tune's own trial process (one worker) rather than through Ray Train."""
-    return spec.resources.workers_per_trial == 1
+    """Whether the spec's trials train in Tune's own trial process (one worker) rather than through Ray Train
+    (several workers, or a TPU slice: Ray Train reserves the slice and sets up torch_tpu's process group)."""
+    return spec.resources.workers_per_trial == 1 and not spec.resources.use_tpu
 
 
 def trial_resources(spec: SweepSpec) -> dict[str, float]:
@@ -56,6 +58,17 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
         return TRAIN_DRIVER_RESOURCES
     resources = spec.resources
     return {"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker if resources.use_gpu else 0}
+
+
+def scaling_config(resources: Resources) -> ray.train.ScalingConfig:
+    """The Ray Train worker group of a trial: DDP workers with their CPUs and GPUs, or a TPU slice."""
+    if resources.use_tpu:
+        return tpu.scaling_config(resources)
+    return ray.train.ScalingConfig(
+        num_workers=resources.workers_per_trial,
+        use_gpu=resources.use_gpu,
+        resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker},
+    )
 
 
 def _report_to_tune(metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
@@ -95,16 +108,12 @@ def _fit_with_ray_train(loop_config: dict[str, Any], context: SweepContext, tria
         datasets = {"train": training_dataset(run_config.data, run_config.train.seed, reseed_each_epoch=True)}
 
     set_ray_env_defaults()
-    spec, resources = context.spec, context.spec.resources
+    spec = context.spec
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
         datasets=datasets,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=resources.workers_per_trial,
-            use_gpu=resources.use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker, "GPU": resources.gpus_per_worker},
-        ),
+        scaling_config=scaling_config(spec.resources),  # on TPUs, TorchTrainer picks Ray's tpu_dist backend
         run_config=ray.train.RunConfig(
             name=trial_id,  # the same name on retry and restore, so Ray Train resumes from the trial's checkpoint
             storage_path=context.train_storage_path,
