@@ -165,7 +165,9 @@ class SweepSpec(_Strict):
     num_samples: int = Field(1, ge=1)  # grid/random: repeats of the grid; Optuna: trials
     seed: int = 0  # seeds the searcher
     resources: Resources = Resources()
-    max_failures: int = Field(0, ge=-1)  # retries of a failed trial; -1 retries forever
+    # Retries of a trial after an infrastructure failure (`sweeps.engine.failures`); -1 retries forever. Deterministic
+    # errors are never retried.
+    max_failures: int = Field(3, ge=-1)
     storage_path: str = "ray_results"  # local directory (relative to the cwd) or s3:// / gs:// URL
     # The Optuna study's database, any SQLAlchemy URL (`postgresql://...`); default: `sweeps.engine.optuna_storage_url`
     optuna_storage: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9+]*://")
