@@ -75,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
 def validate_command(args: argparse.Namespace) -> int:
     """Print the expanded plan: trials, axes, parameters and GMACs per variant, total training FLOPs."""
+    from sweeps.inputs import check_inputs
     from sweeps.plan import format_plan, plan_sweep
 
-    plan = plan_sweep(load_spec(args.spec, args.overrides))
+    spec = load_spec(args.spec, args.overrides)
+    plan = plan_sweep(spec)
+    check_inputs(spec)
     if args.json:
         emit_json(plan)
     else:
@@ -87,10 +90,12 @@ def validate_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the sweep on Ray; print a results table and where to look in MLflow."""
+    from sweeps.inputs import check_inputs
     from sweeps.plan import format_plan, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
+    check_inputs(spec)
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         _check_local_resources(spec)  # before starting anything
     print(format_plan(plan), file=sys.stderr)

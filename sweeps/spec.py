@@ -365,6 +365,7 @@ def _semantic_problems(spec: SweepSpec) -> list[tuple[str, str]]:
             problems += _distribution_problems(base, key, distribution)
     problems += _searcher_problems(spec)
     problems += _metric_problems(spec)
+    problems += _batch_split_problems(spec)
     if "://" in spec.storage_path:
         scheme = spec.storage_path.split("://", 1)[0]
         if scheme not in STORAGE_SCHEMES:
@@ -477,6 +478,39 @@ def _metric_problems(spec: SweepSpec) -> list[tuple[str, str]]:
     if spec.checkpoint.score_order is None:
         problems.append(("checkpoint.score_order", f"give max or min: {attribute!r} is not an objective"))
     return problems
+
+
+def _batch_split_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    """Every `data.batch_size` a trial can get (base, grid, linked values, search choices and bounds) must split
+    evenly between the trial's DDP workers (`mixer_core.train` gives each `batch_size / workers_per_trial`)."""
+    workers = spec.resources.workers_per_trial
+    return [
+        (where, f"{value} does not split evenly between resources.workers_per_trial={workers} workers")
+        for where, value in setting_values(spec, "data.batch_size")
+        if isinstance(value, int) and value % workers
+    ]
+
+
+def setting_values(spec: SweepSpec, key: str) -> list[tuple[str, Any]]:
+    """(spec key path, value) for every value a trial's config key `key` can take: the base's (unless a grid axis
+    or search dimension replaces it), each grid and linked value, each search choice or bound."""
+    varied = key in spec.grid or key in spec.search  # then the base's value is never trained with
+    places = [] if varied else [(f"base.{key}", _value_at(spec.base, key))]
+    for axis, values in spec.grid.items():
+        if axis == key:
+            places += [(f"grid.{axis}[{i}]", value) for i, value in enumerate(values)]
+        elif is_linked(axis):
+            places += [(f"grid.{axis}[{i}].{key}", value[key]) for i, value in enumerate(values) if key in value]
+    if key in spec.search:
+        places += [(f"search.{key}", value) for value in spec.search[key].endpoint_values()]
+    return places
+
+
+def _value_at(config: RunConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _is_int_setting(key: str) -> bool:
