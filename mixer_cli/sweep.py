@@ -1,6 +1,7 @@
 """`mixer sweep validate|run|resume|ls|bench`: plan, run and inspect sweeps.
 
-Spec errors, and a sweep name no sweep has (`resume`), exit with status 2 before Ray starts or MLflow is touched. Progress goes to stderr; results to
+Spec errors, a sweep name no sweep has (`resume`) and an MLflow store that does not answer exit with status 2
+before Ray starts. Progress goes to stderr; results to
 stdout (a table, or one JSON document with `--json`).
 """
 
@@ -20,6 +21,7 @@ from mixer_cli.output import EXIT_INTERRUPTED, add_json_flag, emit_json, refuse
 from mixer_core import metrics
 from sweeps.spec import SpecError, load_spec
 from sweeps.tables import format_table
+from sweeps.tracking.reach import StoreUnreachable, require_reachable, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,11 +68,18 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch to the sweep subcommand; a bad spec is exit status 2."""
+    """Dispatch to the sweep subcommand; a bad spec, or an MLflow store that does not answer, is exit status 2."""
     try:
         return args.run_sweep_command(args)
-    except SpecError as error:
+    except (SpecError, StoreUnreachable) as error:
         return refuse(f"sweep {args.sweep_command}", error)
+
+
+def _reachable_store() -> str:
+    """The MLflow tracking URI, once its store answers (`StoreUnreachable` within seconds otherwise)."""
+    uri = tracking_uri()
+    require_reachable(uri)
+    return uri
 
 
 def validate_command(args: argparse.Namespace) -> int:
@@ -94,6 +103,7 @@ def run_command(args: argparse.Namespace) -> int:
     from sweeps.plan import format_plan, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
+    _reachable_store()  # in seconds, before the plan imports torch and Ray starts
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
     check_inputs(spec)
     if not (args.address or os.environ.get("RAY_ADDRESS")):
@@ -115,6 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> int:
     """Restore the sweep's Tuner and finish its unfinished trials."""
+    _reachable_store()  # before the engine (Ray Tune, MLflow) is imported
     from sweeps.engine.ray_session import init_ray
     from sweeps.engine.run import find_resumable, resume_sweep
 
@@ -178,9 +189,9 @@ def _exit_status(result) -> int:
 
 def ls_command(args: argparse.Namespace) -> int:
     """List the sweeps recorded in the MLflow store."""
-    from sweeps.tracking import queries, store
+    from sweeps.tracking import queries
 
-    sweeps = queries.list_sweeps(store.tracking_uri())
+    sweeps = queries.list_sweeps(_reachable_store())
     if args.json:
         emit_json(sweeps)
         return 0

@@ -9,16 +9,16 @@ trial or the sweep, and warns instead.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from sweeps.tracking.reach import tracking_uri  # noqa: F401  (its home is light: commands ask before importing MLflow)
 
 # How long one call keeps trying before it gives up: a server restart or a long SQLite write lock, not an outage
 # that needs a person.
@@ -75,11 +75,6 @@ def best_effort(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) 
         call(*args, **kwargs)
     except Exception as error:
         print(f"MLflow: {what} not recorded: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-
-
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else an absolute `sqlite:///<cwd>/mlflow.db` (MLflow 3 refuses ./mlruns)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def experiment_url(ui_url: str, experiment_id: str) -> str:
