@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     resume = subparsers.add_parser("resume", help="finish a sweep whose driver died; finished trials are kept")
     resume.add_argument("name", help="the sweep's id, or its name (the spec's `name`; its latest run)")
     resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start Ray locally)")
+    resume.add_argument("--force", action="store_true",
+                        help="take over from a driver you know is gone though its heartbeat is still fresh")
     add_json_flag(resume)
     resume.set_defaults(run_sweep_command=resume_command)
 
@@ -128,14 +130,18 @@ def resume_command(args: argparse.Namespace) -> int:
     _reachable_store()  # before the engine (Ray Tune, MLflow) is imported
     from sweeps.engine.ray_session import init_ray
     from sweeps.engine.run import find_resumable, resume_sweep
+    from sweeps.engine.sweep_runs import SweepConflict
 
     try:
         context, directory = find_resumable(args.name)
     except LookupError as error:  # no such sweep, or no Tune state kept for it
         return refuse("sweep resume", error)
     init_ray(args.address)
-    with _interruptible(args.name), contextlib.redirect_stdout(sys.stderr):
-        result = resume_sweep(context, directory)
+    try:
+        with _interruptible(args.name), contextlib.redirect_stdout(sys.stderr):
+            result = resume_sweep(context, directory, force=args.force)
+    except SweepConflict as conflict:  # its driver is alive
+        return refuse("sweep resume", conflict)
     _print_result(result, args.json)
     return _exit_status(result)
 
