@@ -90,8 +90,8 @@ def validate_command(args: argparse.Namespace) -> int:
     from sweeps.plan import format_plan, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
+    check_inputs(spec)  # before the plan builds the models
     plan = plan_sweep(spec)
-    check_inputs(spec)
     if args.json:
         emit_json(plan)
     else:
@@ -106,8 +106,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     _reachable_store()  # in seconds, before the plan imports torch and Ray starts
-    plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
     check_inputs(spec)
+    plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         _check_local_resources(spec)  # before starting anything
     print(format_plan(plan), file=sys.stderr)
