@@ -264,6 +264,9 @@ def _check_cluster_resources(spec) -> None:
 
 def _print_result(result, as_json: bool) -> None:
     document = _result_document(result)
+    if result.not_recorded:
+        print(f"MLflow did not answer at the end of the sweep; not written: {result.not_recorded}. The results are"
+              f" Tune's, kept in {result.experiment_dir}", file=sys.stderr)
     if as_json:
         emit_json(document)
         return
@@ -300,6 +303,7 @@ def _result_document(result) -> dict[str, Any]:
         "objective": result.objective,
         "best_trial_id": result.best_trial_id,
         "best_checkpoint": result.best_checkpoint,
+        "not_recorded": result.not_recorded,
         "trials": [
             {"trial_id": t.trial_id, "status": t.status, "params": t.params, "metrics": t.metrics}
             for t in result.trials

@@ -1,0 +1,82 @@
+"""Failures with a real local Ray and a real MLflow store: a deterministic error ends its trial at once whatever
+`max_failures` says (FAILED in MLflow with the reason, FAIL in Optuna), and a sweep has one driver at a time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from ray.tune import ExperimentAnalysis
+from test_engine_faults import EPOCHS, WAIT_SECONDS, trial_runs_of, wait_for
+
+from mixer_cli import main
+from sweeps.tracking import queries
+
+MIXER = str(Path(sys.executable).with_name("mixer"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_value_error_ends_its_trial_at_once_though_retries_are_unlimited(ray_address, mlflow_store, tiny_spec,
+                                                                           tmp_path, capsys, workers):
+    # Weights that are no Mixer's: `mixer_core.build` raises ValueError on every attempt, on every rank. With
+    # max_failures -1 a retried trial would fail again forever, and the sweep would run past the timeout.
+    not_mixer = tmp_path / "not_mixer.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, not_mixer)
+    spec = tiny_spec(
+        f"valueerror{workers}",
+        max_failures=-1,
+        searcher="optuna-tpe",
+        search={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        base={"train": {"init_from": str(not_mixer)}},
+        resources={"workers_per_trial": workers, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+    )
+    status = main(["sweep", "run", str(spec), "--address", ray_address, "--json"])
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+
+    reason = f"ValueError: {not_mixer}: not a Mixer state dict"
+    assert status == 1
+    assert [trial["status"] for trial in result["trials"]] == ["ERROR"]
+    assert f"{reason} (no blocks.0.mlp_tokens.fc1.weight) (not retried)" in err
+    [trial] = ExperimentAnalysis(result["experiment_dir"]).trials
+    assert trial.num_failures == 0  # Tune never saw it fail: one attempt
+    [run] = trial_runs_of(mlflow_store, f"valueerror{workers}")
+    assert run.info.status == "FAILED" and run.data.tags["mixer.error"].startswith(reason)
+    [study] = optuna.get_all_study_summaries(result["optuna_storage"])
+    [optuna_trial] = optuna.load_study(study_name=study.study_name, storage=result["optuna_storage"]).trials
+    assert optuna_trial.state == optuna.trial.TrialState.FAIL
+    assert MlflowClient(mlflow_store).get_run(result["parent_run_id"]).info.status == "FAILED"
+
+
+def test_one_sweep_has_one_driver(ray_address, mlflow_store, tiny_spec, tmp_path, capsys):
+    spec = tiny_spec("solo", grid={"train.lr": [0.001, 0.003]},
+                     base={"train": {"epochs": EPOCHS}, "data": {"fraction": 1.0}})
+    # Two drivers of one name at once: one runs it, the other is refused.
+    drivers = [subprocess.Popen([MIXER, "sweep", "run", str(spec), "--address", ray_address, "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        wait_for(lambda: any(driver.poll() is not None for driver in drivers), "one driver to be refused")
+        state_files = (tmp_path / "ray_results").glob
+        wait_for(lambda: list(state_files("solo-*/experiment_state*.json")), "the running sweep's Tune state")
+        # While the other runs, `resume` is refused too, naming its driver.
+        assert main(["sweep", "resume", "solo", "--address", ray_address]) == 2
+        assert "mixer sweep resume: sweep solo has a live driver (sweep id" in capsys.readouterr().err
+        outputs = [driver.communicate(timeout=WAIT_SECONDS) for driver in drivers]
+    finally:
+        for driver in drivers:
+            driver.kill()
+    codes = [driver.returncode for driver in drivers]
+    assert sorted(codes) == [0, 2], outputs
+    refused_err = outputs[codes.index(2)][1]
+    assert refused_err.strip().splitlines()[-1].startswith("mixer sweep run: sweep solo has a live driver (sweep id")
+    ran = json.loads(outputs[codes.index(0)][0])
+    assert [trial["status"] for trial in ran["trials"]] == ["TERMINATED"] * 2
+    parent = queries.find_sweep_run(mlflow_store, "solo")
+    assert parent.info.run_id == ran["parent_run_id"] and parent.info.status == "FINISHED"
+    assert len(MlflowClient(mlflow_store).search_runs([parent.info.experiment_id], "tags.`mixer.role` = 'sweep'")) == 1
