@@ -21,7 +21,7 @@ from mixer_cli.output import EXIT_INTERRUPTED, add_json_flag, emit_json, refuse
 from mixer_core import metrics
 from sweeps.spec import SpecError, load_spec
 from sweeps.tables import format_table
-from sweeps.tracking.reach import StoreUnreachable, require_reachable, tracking_uri
+from sweeps.tracking.reach import StoreUnreachable, create_sqlite_tables, require_reachable, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +81,7 @@ def _reachable_store() -> str:
     """The MLflow tracking URI, once its store answers (`StoreUnreachable` within seconds otherwise)."""
     uri = tracking_uri()
     require_reachable(uri)
+    create_sqlite_tables(uri)
     return uri
 
 

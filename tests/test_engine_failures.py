@@ -12,11 +12,15 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from ray.tune import ExperimentAnalysis
+from ray.tune import ExperimentAnalysis, ResultGrid
 from test_engine_faults import EPOCHS, WAIT_SECONDS, trial_runs_of, wait_for
 
 from mixer_cli import main
-from sweeps.tracking import queries
+from sweeps.engine.progress import SweepCallback
+from sweeps.engine.summary import finish_sweep
+from sweeps.engine.trial import SweepContext
+from sweeps.spec import load_spec
+from sweeps.tracking import queries, store
 
 MIXER = str(Path(sys.executable).with_name("mixer"))
 
@@ -80,3 +84,24 @@ def test_one_sweep_has_one_driver(ray_address, mlflow_store, tiny_spec, tmp_path
     parent = queries.find_sweep_run(mlflow_store, "solo")
     assert parent.info.run_id == ran["parent_run_id"] and parent.info.status == "FINISHED"
     assert len(MlflowClient(mlflow_store).search_runs([parent.info.experiment_id], "tags.`mixer.role` = 'sweep'")) == 1
+
+
+def test_a_store_away_at_the_end_of_a_sweep_still_gives_its_results(ray_address, mlflow_store, tiny_spec, capsys,
+                                                                     monkeypatch):
+    spec_path = tiny_spec("outage", base={"train": {"epochs": 1}})
+    assert main(["sweep", "run", str(spec_path), "--address", ray_address, "--json"]) == 0
+    ran = json.loads(capsys.readouterr().out)
+    # The same end of the sweep, with its store gone for good: the retries give up (after 1 s here), and the
+    # summary still holds every trial, from Tune, with what MLflow did not take.
+    monkeypatch.setattr(store, "RETRY_SECONDS", 1.0)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    gone = "http://127.0.0.1:9"
+    context = SweepContext(load_spec(spec_path), gone, "0", ran["parent_run_id"], f"{ran['experiment_dir']}/train")
+    results = ResultGrid(ExperimentAnalysis(ran["experiment_dir"]))
+    summary = finish_sweep(context, results, SweepCallback(context, total_trials=1), ran["experiment_dir"])
+
+    assert [(trial.trial_id, trial.status) for trial in summary.trials] == [
+        (trial["trial_id"], "TERMINATED") for trial in ran["trials"]]
+    assert summary.best_trial_id == ran["best_trial_id"]
+    assert summary.not_recorded.startswith(f"the sweep's outcome (best trial, trial counts, best weights, final"
+                                           f" status of run {ran['parent_run_id']}): ")

@@ -9,6 +9,7 @@ accept a connection on its port, and a SQLite store's folder must exist. It impo
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import threading
@@ -40,6 +41,20 @@ def require_reachable(uri: str, seconds: float = REACH_SECONDS) -> None:
             f"MLflow store {shown_uri(uri)} cannot be reached ({problem}); start it, or point MLFLOW_TRACKING_URI"
             " (--tracking-uri) at one that runs"
         )
+
+
+def create_sqlite_tables(uri: str) -> None:
+    """Create a new SQLite store's tables, one process at a time. MLflow creates them on a store's first open, and
+    two processes that do so at once (two `mixer sweep run` in a fresh folder) fail on `ALTER TABLE`."""
+    if not uri.startswith("sqlite:"):
+        return
+    database = Path(uri.split(":///", 1)[-1])
+    with open(database.with_name(f"{database.name}.init-lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not database.exists():
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).search_experiments(max_results=1)
 
 
 def shown_uri(uri: str) -> str:

@@ -39,11 +39,11 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 def call_with_retries(
-    call: Callable[..., Returned], *args: Any, seconds: float = RETRY_SECONDS, **kwargs: Any
+    call: Callable[..., Returned], *args: Any, seconds: float | None = None, **kwargs: Any
 ) -> Returned:
-    """`call(*args, **kwargs)`, retried with exponential backoff for up to `seconds` while the store is
-    unavailable; any other error, or the last one, is raised."""
-    deadline = time.monotonic() + seconds
+    """`call(*args, **kwargs)`, retried with exponential backoff for up to `seconds` (default `RETRY_SECONDS`)
+    while the store is unavailable; any other error, or the last one, is raised."""
+    deadline = time.monotonic() + (RETRY_SECONDS if seconds is None else seconds)
     wait = _FIRST_WAIT_SECONDS
     while True:
         try:
