@@ -1,7 +1,7 @@
 """`mixer sweep validate|run|resume|ls|bench`: plan, run and inspect sweeps.
 
 Spec errors, a sweep name no sweep has (`resume`) and an MLflow store that does not answer exit with status 2
-before Ray starts. Progress goes to stderr; results to
+before Ray starts; so does a sweep whose driver is alive (`run`, `resume`). Progress goes to stderr; results to
 stdout (a table, or one JSON document with `--json`).
 """
 
