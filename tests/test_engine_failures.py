@@ -27,7 +27,7 @@ MIXER = str(Path(sys.executable).with_name("mixer"))
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_value_error_ends_its_trial_at_once_though_retries_are_unlimited(ray_address, mlflow_store, tiny_spec,
-                                                                           tmp_path, capsys, workers):
+                                                                           tmp_path, workers):
     # Weights that are no Mixer's: `mixer_core.build` raises ValueError on every attempt, on every rank. With
     # max_failures -1 a retried trial would fail again forever, and the sweep would run past the timeout.
     not_mixer = tmp_path / "not_mixer.pt"
@@ -40,12 +40,13 @@ def test_a_value_error_ends_its_trial_at_once_though_retries_are_unlimited(ray_a
         base={"train": {"init_from": str(not_mixer)}},
         resources={"workers_per_trial": workers, "cpus_per_worker": 1, "max_concurrent_trials": 1},
     )
-    status = main(["sweep", "run", str(spec), "--address", ray_address, "--json"])
-    out, err = capsys.readouterr()
-    result = json.loads(out)
+    driver = subprocess.run([MIXER, "sweep", "run", str(spec), "--address", ray_address, "--json"],
+                            capture_output=True, text=True, timeout=WAIT_SECONDS)
+    err = driver.stderr
+    result = json.loads(driver.stdout)
 
     reason = f"ValueError: {not_mixer}: not a Mixer state dict"
-    assert status == 1
+    assert driver.returncode == 1, err
     assert [trial["status"] for trial in result["trials"]] == ["ERROR"]
     assert f"{reason} (no blocks.0.mlp_tokens.fc1.weight) (not retried)" in err
     [trial] = ExperimentAnalysis(result["experiment_dir"]).trials
