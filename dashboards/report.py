@@ -13,7 +13,6 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from dashboards.analysis import ReportFigure, SweepAnalysis, metric_label
@@ -23,6 +22,7 @@ from dashboards.scaling import ScalingFit
 from mixer_core.metrics import IMAGES_PER_SEC, TRAIN_FLOPS, TRAIN_SIZE, WALL_SECONDS
 from sweeps.tables import format_value
 from sweeps.tracking.schema import TAG_GIT_COMMIT, TAG_SPEC_HASH
+from sweeps.tracking.store import RetryingMlflowClient
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.json"
@@ -273,7 +273,7 @@ def write_report(sweep: SweepRuns, analysis: SweepAnalysis, out_dir: Path, mlflo
 
 def log_report(sweep: SweepRuns, out_dir: Path) -> str:
     """Log the report folder as artifacts of the sweep's parent run; return the artifacts' URI."""
-    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    client = RetryingMlflowClient(sweep.tracking_uri)
     client.log_artifacts(sweep.parent_run_id, str(out_dir), artifact_path=ARTIFACT_PATH)
     return f"{client.get_run(sweep.parent_run_id).info.artifact_uri}/{ARTIFACT_PATH}"
 
@@ -300,7 +300,7 @@ def log_fit_metrics(sweep: SweepRuns, analysis: SweepAnalysis) -> int:
     """Log `fit_metrics` on the sweep's parent run, so MLflow's compare view lines sweeps up; returns how many."""
     now = int(time.time() * 1000)
     metrics = [Metric(name, float(value), now, 0) for name, value in fit_metrics(analysis).items()]
-    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    client = RetryingMlflowClient(sweep.tracking_uri)
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(sweep.parent_run_id, metrics=metrics[start:start + 1000])
     return len(metrics)

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from mixer_cli.output import add_json_flag, emit_json, refuse
-from mixer_core.config import DATASET_NAMES, ConfigError, DataConfig, apply_override, load_config, parse_as, suggestion
+from mixer_core.config import DATASET_NAMES, DataConfig
+from mixer_core.config_io import ConfigError, apply_override, load_config, parse_as
+from mixer_core.config_messages import suggestion
 from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
 from mixer_core.data.parquet import class_names, count_selected, decoded_size, find_shards, row_count

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mixer_cli.output import add_json_flag, emit_json, refuse
 from mixer_core import metrics
-from mixer_core.config import ConfigError, load_config
+from mixer_core.config_io import ConfigError, load_config
 from mixer_core.data import DataError
 from mixer_core.train import TrainingError, train
 from sweeps.tables import format_table

@@ -1,26 +1,21 @@
-"""The run config: one typed object shared by `mixer train` and every sweep trial.
+"""The run config schema: one typed object shared by `mixer train` and every sweep trial.
 
 A config is data: a YAML mapping with the sections `model`, `data`, `train` and `eval`. Unknown keys and
 wrong types are errors that name the key path, so a typo never silently falls back to a default.
 
-Every rule about a run config lives here, as a validator of these models, so `mixer train`, `mixer data`,
-`mixer sweep validate`, the sweep plan and every trial refuse the same configs with the same messages. This
-module also holds the one `--set KEY=VALUE` parser and the one formatter of validation errors (with a close
-match for typos), which the sweep spec uses too.
+Every rule about a run config lives here, as a validator of these models, and so does every setting derived
+from others (filled in by a validator), so `mixer train`, `mixer data`, `mixer sweep validate`, the sweep plan
+and every trial see the same config and refuse the same configs with the same messages. Reading configs and
+`--set` overrides is `mixer_core.config_io`; formatting validation errors is `mixer_core.config_messages`.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-import types
-import typing
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from mixer_core.config_messages import suggestion
 from mixer_core.variants import VARIANTS
 
 DATASET_NAMES = (
@@ -38,7 +33,6 @@ DATASET_NAMES = (
 PERMUTATIONS = ("none", "patches", "pixels_within_patches", "patches_and_pixels_within_patches", "pixels")
 RANDAUGMENT_MAX_MAGNITUDE = 20  # the paper's Appendix B searches RandAugment magnitudes up to 20
 SOURCES_WITHOUT_PATH = ("digits", "synthetic")  # every other source reads its files from data.path
-ModelT = typing.TypeVar("ModelT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -105,10 +99,13 @@ class DataConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     permutation: Literal[PERMUTATIONS] = "none"  # type: ignore[valid-type]
     permutation_seed: int = 0
-    permutation_patch_size: int | None = Field(None, gt=0)  # the model's patch size; needed by patch permutations
+    permutation_patch_size: int | None = Field(None, gt=0)  # the patch size patch permutations cut (see below)
     synthetic_examples: int = Field(6000, gt=0)
     synthetic_classes: int = Field(10, gt=1)
     synthetic_difficulty: float = Field(0.5, ge=0.0, le=1.0)
+    # The Mixer's patch size, filled in by `RunConfig` (not a field: a dump of the config, hashed by the sweep
+    # spec and re-validated with another model.variant by a trial, must not carry one variant's patch size).
+    _model_patch_size: int | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _path_for_sources_that_read_files(self) -> DataConfig:
@@ -132,6 +129,12 @@ class DataConfig(_Section):
     def streams(self) -> bool:
         """Whether training data streams through Ray Data (Parquet, unless `stream: false`)."""
         return self.name == "parquet" and self.stream is not False
+
+    @property
+    def permuted_patch_size(self) -> int | None:
+        """The patch size patch permutations cut: `permutation_patch_size`, else the Mixer's own (section 3.4
+        shuffles the model's patches), which `RunConfig` fills in; None for a timm baseline that names none."""
+        return self.permutation_patch_size or self._model_patch_size
 
 
 class TrainConfig(_Section):
@@ -223,6 +226,15 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
+    def _model_patch_size_for_the_data(self) -> RunConfig:
+        patch_size = None if self.model.timm_model else VARIANTS[self.model.variant].patch_size
+        if self.data._model_patch_size != patch_size:
+            data = self.data.model_copy()  # the caller's DataConfig stays as it was
+            data._model_patch_size = patch_size
+            self.data = data  # validated on assignment: this validator runs again and finds the size set
+        return self
+
+    @model_validator(mode="after")
     def _patches_tile_the_image(self) -> RunConfig:
         problem = self.data.image_size and image_shape_problem(self.model, self.data.image_size, self.data.image_size)
         if problem:
@@ -248,241 +260,3 @@ def image_shape_problem(model: ModelConfig, height: int, width: int) -> str | No
         f"model.variant {model.variant} needs an image size divisible by its patch size {patch_size}, got "
         f"{height}x{width} (set data.image_size to a multiple of {patch_size})"
     )
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the source and the key path."""
-
-
-# ---------------------------------------------------------------------------------------------- reading
-
-
-def read_mapping(path: str | Path, kind: str) -> dict[str, Any]:
-    """The YAML mapping in `path`; `ConfigError` naming the file when it is missing, not YAML or not a mapping.
-
-    `kind` names what the file should be in the message (`config`, `sweep spec`).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such {kind} file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if data is None:  # an empty file: every default
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def parse_as(model: type[ModelT], data: Any, source: str, prefix: str = "") -> ModelT:
-    """Validate `data` into `model`; raise `ConfigError` with one line per problem (see `format_validation_error`)."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source, model, data, prefix)) from None
-
-
-def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
-    """Validate a mapping into a `RunConfig`; raise `ConfigError` naming every wrong key path."""
-    return parse_as(RunConfig, data or {}, source)
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config, or a sweep spec's `base:`, and apply `--set` overrides (see `apply_override`)."""
-    data = read_mapping(path, "config")
-    data = data.get("base", data) or {}  # a sweep spec's base config is a run config too
-    for override in overrides:
-        try:
-            apply_override(data, override)
-        except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
-    return parse_config(data, str(path))
-
-
-# ---------------------------------------------------------------------------------------------- overrides
-
-
-def parse_override(override: str) -> tuple[str, Any]:
-    """Split a `--set` value `train.lr=0.01` into (`train.lr`, 0.01), the value read as YAML."""
-    key, sep, value = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, e.g. train.lr=0.01")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {key.strip()}: the value is not valid YAML: {error}") from None
-
-
-def apply_override(data: dict[str, Any], override: str) -> str:
-    """Set one `--set` override on a run-config mapping and return its key path.
-
-    The key is a run-config path (`train.lr=0.01`, `data.path=data/mnist-t10k`); `base.train.lr`, as a sweep
-    spec spells it, is the same key. An unknown key is a `ConfigError` with a close match.
-    """
-    key, value = parse_override(override)
-    config_key = key.removeprefix("base.")
-    problem = key_path_problem(config_key)
-    if problem:
-        raise ConfigError(f"--set {key}: {problem}")
-    set_by_path(data, config_key, value)
-    return config_key
-
-
-_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # two letters at least: `C:/` is a Windows path
-
-
-def resolve_paths(config: RunConfig, base_dir: str | Path) -> RunConfig:
-    """`config` with its relative local paths (`data.path`, `train.init_from`) made absolute against `base_dir`.
-
-    URIs (`s3://...`, MLflow's `runs:/...`) and absolute paths are kept. A sweep resolves against the directory
-    the user ran it from, since trials run in processes whose working directory is Ray's, not the user's.
-    """
-
-    def absolute(path: str | None) -> str | None:
-        if path is None or _URI_SCHEME.match(path) or Path(path).is_absolute():
-            return path
-        return str((Path(base_dir) / path).resolve())
-
-    return config.model_copy(update={
-        "data": config.data.model_copy(update={"path": absolute(config.data.path)}),
-        "train": config.train.model_copy(update={"init_from": absolute(config.train.init_from)}),
-    })
-
-
-def set_by_path(data: dict[str, Any], dotted_key: str, value: Any) -> None:
-    """Set `data[a][b][c] = value` for `a.b.c`, creating intermediate mappings."""
-    *parents, leaf = dotted_key.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-        if not isinstance(data, dict):
-            raise ConfigError(f"{dotted_key}: {part} is not a mapping")
-    data[leaf] = value
-
-
-# ---------------------------------------------------------------------------------------------- key paths
-
-
-def config_fields() -> dict[str, Any]:
-    """Every settable run-config key path (`model.variant`, `data.augment.mixup`, `train.lr`, ...) and its type."""
-    return _leaf_fields(RunConfig)
-
-
-def key_path_problem(key: str) -> str | None:
-    """Why `key` is not a settable run-config key path (unknown, with a close match, or a section), or None."""
-    leaves = list(config_fields())
-    if key in leaves:
-        return None
-    inside = [path for path in leaves if path.startswith(key + ".")]
-    if inside:
-        return f"is a section, not a setting; name one of {', '.join(inside)}"
-    return f"unknown config key {key!r}{suggestion(key, leaves)}"
-
-
-def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, Any]:
-    leaves = {}
-    for name, field in model.model_fields.items():
-        section = _as_model(field.annotation)
-        if section is not None:
-            leaves.update(_leaf_fields(section, f"{prefix}{name}."))
-        else:
-            leaves[f"{prefix}{name}"] = field.annotation
-    return leaves
-
-
-def _as_model(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds, looking inside `X | None`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return next((m for m in map(_as_model, typing.get_args(annotation)) if m is not None), None)
-    return None
-
-
-def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The model at a pydantic error location under `root`, stepping through lists and dicts."""
-    annotation: Any = root
-    for part in loc:
-        model = _as_model(annotation)
-        if model is not None and part in model.model_fields:
-            annotation = model.model_fields[part].annotation
-        elif typing.get_origin(annotation) in (list, dict):
-            annotation = typing.get_args(annotation)[-1]
-        else:
-            return None
-    return _as_model(annotation)
-
-
-# ---------------------------------------------------------------------------------------------- messages
-
-
-def suggestion(word: str, candidates: list[str]) -> str:
-    """`; did you mean 'x'?` for the closest candidate, or for one ending in `.word` (a missing section); or ``.
-
-    Equally close spellings go to the one whose characters are nearest, so `Ti/5` suggests `Ti/4`, not `Ti/7`.
-    """
-    word = str(word)
-    similarity = {candidate: difflib.SequenceMatcher(None, word, candidate).ratio() for candidate in candidates}
-    best = max(similarity.values(), default=0.0)
-    matches = [candidate for candidate, ratio in similarity.items() if ratio == best and ratio >= 0.6]
-    matches.sort(key=lambda candidate: [abs(ord(a) - ord(b)) for a, b in zip(word, candidate)])
-    matches = matches or [c for c in candidates if c.endswith(f".{word}")][:1]
-    return f"; did you mean {matches[0]!r}?" if matches else ""
-
-
-def format_validation_error(
-    error: ValidationError, source: str, model: type[BaseModel], data: Any, prefix: str = ""
-) -> str:
-    """One line per problem, `source: key.path: message`, for `error` from validating `data` into `model`.
-
-    Key paths start at `prefix` and follow what the user wrote; messages add the offending value and, for an
-    unknown key or choice, the closest known one.
-    """
-    lines = []
-    for key_path, message in validation_problems(error, model, data, prefix):
-        lines.append(f"{source}: {key_path}: {message}" if key_path else f"{source}: {message}")
-    return "\n".join(lines)
-
-
-def validation_problems(
-    error: ValidationError, model: type[BaseModel], data: Any, prefix: str = ""
-) -> list[tuple[str, str]]:
-    """(key path, message) for every problem of `error` (see `format_validation_error`)."""
-    return [(_key_path(prefix, problem["loc"], data), _describe(problem, model)) for problem in error.errors()]
-
-
-def _key_path(prefix: str, loc: tuple, data: Any) -> str:
-    """`a.b[2].c` for a location; a list index the user did not write (one item given for a list) is left out."""
-    path, written = prefix, data
-    for part in loc:
-        if isinstance(part, int) and not isinstance(written, list):
-            continue
-        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{part}"
-        if isinstance(written, dict):
-            written = written.get(part)
-        elif isinstance(written, list) and isinstance(part, int) and part < len(written):
-            written = written[part]
-        else:
-            written = None
-    return path
-
-
-def _describe(problem: dict, model: type[BaseModel]) -> str:
-    """Pydantic's message, with the offending value and a close match where one helps."""
-    kind, loc, given = problem["type"], problem["loc"], problem.get("input")
-    if kind == "extra_forbidden":
-        parent = _model_at(model, loc[:-1])
-        known = list(parent.model_fields) if parent else []
-        return f"unknown key {loc[-1]!r}{suggestion(str(loc[-1]), known)}"
-    message = problem["msg"].removeprefix("Value error, ")
-    if kind == "value_error":  # our validators' messages name the value themselves
-        return message
-    if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", problem["ctx"]["expected"])
-        return f"{message}, got {given!r}{suggestion(str(given), choices)}"
-    if kind == "missing":
-        return message.lower()
-    if not isinstance(given, (dict, list)) or kind.endswith("_type"):
-        return f"{message}, got {given!r}"
-    return message

@@ -233,7 +233,7 @@ def fewshot_tasks(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits
             "image_size": dataset_cfg.image_size or size,
             "permutation": data_cfg.permutation,
             "permutation_seed": data_cfg.permutation_seed,
-            "permutation_patch_size": data_cfg.permutation_patch_size,
+            "permutation_patch_size": data_cfg.permuted_patch_size,
         })
         downstream = build_splits(downstream_cfg)
         _single_label(downstream.train, f"eval.fewshot_datasets[{index}] ({dataset_cfg.metric_label})")

@@ -22,20 +22,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mixer_core import metrics
-from mixer_core.config import (
+from mixer_core.config import RunConfig
+from mixer_core.config_io import (
     ConfigError,
-    RunConfig,
     apply_override,
     config_fields,
-    format_validation_error,
     key_path_problem,
     parse_config,
     parse_override,
     read_mapping,
     set_by_path,
-    suggestion,
-    validation_problems,
 )
+from mixer_core.config_messages import format_validation_error, suggestion, validation_problems
 
 SEARCHERS = ("grid", "random", "optuna-tpe", "optuna-nsga2")
 OPTUNA_SEARCHERS = ("optuna-tpe", "optuna-nsga2")

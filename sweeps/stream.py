@@ -27,13 +27,14 @@ import numpy as np
 import pyarrow.fs
 import ray.data
 from ray.data import DataIterator, FileShuffleConfig, TaskPoolStrategy
-from ray.data.expressions import col, lit
+from ray.data.expressions import col
 
 from mixer_core.checkpoint import derived_seed
 from mixer_core.config import DataConfig
 from mixer_core.data.decode import TrainingDecoder
 from mixer_core.data.errors import DataError
 from mixer_core.data.examples import padded_class_lists
+from mixer_core.data.fractions import SUBSET_RANK, in_fraction
 from mixer_core.data.parquet import decoded_size, find_shards
 from mixer_core.data.streamed import StreamedTraining, streamed_splits
 
@@ -81,8 +82,8 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
         concurrency=cfg.loader_processes,
         resources=cfg.loader_resources or None,
     )
-    selected = dataset.select_columns(["key", "label", "image", "path", "subset_rank"]).filter(
-        expr=col("subset_rank") < lit(cfg.fraction)
+    selected = dataset.select_columns(["key", "label", "image", "path", SUBSET_RANK]).filter(
+        expr=in_fraction(col(SUBSET_RANK), cfg.fraction)
     )
     decoded = selected.map_batches(
         DecodeBatch(cfg, decoded_size(sets, cfg.image_size, cfg.path), sets.channels),

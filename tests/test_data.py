@@ -5,13 +5,23 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
-from mixer_core.config import DataConfig
+from mixer_core.config import DataConfig, RunConfig
 from mixer_core.data import DataError, build_mixup, build_splits, make_loader
 from mixer_core.data.facts import dataset_facts, estimated_train_size
-from mixer_core.data.fractions import fraction_count, subset_ranks
+from mixer_core.data.fractions import (
+    SUBSET_RANK,
+    carve_held_out,
+    fraction_count,
+    in_fraction,
+    subset_ranks,
+    train_split_size,
+    training_positions,
+)
 from mixer_core.data.permutations import apply_permutation, permutation_index
 from shipped_data import MNIST
 
@@ -92,6 +102,19 @@ def test_the_training_size_known_before_loading_is_the_one_build_splits_makes(na
     assert estimated_train_size(cfg) == build_splits(cfg).train_size
 
 
+@pytest.mark.parametrize("has_test_split", [False, True])
+@pytest.mark.parametrize("has_val_split", [False, True])
+def test_selection_and_sizes_come_from_one_rule_in_memory_on_parquet_and_before_loading(has_test_split, has_val_split):
+    keys = [f"example-{index}" for index in range(503)]
+    cfg = DataConfig(fraction=0.3, val_fraction=0.15, test_fraction=0.2)
+    held_out = carve_held_out(keys, has_test_split, has_val_split, cfg)
+    assert (held_out.test is None) == has_test_split and (len(held_out.val) == 0) == has_val_split
+    chosen = training_positions(keys, held_out.train, cfg.fraction)
+    assert len(chosen) == train_split_size(len(keys), has_test_split, has_val_split, cfg)
+    rows = pa.table({SUBSET_RANK: subset_ranks([keys[p] for p in held_out.train])})
+    assert rows.filter(in_fraction(pc.field(SUBSET_RANK), cfg.fraction)).num_rows == len(chosen)
+
+
 def test_permutations_are_fixed_and_keep_the_pixels():
     base = build_splits(DataConfig(name="mnist_idx", path=str(MNIST), image_size=32))
     original = torch.stack([base.test[i][0] for i in range(4)])
@@ -127,6 +150,22 @@ def test_patch_permutation_needs_a_patch_size_dividing_the_image():
         build_splits(DataConfig(permutation="patches"))
     with pytest.raises(DataError, match="not divisible by patch size 3"):
         build_splits(DataConfig(permutation="patches", permutation_patch_size=3))
+
+
+def test_a_run_config_permutes_the_mixers_own_patches_unless_it_names_a_size():
+    """Every path that reads a run config (in memory, streamed, sweep trial, `mixer train`) gets the size from it."""
+    run = RunConfig.model_validate({"model": {"variant": "S/16"}, "data": {"permutation": "patches", "image_size": 32}})
+    assert run.data.permuted_patch_size == 16 and build_splits(run.data).image_shape == (1, 32, 32)
+    # the dump stays what the user wrote, so another variant re-validated from it gets its own patch size
+    dumped = run.model_dump()
+    assert dumped["data"]["permutation_patch_size"] is None
+    dumped["model"]["variant"] = "Ti/4"
+    assert RunConfig.model_validate(dumped).data.permuted_patch_size == 4
+    named = RunConfig.model_validate({"data": {"permutation_patch_size": 2}})
+    assert named.data.permuted_patch_size == 2
+    assert RunConfig.model_validate({"model": {"timm_model": "resnet18"}}).data.permuted_patch_size is None
+    data = DataConfig()
+    assert RunConfig(data=data).data.permuted_patch_size == 4 and data.permuted_patch_size is None
 
 
 def test_flip_mirrors_or_keeps_each_image_and_only_train_is_augmented():

@@ -103,7 +103,7 @@ def test_auto_streams_parquet_only_and_true_asks_for_a_conversion():
 def test_multi_label_parquet_trains_with_the_sigmoid_loss(tmp_path):
     """JFT's form: label lists. Digits labelled with the digit and, below 8, its parity (classes 10 and 11)."""
     from mixer_core import metrics as m
-    from mixer_core.config import parse_config
+    from mixer_core.config_io import parse_config
     from mixer_core.losses import soft_targets
     from mixer_core.train import train
 

@@ -108,3 +108,13 @@ def test_the_checks_find_a_planted_upward_import_and_cycle():
     graph = {"mixer_core.a": {"sweeps.b"}, "sweeps.b": {"sweeps.c"}, "sweeps.c": {"sweeps.b"}}
     assert upward_imports(graph) == ["mixer_core.a -> sweeps.b"]
     assert cycles(graph) == ["sweeps.b -> sweeps.c -> sweeps.b"]
+
+
+def test_no_package_function_is_longer_than_80_lines():
+    long_functions = [
+        f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for module, tree in _package_modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert long_functions == []

@@ -13,7 +13,8 @@ import pytest
 import torch
 from image_folders import write_jpeg_folder
 
-from mixer_core.config import DataConfig, parse_config
+from mixer_core.config import DataConfig
+from mixer_core.config_io import parse_config
 from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
 from mixer_core.data.parquet import find_shards, read_examples

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mixer_core import metrics as m
-from mixer_core.config import parse_config
+from mixer_core.config_io import parse_config
 from mixer_core.model import create_mixer
 from mixer_core.optim import build_optimizer, lr_multiplier
 from mixer_core.train import TrainingError, train

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mixer_cli import main
 from mixer_core import metrics as m
-from mixer_core.config import load_config
+from mixer_core.config_io import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--set", "train.epochs=1", "--set", "eval.fewshot_shots=[1]", "--set", "eval.fewshot_seeds=1"]

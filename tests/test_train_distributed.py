@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from mixer_core import metrics as m
 from mixer_core.build import build_model
-from mixer_core.config import parse_config
+from mixer_core.config_io import parse_config
 from mixer_core.data import build_splits
 from mixer_core.evaluate import evaluate_top1
 

@@ -10,7 +10,8 @@ import torch
 
 from mixer_core import metrics as m
 from mixer_core.build import build_model, load_pretrained
-from mixer_core.config import ModelConfig, parse_config
+from mixer_core.config import ModelConfig
+from mixer_core.config_io import parse_config
 from mixer_core.data import build_splits
 from mixer_core.evaluate import evaluate_top1
 from mixer_core.flops import measured_macs

@@ -22,11 +22,10 @@ import pyarrow.parquet as pq
 
 from mixer_core.config import DataConfig
 from mixer_core.data.errors import DataError
-from mixer_core.data.fractions import subset_ranks
+from mixer_core.data.fractions import carve_held_out, subset_ranks
 from mixer_core.data.manifest import FORMAT, MANIFEST
 from mixer_core.data.parquet import shard_name, shard_table
 from mixer_core.data.sources import encode_png, list_image_folder, load_source
-from mixer_core.data.splits import carve_held_out
 
 
 # Training rows are written in subset_rank order, in row groups of this many rows, so the row groups' min/max

@@ -14,7 +14,7 @@ import fsspec
 
 from mixer_core.config import DataConfig
 from mixer_core.data.errors import DataError
-from mixer_core.data.fractions import carved_count, fraction_count
+from mixer_core.data.fractions import train_split_size
 from mixer_core.data.idx import idx_layout, read_idx_count
 from mixer_core.data.manifest import read_manifest
 
@@ -77,14 +77,3 @@ def estimated_train_size(cfg: DataConfig) -> int | None:
     if facts.source_train_size is None:
         return None
     return train_split_size(facts.source_train_size, facts.has_test_split, facts.has_val_split, cfg)
-
-
-def train_split_size(source_train_size: int, has_test_split: bool, has_val_split: bool, cfg: DataConfig) -> int:
-    """The `train_size` `build_splits` makes from a source whose training split holds `source_train_size`
-    examples: test and validation carved when the source has none, then the fraction."""
-    pool = source_train_size
-    if not has_test_split:
-        pool -= carved_count(pool, cfg.test_fraction)
-    if not has_val_split:
-        pool -= carved_count(pool, cfg.val_fraction)
-    return fraction_count(pool, cfg.fraction)

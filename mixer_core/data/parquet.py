@@ -7,8 +7,8 @@ and test when the source has none, once), plus `manifest.json`. Every shard has 
 - `label` (int64), or lists of int64 for a multi-label dataset (JFT): its labels are (N, L) class lists
   padded with `NO_LABEL`, trained with `train.loss: sigmoid`;
 - `image` (binary): the original encoded file (JPEG, PNG, ... at any size; never resized or re-encoded);
-- `subset_rank` (float64, training shards): uniform in [0, 1); data.fraction f is the rows with
-  `subset_rank < f`, a filter the reader applies to each row group (3% ⊂ 10% ⊂ 30% ⊂ 100% by construction).
+- `subset_rank` (float64, training shards): uniform in [0, 1); data.fraction f is the rows `in_fraction`
+  (`fractions.py`), a filter the reader applies to each row group (3% ⊂ 10% ⊂ 30% ⊂ 100% by construction).
 
 Shards are read with pyarrow from a local path or any fsspec URL (s3://, gs://, memory://). A glob names
 shards directly; its `val-*` and `test-*` files are those splits and every other file is training data.
@@ -32,10 +32,11 @@ import torch
 from mixer_core.data.decode import decode_resized
 from mixer_core.data.errors import DataError
 from mixer_core.data.examples import Examples, Source, as_uint8_images, check_labels, padded_class_lists
+from mixer_core.data.fractions import SUBSET_RANK, in_fraction
 from mixer_core.data.manifest import read_manifest
 
 SPLITS = ("train", "val", "test")
-COLUMNS = ("key", "label", "image", "subset_rank")
+COLUMNS = ("key", "label", "image", SUBSET_RANK)
 READ_BATCH_ROWS = 256  # rows per pyarrow batch: bounds the memory of reading held-out splits
 
 
@@ -50,13 +51,13 @@ def shard_table(keys: list[str], labels: np.ndarray, images: list[bytes], subset
         "key": pa.array(keys, pa.string()),
         "label": pa.array(labels, pa.int64()),
         "image": pa.array(images, pa.binary()),
-        "subset_rank": pa.array(subset_rank, pa.float64()),
+        SUBSET_RANK: pa.array(subset_rank, pa.float64()),
     })
 
 
 def subset_filter(fraction: float) -> pc.Expression:
-    """The row filter choosing data.fraction of the training shards."""
-    return pc.field("subset_rank") < fraction
+    """The row filter choosing data.fraction of the training shards (`fractions.in_fraction`)."""
+    return in_fraction(pc.field(SUBSET_RANK), fraction)
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,11 @@ def row_count(sets: ShardSets, split: str) -> int:
 
 
 def count_selected(sets: ShardSets, fraction: float) -> int:
-    """Training rows with `subset_rank < fraction`, reading only that column of every shard."""
+    """Training rows in `fraction` (`subset_filter`), reading only the subset rank column of every shard."""
     return sum(
         batch.num_rows
         for shard in sets.shards["train"]
-        for batch in sets.read(shard, ["subset_rank"], subset_filter(fraction))
+        for batch in sets.read(shard, [SUBSET_RANK], subset_filter(fraction))
     )
 
 
@@ -142,10 +143,10 @@ def read_examples(
 ) -> Examples:
     """The first `max_examples` rows (all when None) of a split, decoded and resized to `image_size` squares.
 
-    Memory holds the decoded examples only, never a whole shard. For the training split only rows with
-    `subset_rank < fraction` count.
+    Memory holds the decoded examples only, never a whole shard. For the training split only rows in `fraction`
+    (`subset_filter`) count.
     """
-    columns = ["key", "label", "image"] + (["subset_rank"] if split == "train" else [])
+    columns = ["key", "label", "image"] + ([SUBSET_RANK] if split == "train" else [])
     row_filter = subset_filter(fraction) if split == "train" else None
     mode = "L" if sets.channels == 1 else "RGB"
     rows = (

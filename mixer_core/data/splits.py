@@ -8,7 +8,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from mixer_core.config import DataConfig
-from mixer_core.data.fractions import carve, subset_ranks
+from mixer_core.data.fractions import carve_held_out, training_positions
 from mixer_core.data.permutations import permutation_index
 from mixer_core.data.sources import load_source
 from mixer_core.data.transforms import Augmentation, ImageDataset
@@ -27,26 +27,6 @@ class DataSplits:
     class_names: list[str]
 
 
-@dataclass(frozen=True)
-class HeldOut:
-    """Positions in a source's training split: the carved test set (None when the source has its own), the
-    validation set, and the training pool the fraction is taken from; all sorted."""
-
-    test: np.ndarray | None
-    val: np.ndarray
-    train: np.ndarray
-
-
-def carve_held_out(keys: list[str], has_test_split: bool, has_val_split: bool, cfg: DataConfig) -> HeldOut:
-    """Test (when the source has none: `cfg.test_fraction`), then validation (when the source has none:
-    `cfg.val_fraction`), by key hash; `val` is empty when the source has its own."""
-    test, pool = (None, np.arange(len(keys))) if has_test_split else carve(keys, cfg.test_fraction, salt="test")
-    if has_val_split:
-        return HeldOut(test, np.array([], dtype=np.int64), pool)
-    val, train = carve([keys[p] for p in pool], cfg.val_fraction, salt="val")
-    return HeldOut(test, pool[val], pool[train])
-
-
 def build_splits(cfg: DataConfig, seed: int = 0, max_eval_examples: int | None = None) -> DataSplits:
     """Load `cfg.name`, carve test (when the source has none) and validation by key hash, apply the fraction.
 
@@ -60,14 +40,13 @@ def build_splits(cfg: DataConfig, seed: int = 0, max_eval_examples: int | None =
     held_out = carve_held_out(keys, source.test is not None, source.val is not None, cfg)
     test = (source.train, held_out.test) if source.test is None else (source.test, np.arange(len(source.test)))
     val = (source.train, held_out.val) if source.val is None else (source.val, np.arange(len(source.val)))
-    # mixer_core.data.facts.train_split_size repeats this arithmetic: change both together.
-    train_positions = held_out.train[subset_ranks([keys[p] for p in held_out.train]) < cfg.fraction]
+    train_positions = training_positions(keys, held_out.train, cfg.fraction)
 
     channels, height, width = source.image_shape
     size = cfg.image_size or height
     if cfg.image_size is None and height != width:
         size = max(height, width)  # non-square sources are resized to a square at their longer side
-    permutation = permutation_index(cfg.permutation, size, size, cfg.permutation_patch_size, cfg.permutation_seed)
+    permutation = permutation_index(cfg.permutation, size, size, cfg.permuted_patch_size, cfg.permutation_seed)
 
     augmentation = Augmentation(cfg.augment, size, channels)
     return DataSplits(

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from mixer_core.config import DataConfig
-from mixer_core.data.errors import DataError
 from mixer_core.data.examples import as_uint8_images
 from mixer_core.data.parquet import class_names, count_selected, decoded_size, find_shards, read_examples
 from mixer_core.data.permutations import permutation_index
@@ -32,7 +31,7 @@ def streamed_splits(cfg: DataConfig, max_eval_examples: int | None) -> DataSplit
     `val` and `test` hold at most `max_eval_examples` decoded examples each (`train` for few-shot features)."""
     sets = find_shards(cfg.path)
     size = decoded_size(sets, cfg.image_size, cfg.path)
-    permutation = permutation_index(cfg.permutation, size, size, cfg.permutation_patch_size, cfg.permutation_seed)
+    permutation = permutation_index(cfg.permutation, size, size, cfg.permuted_patch_size, cfg.permutation_seed)
     names = class_names(sets, cfg.path)
 
     def bounded(split: str) -> ImageDataset:
@@ -59,16 +58,9 @@ class StreamedTraining:
     epoch_batches: EpochBatches
     global_batch_size: int
 
-    def __post_init__(self) -> None:
-        if self.splits.train_size < self.global_batch_size:
-            raise DataError(
-                f"{self.splits.train_size} training examples selected, fewer than one batch of "
-                f"{self.global_batch_size}; raise data.fraction or lower data.batch_size"
-            )
-
     @property
     def steps_per_epoch(self) -> int:
-        """Full global batches per epoch (the stream drops the ragged end, as the in-memory loader does)."""
+        """Full global batches per epoch (the stream drops the ragged end); `mixer_core.train` checks it is not 0."""
         return self.splits.train_size // self.global_batch_size
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -22,7 +22,8 @@ import ray.train
 import ray.tune
 from ray.actor import ActorHandle
 
-from mixer_core.config import RunConfig, resolve_paths
+from mixer_core.config import RunConfig
+from mixer_core.config_io import resolve_paths
 from sweeps.engine.ray_session import set_ray_env_defaults
 from sweeps.engine.worker import run_worker, train_worker
 from sweeps.spec import SweepSpec, build_run_config

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ray.train
 
 from mixer_core import metrics as metric_names
-from mixer_core.config import parse_config
+from mixer_core.config_io import parse_config
 from sweeps.engine.failures import is_infrastructure
 from sweeps.engine.scratch import trial_scratch_dir
 from sweeps.tracking.artifacts import fetch_init_from

@@ -33,7 +33,7 @@ class MlflowWriter:
 
     def _run(self, trial_id: str, run_config: dict[str, Any]):
         if trial_id not in self.runs:
-            from mixer_core.config import parse_config
+            from mixer_core.config_io import parse_config
             from sweeps.tracking.schema import flatten, trial_tags
 
             config = parse_config(run_config, source=f"trial {trial_id}")
