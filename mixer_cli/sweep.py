@@ -77,11 +77,15 @@ def run(args: argparse.Namespace) -> int:
         return refuse(f"sweep {args.sweep_command}", error)
 
 
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _reachable_store() -> str:
     """The MLflow tracking URI, once its store answers (`StoreUnreachable` within seconds otherwise)."""
     uri = tracking_uri()
     require_reachable(uri)
-    create_sqlite_tables(uri)
     return uri
 
 
@@ -91,7 +95,7 @@ def validate_command(args: argparse.Namespace) -> int:
     from sweeps.plan import format_plan, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
-    check_inputs(spec)  # before the plan builds the models
+    _warn(check_inputs(spec, files_here=False))  # before the plan builds the models; `run` knows where files are read
     plan = plan_sweep(spec)
     if args.json:
         emit_json(plan)
@@ -106,12 +110,13 @@ def run_command(args: argparse.Namespace) -> int:
     from sweeps.plan import format_plan, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
-    _reachable_store()  # in seconds, before the plan imports torch and Ray starts
-    check_inputs(spec)
+    uri = _reachable_store()  # in seconds, before the plan imports torch and Ray starts
+    _warn(check_inputs(spec, files_here=not (args.address or os.environ.get("RAY_ADDRESS"))))
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         _check_local_resources(spec)  # before starting anything
     print(format_plan(plan), file=sys.stderr)
+    create_sqlite_tables(uri)  # nothing is written before the spec is known to run
     _start_ray_for_sweep(args.address)  # imports the engine while Ray starts
     from sweeps.engine.run import run_sweep
     from sweeps.engine.sweep_runs import SweepConflict

@@ -1,7 +1,9 @@
 """What a sweep reads must exist before any compute is spent on it: every local `data.path` (a folder, file or
-glob) of a source that reads files and does not download them, every local `train.init_from`, and every `model.timm_model` that timm knows. `mixer sweep validate` and
-`mixer sweep run` check them (`input_problems`); the spec's own rules are `sweeps.spec`'s. Paths are taken
-relative to the working directory, as trials take them (`mixer_core.config.resolve_paths`).
+glob) of a source that reads files and does not download them, every local `train.init_from`, and every
+`model.timm_model` that timm knows. `mixer sweep validate` and `mixer sweep run` check them (`check_inputs`); the
+spec's own rules are `sweeps.spec`'s. Paths are taken relative to the working directory, as trials take them
+(`mixer_core.config.resolve_paths`); a spec bound for a cluster names paths on its nodes, so away from them a
+missing file is a warning, not a refusal.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from sweeps.spec import SpecError, SweepSpec, setting_values
 _URL_PREFIXES = ("s3://", "gs://", "http://", "https://", "hf://", "runs:/")  # checked where they are read
 
 
-def check_inputs(spec: SweepSpec) -> None:
-    """Raise `SpecError` naming the spec file and key path of each input that is missing."""
-    problems = input_problems(spec)
+def check_inputs(spec: SweepSpec, *, files_here: bool) -> list[str]:
+    """Raise `SpecError` naming the spec file and key path of each unknown timm model and, when the trials read
+    this machine's files (`files_here`: Ray started here), each missing file. Otherwise missing files may be on the
+    cluster's nodes: returns their lines, for a warning."""
+    models, files = _model_problems(spec), _file_problems(spec)
+    problems = models + (files if files_here else [])
     if problems:
         raise SpecError("\n".join(f"{spec.source}: {where}: {message}" for where, message in problems))
+    return [f"{spec.source}: {where}: {message} on this machine" for where, message in files]
 
 
-def input_problems(spec: SweepSpec) -> list[tuple[str, str]]:
-    """(spec key path, message) for each missing data path, `init_from` file or timm model name."""
+def _file_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    """(spec key path, message) for each missing data path or `init_from` checkpoint."""
     problems = []
     if spec.base.data.name not in SOURCES_WITHOUT_PATH and not spec.base.data.download:
         problems += [(where, f"no such file or folder: {path}")
@@ -33,13 +39,18 @@ def input_problems(spec: SweepSpec) -> list[tuple[str, str]]:
     for i, dataset in enumerate(spec.base.eval.fewshot_datasets):
         if _missing(dataset.path):
             problems.append((f"base.eval.fewshot_datasets[{i}].path", f"no such file or folder: {dataset.path}"))
-    timm_models = [(where, name) for where, name in setting_values(spec, "model.timm_model") if name]
-    if timm_models:
-        import timm  # about a second: only for specs that train timm models
-
-        problems += [(where, f"timm has no model {name!r} (see timm.list_models())")
-                     for where, name in timm_models if not timm.is_model(name)]
     return problems
+
+
+def _model_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    """(spec key path, message) for each timm model name timm does not know."""
+    timm_models = [(where, name) for where, name in setting_values(spec, "model.timm_model") if name]
+    if not timm_models:
+        return []
+    import timm  # about a second: only for specs that train timm models
+
+    return [(where, f"timm has no model {name!r} (see timm.list_models())")
+            for where, name in timm_models if not timm.is_model(name)]
 
 
 def _missing(path: str | None) -> bool:

@@ -498,7 +498,8 @@ def setting_values(spec: SweepSpec, key: str) -> list[tuple[str, Any]]:
         if axis == key:
             places += [(f"grid.{axis}[{i}]", value) for i, value in enumerate(values)]
         elif is_linked(axis):
-            places += [(f"grid.{axis}[{i}].{key}", value[key]) for i, value in enumerate(values) if key in value]
+            places += [(f"grid.{axis}[{i}].{key}", value[key]) for i, value in enumerate(values)
+                       if isinstance(value, dict) and key in value]  # not a mapping: `_linked_shape_problems` says so
     if key in spec.search:
         places += [(f"search.{key}", value) for value in spec.search[key].endpoint_values()]
     return places

@@ -65,9 +65,6 @@ def write_spec(tmp_path: Path, **fields) -> Path:
      "base.data.batch_size: 64 does not split evenly between resources.workers_per_trial=3 workers"),
     ({"grid": {"data.batch_size": [60, 64]}, "resources": {"workers_per_trial": 3}},
      "grid.data.batch_size[1]: 64 does not split evenly"),
-    ({"base": {"data": {"name": "imagefolder", "path": "no/such/folder"}}},
-     "base.data.path: no such file or folder: no/such/folder"),
-    ({"grid": {"train.init_from": ["no/such/checkpoint"]}}, "grid.train.init_from[0]: no such checkpoint"),
     ({"grid": {"recipe": [{"model.timm_model": "resnet_nope", "label": "nope"}]}},
      "grid.recipe[0].model.timm_model: timm has no model 'resnet_nope'"),
 ])
@@ -75,6 +72,25 @@ def test_validate_refuses_what_would_fail_after_compute(tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["sweep", "validate", str(write_spec(tmp_path, **fields))]) == 2
     assert message in capsys.readouterr().err
+
+
+MISSING_FILES = [
+    ({"base": {"data": {"name": "imagefolder", "path": "no/such/folder"}}},
+     "base.data.path: no such file or folder: no/such/folder"),
+    ({"grid": {"train.init_from": ["no/such/checkpoint"]}}, "grid.train.init_from[0]: no such checkpoint"),
+]
+
+
+@pytest.mark.parametrize("fields, message", MISSING_FILES)
+def test_missing_files_are_refused_where_trials_read_them(tmp_path, capsys, monkeypatch, mlflow_store, fields,
+                                                          message):
+    spec = str(write_spec(tmp_path, **fields))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["sweep", "run", spec]) == 2  # Ray would start here: the trials read this machine's files
+    assert message in capsys.readouterr().err
+    # A spec bound for a cluster names the nodes' paths: away from them, validate warns.
+    assert main(["sweep", "validate", spec]) == 0
+    assert f"warning: {spec}: {message}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [
