@@ -7,11 +7,9 @@ import argparse
 import sys
 
 from dashboards.holdout import INTERVAL_KIND
-from dashboards.predict import predict_at
-from dashboards.runs import SweepNotFound, load_sweep
-from mixer_cli.output import add_json_flag, emit_json
+from mixer_cli.output import add_json_flag, emit_json, refuse
 from sweeps.tables import format_table
-from sweeps.tracking.store import tracking_uri
+from sweeps.tracking.reach import StoreUnreachable, require_reachable, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,12 +32,21 @@ def _range(low: float, high: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the predictions; exit status 1 with one message on stderr when nothing can be predicted."""
+    """Print the predictions; exit status 2 with one message on stderr when the store does not answer, 1 when
+    nothing can be predicted."""
     if args.examples <= 0 or (args.params is not None and args.params <= 0):
         print("mixer predict: --examples and --params must be positive", file=sys.stderr)
         return 1
+    uri = args.tracking_uri or tracking_uri()
     try:
-        sweep = load_sweep(args.sweep, uri=args.tracking_uri or tracking_uri(), experiment=args.experiment)
+        require_reachable(uri)  # before MLflow is imported
+    except StoreUnreachable as problem:
+        return refuse("predict", problem)
+    from dashboards.predict import predict_at
+    from dashboards.runs import SweepNotFound, load_sweep
+
+    try:
+        sweep = load_sweep(args.sweep, uri=uri, experiment=args.experiment)
         predictions, notes = predict_at(sweep, args.examples, params=args.params, metric=args.metric,
                                         n_bootstrap=args.bootstrap)
     except (SweepNotFound, ValueError) as problem:

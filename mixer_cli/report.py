@@ -7,14 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from dashboards.analysis import analyse_sweep
 from dashboards.holdout import HOLDOUTS, INTERVAL_KIND
-from dashboards.report import log_fit_metrics, log_report, prediction_rows, write_report
-from dashboards.runs import SweepNotFound, load_sweep
 from mixer_cli.output import add_json_flag, emit_json, refuse
 from mixer_core.redact import redacted
 from sweeps.tables import format_table
-from sweeps.tracking.store import tracking_uri
+from sweeps.tracking.reach import StoreUnreachable, require_reachable, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,10 +46,18 @@ def _interval(bounds: list[float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the report; one message on stderr and exit status 2 when there is no such sweep, 1 when its data
-    cannot be analysed."""
+    """Build the report; one message on stderr and exit status 2 when the store does not answer or has no such
+    sweep, 1 when its data cannot be analysed."""
     uri = args.tracking_uri or tracking_uri()
     _progress(f"reading sweep {args.sweep!r} from {redacted(uri)}")
+    try:
+        require_reachable(uri)  # before MLflow and the figures' libraries are imported: seconds
+    except StoreUnreachable as problem:
+        return refuse("report", problem)
+    from dashboards.analysis import analyse_sweep
+    from dashboards.report import log_fit_metrics, log_report, prediction_rows, write_report
+    from dashboards.runs import SweepNotFound, load_sweep
+
     try:
         sweep = load_sweep(args.sweep, uri=uri, experiment=args.experiment)
     except (SweepNotFound, ValueError) as problem:  # no such sweep, or a name no sweep can have

@@ -1,6 +1,7 @@
 """`mixer sweep validate|run|resume|ls|bench`: plan, run and inspect sweeps.
 
-Spec errors, and a sweep name no sweep has (`resume`), exit with status 2 before Ray starts or MLflow is touched. Progress goes to stderr; results to
+Spec errors, a sweep name no sweep has (`resume`) and an MLflow store that does not answer exit with status 2
+before Ray starts; so does a sweep whose driver is alive (`run`, `resume`). Progress goes to stderr; results to
 stdout (a table, or one JSON document with `--json`).
 """
 
@@ -23,6 +24,7 @@ from mixer_core.config_messages import shown
 from mixer_core.redact import redacted
 from sweeps.spec import MAX_NAME_CHARS, SWEEP_NAME_PATTERN, SpecError, load_spec
 from sweeps.tables import format_table
+from sweeps.tracking.reach import StoreUnreachable, create_sqlite_tables, require_reachable, tracking_uri
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     resume = subparsers.add_parser("resume", help="finish a sweep whose driver died; finished trials are kept")
     resume.add_argument("name", help="the sweep's id, or its name (the spec's `name`; its latest run)")
     resume.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start Ray locally)")
+    resume.add_argument("--force", action="store_true",
+                        help="take over from a driver you know is gone though its heartbeat is still fresh")
     add_json_flag(resume)
     resume.set_defaults(run_sweep_command=resume_command)
 
@@ -69,18 +73,33 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch to the sweep subcommand; a bad spec is exit status 2."""
+    """Dispatch to the sweep subcommand; a bad spec, or an MLflow store that does not answer, is exit status 2."""
     try:
         return args.run_sweep_command(args)
-    except SpecError as error:
+    except (SpecError, StoreUnreachable) as error:
         return refuse(f"sweep {args.sweep_command}", error)
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _reachable_store() -> str:
+    """The MLflow tracking URI, once its store answers (`StoreUnreachable` within seconds otherwise)."""
+    uri = tracking_uri()
+    require_reachable(uri)
+    return uri
 
 
 def validate_command(args: argparse.Namespace) -> int:
     """Print the expanded plan: trials, axes, parameters and GMACs per variant, total training FLOPs."""
+    from sweeps.inputs import check_inputs
     from sweeps.plan import format_plan, memory_problems, plan_sweep
 
-    plan = plan_sweep(load_spec(args.spec, args.overrides))
+    spec = load_spec(args.spec, args.overrides)
+    _warn(check_inputs(spec, files_here=False))  # before the plan builds the models; `run` knows where files are read
+    plan = plan_sweep(spec)
     if args.json:
         emit_json(plan)
     else:
@@ -91,12 +110,15 @@ def validate_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the sweep on Ray; print a results table and where to look in MLflow."""
+    from sweeps.inputs import check_inputs
     from sweeps.plan import format_plan, memory_problems, plan_sweep
 
     spec = load_spec(args.spec, args.overrides)
     on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not on_cluster:
         _check_tpus(spec, on_cluster)  # first: it needs neither the plan nor Ray
+    uri = _reachable_store()  # in seconds, before the plan imports torch and Ray starts
+    _warn(check_inputs(spec, files_here=not on_cluster))
     plan = plan_sweep(spec)  # also refuses models that cannot take the data's image size
     problems = memory_problems(plan)
     if problems:
@@ -104,6 +126,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not on_cluster:
         _check_local_resources(spec)  # before starting anything
     print(format_plan(plan), file=sys.stderr)
+    create_sqlite_tables(uri)  # nothing is written before the spec is known to run
     _start_ray_for_sweep(args.address)  # imports the engine while Ray starts
     from sweeps.engine.run import run_sweep
     from sweeps.engine.sweep_runs import SweepConflict
@@ -122,12 +145,14 @@ def run_command(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> int:
     """Restore the sweep's Tuner and finish its unfinished trials."""
-    from sweeps.engine.ray_session import init_ray
-    from sweeps.engine.run import find_resumable, resume_sweep
-    from sweeps.tracking import store
-
     if not re.fullmatch(SWEEP_NAME_PATTERN, args.name) or len(args.name) > MAX_NAME_CHARS:
         return refuse("sweep resume", f"{shown(args.name)} is not a sweep name or id (letters, digits, _ . -)")
+    _reachable_store()  # before the engine (Ray Tune, MLflow) is imported
+    from sweeps.engine.ray_session import init_ray
+    from sweeps.engine.run import find_resumable, resume_sweep
+    from sweeps.engine.sweep_runs import SweepConflict
+    from sweeps.tracking import store
+
     if store.missing_sqlite_store(store.tracking_uri()):
         return refuse("sweep resume", f"{store.tracking_uri()}: no MLflow store here; resume from the folder the "
                                       "sweep ran in, or set MLFLOW_TRACKING_URI")
@@ -136,8 +161,11 @@ def resume_command(args: argparse.Namespace) -> int:
     except LookupError as error:  # no such sweep, or no Tune state kept for it
         return refuse("sweep resume", error)
     init_ray(args.address)
-    with _interruptible(args.name), contextlib.redirect_stdout(sys.stderr):
-        result = resume_sweep(context, directory)
+    try:
+        with _interruptible(args.name), contextlib.redirect_stdout(sys.stderr):
+            result = resume_sweep(context, directory, force=args.force)
+    except SweepConflict as conflict:  # its driver is alive
+        return refuse("sweep resume", conflict)
     _print_result(result, args.json)
     return _exit_status(result)
 
@@ -191,9 +219,9 @@ def _exit_status(result) -> int:
 
 def ls_command(args: argparse.Namespace) -> int:
     """List the sweeps recorded in the MLflow store."""
-    from sweeps.tracking import queries, store
+    from sweeps.tracking import queries
 
-    sweeps = queries.list_sweeps(store.tracking_uri())
+    sweeps = queries.list_sweeps(_reachable_store())
     if args.json:
         emit_json(sweeps)
         return 0
@@ -272,6 +300,9 @@ def _check_cluster_resources(spec) -> None:
 
 def _print_result(result, as_json: bool) -> None:
     document = redacted(_result_document(result))  # no password of a storage URL on stdout
+    if result.not_recorded:
+        print(f"MLflow did not answer at the end of the sweep; not written: {result.not_recorded}. The results are"
+              f" Tune's, kept in {result.experiment_dir}", file=sys.stderr)
     if as_json:
         emit_json(document)
         return
@@ -308,6 +339,7 @@ def _result_document(result) -> dict[str, Any]:
         "objective": result.objective,
         "best_trial_id": result.best_trial_id,
         "best_checkpoint": result.best_checkpoint,
+        "not_recorded": result.not_recorded,
         "trials": [
             {"trial_id": t.trial_id, "status": t.status, "params": t.params, "metrics": t.metrics}
             for t in result.trials

@@ -205,7 +205,9 @@ class SweepSpec(StrictModel):
     num_samples: int = Field(1, ge=1)  # grid/random: repeats of the grid; Optuna: trials
     seed: int = 0  # seeds the searcher
     resources: Resources = Resources()
-    max_failures: int = Field(0, ge=-1)  # retries of a failed trial; -1 retries forever
+    # Retries of a trial after an infrastructure failure (`sweeps.engine.failures`); -1 retries forever. Deterministic
+    # errors are never retried.
+    max_failures: int = Field(3, ge=-1)
     storage_path: str = "ray_results"  # local directory (relative to the cwd) or s3:// / gs:// URL
     # The Optuna study's database, any SQLAlchemy URL (`postgresql://...`); default: `sweeps.engine.optuna_storage_url`
     optuna_storage: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9+]*://")
@@ -421,6 +423,7 @@ def _semantic_problems(spec: SweepSpec) -> list[tuple[str, str]]:
             problems += _distribution_problems(base, key, distribution)
     problems += _searcher_problems(spec)
     problems += _metric_problems(spec)
+    problems += _batch_split_problems(spec)
     if "://" in spec.storage_path:
         scheme = spec.storage_path.split("://", 1)[0]
         if scheme not in STORAGE_SCHEMES:
@@ -536,6 +539,40 @@ def _metric_problems(spec: SweepSpec) -> list[tuple[str, str]]:
     if spec.checkpoint.score_order is None:
         problems.append(("checkpoint.score_order", f"give max or min: {attribute!r} is not an objective"))
     return problems
+
+
+def _batch_split_problems(spec: SweepSpec) -> list[tuple[str, str]]:
+    """Every `data.batch_size` a trial can get (base, grid, linked values, search choices and bounds) must split
+    evenly between the trial's DDP workers (`mixer_core.train` gives each `batch_size / workers_per_trial`)."""
+    workers = spec.resources.workers_per_trial
+    return [
+        (where, f"{value} does not split evenly between resources.workers_per_trial={workers} workers")
+        for where, value in setting_values(spec, "data.batch_size")
+        if isinstance(value, int) and value % workers
+    ]
+
+
+def setting_values(spec: SweepSpec, key: str) -> list[tuple[str, Any]]:
+    """(spec key path, value) for every value a trial's config key `key` can take: the base's (unless a grid axis
+    or search dimension replaces it), each grid and linked value, each search choice or bound."""
+    varied = key in spec.grid or key in spec.search  # then the base's value is never trained with
+    places = [] if varied else [(f"base.{key}", _value_at(spec.base, key))]
+    for axis, values in spec.grid.items():
+        if axis == key:
+            places += [(f"grid.{axis}[{i}]", value) for i, value in enumerate(values)]
+        elif is_linked(axis):
+            places += [(f"grid.{axis}[{i}].{key}", value[key]) for i, value in enumerate(values)
+                       if isinstance(value, dict) and key in value]  # not a mapping: `_linked_shape_problems` says so
+    if key in spec.search:
+        places += [(f"search.{key}", value) for value in spec.search[key].endpoint_values()]
+    return places
+
+
+def _value_at(config: RunConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _is_int_setting(key: str) -> bool:

@@ -97,9 +97,8 @@ TRAINING_PROCESS = {1: "ray::ImplicitFunc", 2: "ray::RayTrainWorker"}
 @pytest.mark.parametrize("workers", [1, 2])
 def test_killed_training_process_is_retried_into_the_same_mlflow_run(ray_address, mlflow_store, tiny_spec, capsys,
                                                                      workers):
-    spec = tiny_spec(
+    spec = tiny_spec(  # max_failures left at its default: a lost process is retried
         "retry",
-        max_failures=1,
         base={"train": {"epochs": EPOCHS}, "data": {"fraction": 1.0}},
         resources={"workers_per_trial": workers, "cpus_per_worker": 1, "max_concurrent_trials": 1},
     )

@@ -76,5 +76,5 @@ def test_resume_restores_from_the_specs_own_folder_not_from_a_tag(mlflow_store, 
 def test_resume_refuses_a_spec_that_validates_differently_now_and_says_what_differs(mlflow_store, tiny_spec):
     spec = tiny_spec("changed")
     start_parent_run(mlflow_store, spec, "456789ab", seed=7, max_failures=2)
-    with pytest.raises(LookupError, match=r"max_failures: 2 -> 0; seed: 7 -> 0"):
+    with pytest.raises(LookupError, match=r"max_failures: 2 -> 3; seed: 7 -> 0"):
         find_resumable("changed")

@@ -16,6 +16,7 @@ import ray.tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from sweeps.engine import sweep_runs
+from sweeps.engine.driver import driving
 from sweeps.engine.progress import SweepCallback
 from sweeps.engine.schedulers import max_concurrent_trials, scheduler
 from sweeps.engine.search import optuna_storage_url, search_algorithm
@@ -57,11 +58,17 @@ def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -
 def run_sweep(spec: SweepSpec, spec_path: Path, *, total_trials: int | None = None) -> SweepResult:
     """Run a whole sweep on the connected Ray cluster (call `sweeps.engine.ray_session.init_ray` first); log it to MLflow.
 
-    Raises `SweepConflict` while another sweep of the same name is running.
+    Raises `SweepConflict` while another driver holds the sweep's name (`sweeps.engine.driver`), or a sweep of that
+    name is left RUNNING by a driver that died (`mixer sweep resume` finishes it).
     """
     uri = store.tracking_uri()
-    sweep_runs.refuse_if_running(uri, spec.name)
     sweep_id = sweep_runs.new_sweep_id()
+    with driving(uri, spec.name, sweep_id):
+        sweep_runs.refuse_if_running(uri, spec.name)
+        return _start_sweep(spec, spec_path, uri, sweep_id, total_trials)
+
+
+def _start_sweep(spec: SweepSpec, spec_path: Path, uri: str, sweep_id: str, total_trials: int | None) -> SweepResult:
     directory = sweep_runs.experiment_dir(spec, sweep_id)
     study_storage = optuna_storage_url(spec, uri)
     # What was written and overridden (defaults stay implicit), with the storages made absolute for `resume`, and
@@ -144,8 +151,18 @@ def find_resumable(sweep: str) -> tuple[SweepContext, str]:
     return SweepContext(spec, uri, parent.info.experiment_id, parent.info.run_id, f"{directory}/train"), directory
 
 
-def resume_sweep(context: SweepContext, directory: str) -> SweepResult:
-    """Finish a sweep after its driver died: `Tuner.restore` runs only the unfinished trials again."""
+def resume_sweep(context: SweepContext, directory: str, *, force: bool = False) -> SweepResult:
+    """Finish a sweep after its driver died: `Tuner.restore` runs only the unfinished trials again.
+
+    Raises `SweepConflict` while the sweep's driver (or another of its name) is alive; `force` takes over from one
+    that is gone though its heartbeat is still fresh (`sweeps.engine.driver`).
+    """
+    sweep_id = sweep_runs.sweep_id_of(directory)
+    with driving(context.tracking_uri, context.spec.name, sweep_id, force=force):
+        return _resume(context, directory)
+
+
+def _resume(context: SweepContext, directory: str) -> SweepResult:
     store.RetryingMlflowClient(context.tracking_uri).update_run(context.parent_run_id, status="RUNNING")
     with _parent_run_ended_on_error(context.tracking_uri, context.parent_run_id):
         spec = context.spec

@@ -92,16 +92,20 @@ def search_algorithm(
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """Ray's `OptunaSearch`, except that a trial the scheduler stopped early is told to Optuna as PRUNED.
+    """Ray's `OptunaSearch`, except that a trial the scheduler stopped early is told to Optuna as PRUNED, and one
+    that ended on a deterministic error (`sweeps.engine.worker.final_report`) as FAIL.
 
-    Ray's tells it COMPLETE with the value of its last rung, so TPE would rank an under-trained configuration as
-    if it had finished. PRUNED keeps the intermediate values (one per evaluation, the one it was stopped at
+    Ray's tells a stopped trial COMPLETE with the value of its last rung, so TPE would rank an under-trained
+    configuration as if it had finished; and it tells a failed trial's NaN objective as COMPLETE, which Optuna
+    refuses, leaving the trial RUNNING in the study. PRUNED keeps the intermediate values (one per evaluation, the one it was stopped at
     included, which Tune does not pass to `on_trial_result`), and TPE compares pruned trials by the step they
     reached, like with like.
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        error = error or bool(result and FINAL_ERROR in result)  # ended on an error a retry would repeat
+        if result and FINAL_ERROR in result:  # ended on a deterministic error: FAIL (its NaN objective is no value)
+            super().on_trial_complete(trial_id, None, error=True)
+            return
         if error or not result or not metric_names.stopped_early(result) or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return

@@ -43,6 +43,7 @@ class SweepResult:
     best_checkpoint: str | None = None  # the best trial's final checkpoint, logged on the parent run (`runs:/...`)
     optuna_storage: str | None = None
     interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: `mixer sweep resume NAME` finishes it
+    not_recorded: str | None = None  # what of the outcome MLflow did not take, its store away past the retries
 
     @property
     def mlflow_ui(self) -> str:
@@ -59,8 +60,26 @@ def summary_status(trial_id: str, result, callback: SweepCallback) -> str:
 
 
 def finish_sweep(context: SweepContext, results, callback: SweepCallback, directory: str) -> SweepResult:
-    """Summarise every trial, put the best one's metrics, params and final weights on the parent run, and close
-    it: KILLED when interrupted, FAILED when a trial failed, else FINISHED."""
+    """Summarise every trial from Tune's results, put the best one's metrics, params and final weights on the
+    parent run, and close it: KILLED when interrupted, FAILED when a trial failed, else FINISHED.
+
+    The MLflow calls are retried while the store is unavailable; if it stays away, the summary says what was not
+    written (`not_recorded`) instead of raising, so the results table is still printed.
+    """
+    summary = _summarise(context, results, callback, directory)
+    try:
+        _record_outcome(context, summary)
+    except Exception as error:
+        if not store.is_unavailable(error):
+            raise
+        summary.not_recorded = (
+            f"the sweep's outcome (best trial, trial counts, best weights, final status of run"
+            f" {context.parent_run_id}): {type(error).__name__}: {error}"
+        )
+    return summary
+
+
+def _summarise(context: SweepContext, results, callback: SweepCallback, directory: str) -> SweepResult:
     spec = context.spec
     metrics, modes = objective_metrics(spec)
     summary = SweepResult(
@@ -84,6 +103,10 @@ def finish_sweep(context: SweepContext, results, callback: SweepCallback, direct
         value = reported.get(metrics[0]) if status != "ERROR" else None
         if value is not None and (best_value is None or is_better(value, best_value, modes[0])):
             best_value, summary.best_trial_id = value, trial_id
+    return summary
+
+
+def _record_outcome(context: SweepContext, summary: SweepResult) -> None:
     failed = any(trial.status == "ERROR" for trial in summary.trials)
     best_run = recording.record_sweep_outcome(
         context.tracking_uri,
@@ -97,4 +120,3 @@ def finish_sweep(context: SweepContext, results, callback: SweepCallback, direct
         summary.best_checkpoint = log_checkpoint(context.tracking_uri, context.parent_run_id, checkpoint)
     status = "KILLED" if summary.interrupted else "FAILED" if failed else "FINISHED"
     recording.finish_run(context.tracking_uri, context.parent_run_id, status)
-    return summary

@@ -29,6 +29,11 @@ def experiment_dir(spec: SweepSpec, sweep_id: str) -> str:
     return f"{spec.resolved_storage_path()}/{spec.name}-{sweep_id}"
 
 
+def sweep_id_of(directory: str) -> str:
+    """The sweep id in a Tune folder named by `experiment_dir`."""
+    return directory.rsplit("-", 1)[-1]
+
+
 def refuse_if_running(uri: str, name: str) -> None:
     """Raise `SweepConflict` naming the running sweep called `name`, if there is one in the MLflow store."""
     running = queries.find_sweep_run(uri, name, status="RUNNING")

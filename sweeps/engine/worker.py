@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import ray.train
 
 from mixer_core import metrics as metric_names
-from mixer_core.config_io import ConfigError, parse_config
+from mixer_core.config_io import parse_config
+from sweeps.engine.failures import is_infrastructure
 from sweeps.engine.scratch import trial_scratch_dir
 from sweeps.tracking.artifacts import fetch_init_from
 from sweeps.tracking.writer import TrialLog
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # Ray Data is imported only by trials that stream
 
 # Hands one report to Ray: the metrics, and the checkpoint directory written with them (or None).
 RayReport = Callable[[dict[str, float], Path | None], None]
-# The result key of a trial's last report when it ended on an error that a retry would only repeat (`final_report`).
+# The result key of a trial's last report when it ended on a deterministic error (`final_report`).
 FINAL_ERROR = "mixer_error"
 
 
@@ -49,19 +50,17 @@ def run_worker(
     written before Ray sees it. When Tune stops the trial (ASHA, a stop condition, Ctrl-C), `report_to_ray` does
     not return: the trial's thread exits there.
     """
-    # Imported here, not above: a trial of several workers imports this module only to hand `train_worker` to
-    # Ray Train, and needs neither torch's training stack nor timm in that process (`mixer_core.data` imports both).
-    from mixer_core.data import DataError
-    from mixer_core.train import TrainingError
-
     trial_id = loop_config["trial_id"]
     log = TrialLog(loop_config["writer"], trial_id, loop_config["run_config"]) if world_rank == 0 else None
     try:
         _train(loop_config, log, report_to_ray, checkpoint, world_rank, world_size, dataset_shard)
-    except (TrainingError, DataError, ConfigError) as error:
-        # A non-finite loss, unusable data or a bad config fails the same way on every retry: the trial ends
-        # now, and the driver (`sweeps.engine.SweepCallback`) marks it failed with this message. Ray Train's
-        # report is collective; every rank gets here at the same step (the loss checked is all-reduced).
+    except Exception as error:
+        if is_infrastructure(error):
+            raise  # Tune or Ray Train retries the trial from its last checkpoint, up to `max_failures` times
+        # Anything else fails the same way on every retry (`sweeps.engine.failures`): the trial ends now, and the
+        # driver (`sweeps.engine.progress.SweepCallback`) marks it failed with this message. Ray Train's report is
+        # collective: every rank gets here at the same step when the error comes from the config, the data or
+        # the loss (all-reduced before it is checked).
         if log is not None:
             log.written()  # the driver closes the run on this report: it must exist, with every step before
         report_to_ray(final_report(error, loop_config["objective"]), None)

@@ -38,7 +38,8 @@ def fetch_init_from(config: RunConfig, directory: Path, uri: str | None = None) 
     """`config` with a `runs:/RUN_ID/PATH` `train.init_from` downloaded under `directory` from the MLflow store
     `uri` (default: `sweeps.tracking.store.tracking_uri()`) and replaced by the local path; any other config as is.
 
-    Raises `FileNotFoundError` naming the URI when the store has no such run or artifact.
+    Raises `FileNotFoundError` naming the URI when the store has no such run or artifact, `ConnectionError` when
+    the store cannot be reached (an infrastructure failure, `sweeps.engine.failures`).
     """
     source = config.train.init_from
     if not (source and source.startswith(RUN_URI_PREFIX)):
@@ -46,10 +47,12 @@ def fetch_init_from(config: RunConfig, directory: Path, uri: str | None = None) 
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from sweeps.tracking.store import tracking_uri
+    from sweeps.tracking.store import is_unavailable, tracking_uri
 
     try:
         local = download_artifacts(artifact_uri=source, dst_path=str(directory), tracking_uri=uri or tracking_uri())
     except (MlflowException, OSError) as error:
+        if is_unavailable(error):  # the store, not the artifact, is missing: a retry may find it
+            raise ConnectionError(f"train.init_from {source}: MLflow store unavailable: {error}") from None
         raise FileNotFoundError(f"train.init_from {source}: {error}") from None
     return config.model_copy(update={"train": config.train.model_copy(update={"init_from": local})})

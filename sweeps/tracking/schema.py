@@ -37,6 +37,12 @@ TAG_STOPPED_EARLY = "mixer.stopped_early"  # "true" on a trial the scheduler (AS
 TAG_STOPPED_AT_STEP = "mixer.stopped_at_step"
 TAG_ERROR = "mixer.error"  # why a trial failed, on one that ended on an error a retry would repeat
 TAG_EXPERIMENT_DIR = "mixer.experiment_dir"  # where Tune keeps the sweep's state (resume derives it from the spec)
+# The lock of a sweep name (`sweeps.engine.driver`): an MLflow experiment `DRIVER_LOCK_PREFIX + name`, tagged with
+# its driver's host, process id and sweep id, and the time of its latest heartbeat (Unix seconds).
+DRIVER_LOCK_PREFIX = "mixer-driver: "
+TAG_DRIVER_HOST = "mixer.driver_host"
+TAG_DRIVER_PID = "mixer.driver_pid"
+TAG_DRIVER_HEARTBEAT = "mixer.driver_heartbeat"
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag (`mlflow.utils.mlflow_tags`)
 TAG_MODEL = "mixer.model"
 TAG_PATCH_SIZE = "mixer.patch_size"

@@ -9,7 +9,6 @@ trial or the sweep, and warns instead.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mixer_core.redact import redacted
+from sweeps.tracking.reach import tracking_uri  # noqa: F401  (its home is light: commands ask before importing MLflow)
 
 # How long one call keeps trying before it gives up: a server restart or a long SQLite write lock, not an outage
 # that needs a person.
@@ -41,11 +41,11 @@ def is_unavailable(error: BaseException) -> bool:
 
 
 def call_with_retries(
-    call: Callable[..., Returned], *args: Any, seconds: float = RETRY_SECONDS, **kwargs: Any
+    call: Callable[..., Returned], *args: Any, seconds: float | None = None, **kwargs: Any
 ) -> Returned:
-    """`call(*args, **kwargs)`, retried with exponential backoff for up to `seconds` while the store is
-    unavailable; any other error, or the last one, is raised."""
-    deadline = time.monotonic() + seconds
+    """`call(*args, **kwargs)`, retried with exponential backoff for up to `seconds` (default `RETRY_SECONDS`)
+    while the store is unavailable; any other error, or the last one, is raised."""
+    deadline = time.monotonic() + (RETRY_SECONDS if seconds is None else seconds)
     wait = _FIRST_WAIT_SECONDS
     while True:
         try:
@@ -77,11 +77,6 @@ def best_effort(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) 
         call(*args, **kwargs)
     except Exception as error:
         print(f"MLflow: {what} not recorded: {type(error).__name__}: {redacted(str(error))}", file=sys.stderr, flush=True)
-
-
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else an absolute `sqlite:///<cwd>/mlflow.db` (MLflow 3 refuses ./mlruns)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def experiment_url(ui_url: str, experiment_id: str) -> str:
