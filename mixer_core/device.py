@@ -10,7 +10,6 @@ here, only when a run asks for `tpu`, or by Ray Train's `tpu_dist` backend on TP
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 
 import torch
@@ -29,7 +28,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "tpu":
         # The TPU runtime binds each process to one chip (Ray Train gives each worker one); no index to choose.
-        importlib.import_module("torch_tpu")
+        import torch_tpu  # noqa: F401  (registers the tpu device with torch)
+
         return torch.device("tpu")
     if not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device")
