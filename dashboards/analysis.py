@@ -198,7 +198,7 @@ def _holdout(trials: list[Trial], metric: str, axis: ScalingAxis, holdout: str, 
     held_back = "the largest model" if holdout == "largest-model" else f"the largest {axis.label}"
     analysis.figures.append(
         ReportFigure(
-            name=f"holdout_{holdout.replace('-', '_')}_{metric}",
+            name=f"holdout_{holdout.replace('-', '_')}_{_file_name(metric)}",
             title=f"{label}: predicting {held_back} from the rest",
             caption=f"Laws fitted without {held_back} (filled points), extended past the fitted range (dashed), "
             f"predict the held-back trials (open stars). Shading: the {INTERVAL_KIND}, 95%.",
