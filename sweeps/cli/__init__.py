@@ -19,6 +19,7 @@ COMMANDS = {
     "sweep": ("sweeps.cli.sweep", "validate, run, resume and list sweeps"),
     "report": ("dashboards.cli", "scaling-law fits, figures and an HTML report of a sweep"),
     "predict": ("dashboards.predict_cli", "predicted error at a data or model size a sweep never ran"),
+    "fit": ("dashboards.fit_cli", "scaling-law fits, held-back predictions and a report of a table of runs"),
 }
 
 
