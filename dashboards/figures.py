@@ -33,6 +33,7 @@ STYLE = {
     "savefig.bbox": "tight",
 }
 _MARKERS = "osD^v<>ph*"
+_MAX_LEGEND_ENTRIES = 12  # beyond this a legend hides the axes (a table of runs can hold dozens of series)
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
 
 
@@ -73,6 +74,13 @@ def _log_x_axis(axes) -> None:
     axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axes.xaxis.set_major_formatter(FuncFormatter(_compact_number))
     axes.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _decades(axis, formatter) -> None:
+    """Ticks of a log axis at powers of ten only (for axes spanning many decades), labelled by `formatter`."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,), numticks=12))
+    axis.set_major_formatter(FuncFormatter(formatter))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _metric_axes(axes, x_label: str, y_label: str, percent: bool) -> None:
@@ -117,7 +125,8 @@ def scaling_figure(
             if fit.has_band:
                 axes.fill_between(grid, *fit.metric_band(grid), color=style["color"], alpha=0.15, lw=0)
         _metric_axes(axes, x_label, y_label, percent)
-        axes.legend(loc="best")
+        if len(points) <= _MAX_LEGEND_ENTRIES:
+            axes.legend(loc="best")
     return figure
 
 
@@ -221,9 +230,10 @@ def iso_flop_figure(
             params = np.geomspace(optimum.params / 30, optimum.params * 30, 120)
             curves.plot(params, iso_flop_values(fit, flops_model, optimum.flops, params), color=colour,
                         linewidth=1.3, linestyle="-" if optimum.flops <= fitted_flops else "--",
-                        label=f"C = {_compact_number(optimum.flops)}")
+                        label=f"C = {optimum.flops:.2g}")
             curves.plot([optimum.params], [optimum.predicted], "o", color=colour, markersize=5)
         _metric_axes(curves, "model size N (parameters, log scale)", y_label, percent)
+        _decades(curves.xaxis, _compact_number)
         curves.legend(loc="best", fontsize=7)
         budgets = np.array([optimum.flops for optimum in optima])
         best = np.array([optimum.params for optimum in optima])
@@ -240,9 +250,9 @@ def iso_flop_figure(
         if runs:
             frontier.plot(*zip(*runs), ".", color="0.55", markersize=4, label="runs fitted")
         frontier.axvline(fitted_flops, color="0.4", linewidth=0.8, linestyle=":")
-        _log_x_axis(frontier)
-        frontier.set_yscale("log")
-        frontier.yaxis.set_major_formatter(FuncFormatter(_compact_number))
+        frontier.set(xscale="log", yscale="log")
+        _decades(frontier.xaxis, lambda value, _position=0: f"{value:.0e}".replace("e+", "e"))
+        _decades(frontier.yaxis, _compact_number)
         frontier.set(xlabel="training compute C (FLOPs, log scale)", ylabel="model size N")
         frontier.legend(loc="upper left", fontsize=7)
     return figure

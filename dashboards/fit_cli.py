@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +141,11 @@ def run(args: argparse.Namespace) -> int:
         kind = table_kind(args.metric, args.kind)
         columns = columns_of(args)
         runs = table_runs(read_table(args.table), columns, source=str(args.table), kind=kind)
-        other = table_runs(read_table(args.predict), TableColumns(
-            **{**columns.__dict__, "metric": args.metric if args.metric in read_table(args.predict).columns else None}
-        ), source=str(args.predict), kind=kind) if args.predict else None
+        other = None
+        if args.predict:
+            frame = read_table(args.predict)
+            measured = args.metric if args.metric in frame.columns else None
+            other = table_runs(frame, replace(columns, metric=measured), source=str(args.predict), kind=kind)
     except TableError as problem:
         return refuse("fit", problem)
     analysis = analyse_table(runs, metric=args.metric, kind=kind, holdout=args.holdout, n_bootstrap=args.bootstrap)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from dashboards.allocation import ComputeOptimal
 from dashboards.fit_cli import add_table_columns, columns_of
 from dashboards.holdout import INTERVAL_KIND
-from dashboards.predict import optima_of_sweep, predict_at
+from dashboards.predict import SizePrediction, optima_of_sweep, predict_at
 from dashboards.runs import SweepNotFound, load_sweep
 from dashboards.scaling import CannotFit
 from dashboards.tables import TableError, is_table, optima_of_table, read_table, table_kind, table_runs
@@ -70,6 +71,33 @@ def _print_optima(optima: list[ComputeOptimal]) -> None:
           "budget, N and D over the largest the law was fitted on")
 
 
+def _print_predictions(predictions: list[SizePrediction]) -> None:
+    print(format_table([
+        {"series": p.series, "metric": p.metric,
+         **({"error %": 100 * p.predicted, "95% interval %": _range(*p.interval), "accuracy %": 100 * (1 - p.predicted),
+             "accuracy interval %": _range(1 - p.interval[1], 1 - p.interval[0])} if p.kind.higher_is_better else
+            {"loss": p.predicted, "95% interval": f"[{p.interval[0]:.4g}, {p.interval[1]:.4g}]"}),
+         "extrapolation": f"{p.extrapolation:.3g}x", "warning": p.warning or ""}
+        for p in predictions
+    ]))
+    print(f"intervals: 95% {INTERVAL_KIND}")
+
+
+def _emit(results: list[SizePrediction] | list[ComputeOptimal], notes: list[str], nothing: str, as_json: bool,
+          print_results: Callable[[list], None]) -> int:
+    """Notes on stderr, then the results as JSON or a table; exit status 1 with `nothing` when there are none."""
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not results:
+        print(f"mixer predict: {nothing}; see the notes above", file=sys.stderr)
+        return 1
+    if as_json:
+        emit_json([result.to_dict() for result in results])
+    else:
+        print_results(results)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the predictions; exit status 2 for a malformed table or a missing sweep, 1 with one message on
     stderr when nothing can be predicted."""
@@ -84,17 +112,8 @@ def run(args: argparse.Namespace) -> int:
         except (CannotFit, ValueError) as problem:
             print(f"mixer predict: {problem}", file=sys.stderr)
             return 1
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        if not optima:
-            print(f"mixer predict: no joint law of {args.sweep!r} has a compute-optimal point; see the notes above",
-                  file=sys.stderr)
-            return 1
-        if args.json:
-            emit_json([optimum.to_dict() for optimum in optima])
-        else:
-            _print_optima(optima)
-        return 0
+        return _emit(optima, notes, f"no joint law of {args.sweep!r} has a compute-optimal point", args.json,
+                     _print_optima)
     if is_table(args.sweep):
         print("mixer predict: a table takes --flops; for predictions at its rows use mixer fit TABLE --predict",
               file=sys.stderr)
@@ -106,22 +125,6 @@ def run(args: argparse.Namespace) -> int:
     except (SweepNotFound, ValueError) as problem:
         print(f"mixer predict: {problem}", file=sys.stderr)
         return 1
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    if not predictions:
-        law = "joint law" if args.params else "law"
-        print(f"mixer predict: no {law} of sweep {args.sweep!r} could be fitted; see the notes above", file=sys.stderr)
-        return 1
-    if args.json:
-        emit_json([prediction.to_dict() for prediction in predictions])
-        return 0
-    print(format_table([
-        {"series": p.series, "metric": p.metric,
-         **({"error %": 100 * p.predicted, "95% interval %": _range(*p.interval), "accuracy %": 100 * (1 - p.predicted),
-             "accuracy interval %": _range(1 - p.interval[1], 1 - p.interval[0])} if p.kind.higher_is_better else
-            {"loss": p.predicted, "95% interval": f"[{p.interval[0]:.4g}, {p.interval[1]:.4g}]"}),
-         "extrapolation": f"{p.extrapolation:.3g}x", "warning": p.warning or ""}
-        for p in predictions
-    ]))
-    print(f"intervals: 95% {INTERVAL_KIND}")
-    return 0
+    law = "joint law" if args.params else "law"
+    return _emit(predictions, notes, f"no {law} of sweep {args.sweep!r} could be fitted", args.json,
+                 _print_predictions)
