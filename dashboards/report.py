@@ -222,13 +222,13 @@ def render_page(title: str, meta: str, analysis: SweepAnalysis, runs_table: str)
         "weights": ("Learned weights", [f for f in analysis.figures if f.name in ("stem_filters", "token_mixing")]),
     }
     sections, nav = [], []
-    for anchor, (title, figures) in groups.items():
+    for anchor, (heading, figures) in groups.items():
         if not figures:
             continue
         body = "".join(map(_figure_html, figures))
         fits = {"scaling": _fit_table(analysis), "holdout": _prediction_table(analysis)}.get(anchor, "")
-        sections.append(f'<section id="{anchor}"><h2>{title}</h2><div class="figures">{body}</div>{fits}</section>')
-        nav.append(f'<a href="#{anchor}">{title}</a>')
+        sections.append(f'<section id="{anchor}"><h2>{heading}</h2><div class="figures">{body}</div>{fits}</section>')
+        nav.append(f'<a href="#{anchor}">{heading}</a>')
     if analysis.notes:
         items = "".join(f"<li>{escape(note)}</li>" for note in analysis.notes)
         sections.append(f'<section id="notes"><h2>Notes</h2><ul class="notes">{items}</ul></section>')

@@ -171,6 +171,7 @@ def test_a_fit_with_one_residual_degree_of_freedom_draws_no_band_and_says_why(st
     printed = capsys.readouterr().out
     assert status == 0 and "not identified" in printed and "e+20" not in printed
     html = (tmp_path / "report" / "report.html").read_text()
+    assert "<h1>Sweep fractions</h1>" in html
     assert "no band around Ti/4, resnet18 (Ti/4: 4 points for 3 parameters leave 1 residual degree(s) of freedom" \
         in html
     document = json.loads((tmp_path / "report" / "summary.json").read_text())

@@ -72,7 +72,7 @@ def test_fit_recovers_the_joint_loss_law_and_predicts_the_largest_model(csv_tabl
     figures = {path.name for path in (report.parent / "figures").iterdir()}
     assert "holdout_largest_model_val_loss.png" in figures and "allocation_val_loss_lm.png" in figures
     html = report.read_text()
-    assert "Compute-optimal allocation" in html and "Held-back prediction" in html and html.count("<tr>") > 20
+    assert "<h1>Table runs.csv</h1>" in html and "Compute-optimal allocation" in html and "Held-back prediction" in html and html.count("<tr>") > 20
 
 
 def test_fit_predict_reads_every_row_of_another_table_in_any_format(csv_table, capsys, tmp_path):
