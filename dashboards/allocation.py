@@ -18,6 +18,7 @@ from dashboards.scaling import CannotFit, ScalingFit
 
 _GRID_POINTS = 4001
 _GRID_REACH = 1e4  # the grid spans the fitted model sizes widened by this factor each way
+_FLOPS_MODEL_TOLERANCE = np.log(1.5)  # runs whose compute is off C = k·N^γ·D by more (rms) are not described by it
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,23 @@ class FlopsModel:
     gamma: float = 1.0
 
     @classmethod
-    def fitted(cls, params: np.ndarray, data: np.ndarray, flops: np.ndarray) -> FlopsModel:
+    def fitted(cls, params: np.ndarray, data: np.ndarray, flops: np.ndarray, *, label: str = "runs") -> FlopsModel:
         """The model whose log(C/D) = log k + γ·log N best fits the runs (least squares); γ = 1 when they
-        span a single model size. Returns it."""
+        span a single model size. Returns it; raises `CannotFit`, its message starting with `label`, when the
+        runs' compute departs from it by more than 1.5× (rms), as when every run took the same number of steps
+        whatever its data size."""
         params, per_example = np.asarray(params, float), np.asarray(flops, float) / np.asarray(data, float)
         if len(np.unique(params)) < 2:
-            return cls(k=float(np.exp(np.mean(np.log(per_example / params)))))
-        gamma, log_k = np.polyfit(np.log(params), np.log(per_example), 1)
-        return cls(k=float(np.exp(log_k)), gamma=float(gamma))
+            model = cls(k=float(np.exp(np.mean(np.log(per_example / params)))))
+        else:
+            gamma, log_k = np.polyfit(np.log(params), np.log(per_example), 1)
+            model = cls(k=float(np.exp(log_k)), gamma=float(gamma))
+        misfit = np.sqrt(np.mean((np.log(per_example) - np.log(model.k * params**model.gamma)) ** 2))
+        if misfit > _FLOPS_MODEL_TOLERANCE:
+            raise CannotFit(f"{label}: the runs' training compute is off {model.describe()} by a factor of "
+                            f"{np.exp(misfit):.3g} (rms): it does not grow with data size as C ∝ D (equal-step "
+                            "budgets?), so there is no compute-optimal split of C between N and D")
+        return model
 
     def data_at(self, params: np.ndarray, flops: float) -> np.ndarray:
         """The data size D that spends `flops` on models of `params` parameters."""
@@ -131,8 +141,8 @@ def optima_at(fits: list[ScalingFit], runs: dict[str, list[tuple[float, float, f
             continue
         params, data, run_flops = map(np.asarray, zip(*family_runs))
         try:
-            optima.append(compute_optimal(fit, FlopsModel.fitted(params, data, run_flops), flops,
-                                          fitted_flops=float(run_flops.max())))
+            flops_model = FlopsModel.fitted(params, data, run_flops, label=f"{fit.series}, {fit.metric}")
+            optima.append(compute_optimal(fit, flops_model, flops, fitted_flops=float(run_flops.max())))
         except CannotFit as refusal:
             notes.append(str(refusal))
     return optima, notes

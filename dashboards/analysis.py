@@ -295,9 +295,9 @@ def add_allocation(analysis: SweepAnalysis, fit: ScalingFit, runs: list[tuple[fl
     add the compute-optimal N, D and metric at budgets from the smallest run's compute to 100 times the largest,
     with their iso-FLOP figure, to `analysis` (or a note saying why there is no optimum)."""
     params, data, flops = map(np.asarray, zip(*runs))
-    flops_model = FlopsModel.fitted(params, data, flops)
     budgets = np.geomspace(flops.min(), flops.max() * ALLOCATION_REACH, 7)
     try:
+        flops_model = FlopsModel.fitted(params, data, flops, label=f"{fit.series}, {fit.metric}")
         optima = [compute_optimal(fit, flops_model, budget, fitted_flops=flops.max()) for budget in budgets]
     except CannotFit as refusal:
         analysis.notes.append(f"compute-optimal allocation: {refusal}")

@@ -142,3 +142,16 @@ def test_predict_flops_on_a_sweep_reads_its_logged_training_flops(tmp_path_facto
     captured = capsys.readouterr()
     assert status == 1
     assert "note: Mixer, test_top1: at 1e+13 FLOPs the law keeps improving towards ever larger models" in captured.err
+
+
+def test_predict_flops_refuses_runs_whose_compute_does_not_grow_with_data(capsys, tmp_path):
+    # Equal-step budgets: every run of a model costs the same whatever its data size, so C = k·N·D does not hold.
+    path = tmp_path / "equal_steps.csv"
+    table = runs_table()
+    table.assign(flops=K * table["N"] * 1e9).to_csv(path, index=False)
+    status = main(["predict", str(path), "--flops", "1e21", "--metric", "val_loss", "--params-column", "N",
+                   "--data-column", "tokens", "--flops-column", "flops", "--bootstrap", "20"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "note: all runs, val_loss: the runs' training compute is off C = " in err
+    assert "it does not grow with data size" in err
