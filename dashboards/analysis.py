@@ -7,10 +7,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from dashboards.allocation import ComputeOptimal, FlopsModel, compute_optimal
 from dashboards.checkpoints import CheckpointError, load_trial_mixer
 from dashboards.figures import (
     cost_figure,
     holdout_figure,
+    iso_flop_figure,
+    parity_figure,
     permutation_figure,
     png_bytes,
     scaling_figure,
@@ -18,8 +23,26 @@ from dashboards.figures import (
     stem_filters_figure,
     token_mixing_figure,
 )
-from dashboards.holdout import INTERVAL_KIND, HeldBackCurve, Prediction, SizedPoint, hold_back, predict_held_back
+from dashboards.holdout import (
+    HELD_BACK_COMPUTE,
+    INTERVAL_KIND,
+    HeldBackCurve,
+    Prediction,
+    SizedPoint,
+    hold_back,
+    predict_held_back,
+)
+from dashboards.kinds import MetricKind, kind_of_metric
 from dashboards.runs import SweepRuns, Trial, metric_histories
+from dashboards.scaling import (
+    MIN_BAND_DOF,
+    CannotFit,
+    ScalingFit,
+    chosen_trials,
+    fit_joint,
+    fit_series,
+    replicate_key,
+)
 from mixer_core.metrics import (
     BEST_PREFIX,
     IMAGES_PER_SEC,
@@ -30,13 +53,13 @@ from mixer_core.metrics import (
     best,
     fewshot_top1,
 )
-from dashboards.scaling import CannotFit, ScalingFit, chosen_trials, fit_joint, fit_series, replicate_key
 
 TOP1_METRICS = (TEST_TOP1, VAL_TOP1)  # the first one any trial logged is the report's accuracy
 FEWSHOT_SHOTS = 5  # the paper's headline few-shot number (Figures 2-right, 3)
 # `fewshot_5shot_top1` (the pre-training data's own splits) or `fewshot_<label>_5shot_top1` (downstream)
 _FEWSHOT_NAME = re.compile(rf"^fewshot_(?:(?P<label>.+)_)?{FEWSHOT_SHOTS}shot_top1$")
 _TOP1_LABELS = {TEST_TOP1: "test top-1", VAL_TOP1: "validation top-1"}
+ALLOCATION_REACH = 100.0  # the report's compute-optimal frontier runs to this many times the largest run's compute
 BEST_NOTE = ("accuracies are the best/ metrics: each trial's test top-1 and few-shot accuracy measured at its "
              "evaluation with the best upstream validation top-1 (the paper's selection), not at the final step; "
              "pass --metric to analyse another metric (e.g. test_top1 for the final step)")
@@ -73,9 +96,20 @@ class SweepAnalysis:
     metrics: list[str]
     fits: list[ScalingFit] = field(default_factory=list)
     predictions: list[Prediction] = field(default_factory=list)
+    optima: list[ComputeOptimal] = field(default_factory=list)
     figures: list[ReportFigure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     weights_trial: str | None = None
+
+
+def metric_kind(name: str) -> MetricKind:
+    """The kind of law a metric of ours is fitted with, from its name (`val_loss`: loss, `*_top1`: error).
+    Raises ValueError for a name that says neither."""
+    kind = kind_of_metric(name)
+    if kind is None:
+        raise ValueError(f"cannot tell from its name whether {name} is an accuracy (*_top1) or a loss (*loss), "
+                         "so no scaling law is fitted to it")
+    return kind
 
 
 def _file_name(metric: str) -> str:
@@ -138,73 +172,147 @@ def family(trial: Trial) -> str:
 def sized_points(trials: list[Trial], metric: str, axis: ScalingAxis, group: Callable[[Trial], str]
                  ) -> dict[str, list[SizedPoint]]:
     """Per group (a series or a family), every trial of the best configuration per model size and x,
-    seeds included, as (params, x, accuracy) points."""
+    seeds included, as (params, x, metric) points."""
     usable = [t for t in trials if axis.value(t) and t.metric(metric) is not None]
     chosen = chosen_trials(
-        ((group(t), t.params_count or 0), axis.value(t), t.metric(metric), replicate_key(t.config)) for t in usable
+        (((group(t), t.params_count or 0), axis.value(t), t.metric(metric), replicate_key(t.config)) for t in usable),
+        higher_is_better=metric_kind(metric).higher_is_better,
     )
     points: dict[str, list[SizedPoint]] = defaultdict(list)
     for (name, params), series_points in chosen.items():
-        points[name] += [SizedPoint(params, x, accuracy) for x, accuracy in series_points]
+        points[name] += [SizedPoint(params, x, value) for x, value in series_points]
     return dict(points)
+
+
+def _law_caption(kind: MetricKind) -> str:
+    if kind.higher_is_better:
+        return "the fitted error law E = a·x^(−b) + c drawn as 1 − E"
+    return "the fitted loss law L = a·x^(−b) + c (log-normal noise)"
+
+
+def band_caption(fits: list[ScalingFit], band: str) -> str:
+    """How the figure's fits are shaded: by `band`, and for each fit with too few residual degrees of freedom,
+    why it has none."""
+    bare = [fit for fit in fits if not fit.has_band]
+    if not bare:
+        return f"shaded by {band}"
+    why = "; ".join(f"{fit.series}: {fit.n_points} points for {len(fit.parameters)} parameters leave "
+                    f"{fit.law_fit.dof} residual degree(s) of freedom" for fit in bare)
+    shaded = f"shaded by {band} where it means something; " if len(bare) < len(fits) else ""
+    return (f"{shaded}no band around {', '.join(fit.series for fit in bare)} ({why}; a band needs at least "
+            f"{MIN_BAND_DOF}, so run more sizes)")
+
+
+def add_scaling(analysis: SweepAnalysis, series_points: dict[str, list[SizedPoint]],
+                family_points: dict[str, list[SizedPoint]], members: dict[str, tuple[str, float]], *, metric: str,
+                label: str, kind: MetricKind, x_name: str, x_label: str, styles: dict[str, dict],
+                n_bootstrap: int) -> None:
+    """Fit the per-series laws and each family's joint law of one metric against one axis, and add the fits,
+    the refusals (as notes) and the figure to `analysis`. `members` maps a series to its (family, model size)."""
+    points = {series: [(p.x, p.value) for p in sized] for series, sized in series_points.items()}
+    if not points and not family_points:
+        analysis.notes.append(f"{label} vs {x_label}: no trial logged both; no figure")
+        return
+    fits, refusals = fit_series(points, x_name=x_name, metric=metric, kind=kind, n_bootstrap=n_bootstrap)
+    families = {name: [(p.params, p.x, p.value) for p in sized] for name, sized in family_points.items()}
+    joint_fits, joint_refusals = fit_joint(families, x_name=x_name, metric=metric, kind=kind, n_bootstrap=n_bootstrap)
+    analysis.fits += fits + joint_fits
+    analysis.notes += refusals + joint_refusals
+    joint_by_family = {fit.series: fit for fit in joint_fits}
+    joint = {series: (joint_by_family[name], params) for series, (name, params) in members.items()
+             if name in joint_by_family}
+    joint_caption = " Dotted: the joint law E∞ + A·N^(−α) + B·x^(−β) of the model's family at its size N." \
+        if joint else ""
+    if not points:
+        return
+    analysis.figures.append(
+        ReportFigure(
+            name=f"scaling_{_file_name(metric)}_vs_{_file_name(x_name)}",
+            title=f"{label} vs {x_label}",
+            caption=f"Every trial of the best configuration per model and {x_label} (points); lines are "
+            f"{_law_caption(kind)}, {band_caption(fits, 'its bootstrap 95% confidence band')} (paper Figures "
+            f"2-right, 3).{joint_caption}",
+            png=png_bytes(scaling_figure(points, fits, styles, x_label=f"{x_label} (log scale)", y_label=label,
+                                         joint=joint, percent=kind.higher_is_better)),
+        )
+    )
 
 
 def _scaling(
     trials: list[Trial], metric: str, axis: ScalingAxis, styles: dict[str, dict], n_bootstrap: int,
     analysis: SweepAnalysis,
 ) -> None:
-    label = metric_label(metric)
-    points = {series: [(p.x, p.accuracy) for p in sized]
-              for series, sized in sized_points(trials, metric, axis, lambda t: t.series).items()}
-    if not points:
-        analysis.notes.append(f"{label} vs {axis.label}: no trial logged both; no figure")
-        return
-    fits, refusals = fit_series(points, x_name=axis.name, metric=metric, n_bootstrap=n_bootstrap)
-    families = {name: [(p.params, p.x, p.accuracy) for p in sized]
-                for name, sized in sized_points(trials, metric, axis, family).items()}
-    joint_fits, joint_refusals = fit_joint(families, x_name=axis.name, metric=metric, n_bootstrap=n_bootstrap)
-    analysis.fits += fits + joint_fits
-    analysis.notes += refusals + joint_refusals
-    joint_by_family = {fit.series: fit for fit in joint_fits}
-    joint = {t.series: (joint_by_family[family(t)], t.params_count) for t in trials if family(t) in joint_by_family}
-    joint_caption = " Dotted: the joint law E∞ + A·N^(−α) + B·x^(−β) of the model's family at its size N." \
-        if joint else ""
-    analysis.figures.append(
-        ReportFigure(
-            name=f"scaling_{_file_name(metric)}_vs_{_file_name(axis.name)}",
-            title=f"{label} vs {axis.label}",
-            caption=f"Every trial of the best configuration per model and {axis.label} (points); lines are the "
-            "fitted error law E = a·x^(−b) + c drawn as 1 − E, shaded by its bootstrap 95% confidence band "
-            f"(paper Figures 2-right, 3).{joint_caption}",
-            png=png_bytes(scaling_figure(points, fits, styles, x_label=f"{axis.label} (log scale)", y_label=label,
-                                         joint=joint)),
-        )
-    )
+    add_scaling(analysis, sized_points(trials, metric, axis, lambda t: t.series),
+                sized_points(trials, metric, axis, family), {t.series: (family(t), t.params_count) for t in trials},
+                metric=metric, label=metric_label(metric), kind=metric_kind(metric), x_name=axis.name,
+                x_label=axis.label, styles=styles, n_bootstrap=n_bootstrap)
 
 
-def _holdout(trials: list[Trial], metric: str, axis: ScalingAxis, holdout: str, styles: dict[str, dict],
-             n_bootstrap: int, analysis: SweepAnalysis) -> None:
-    label = metric_label(metric)
-    group = family if holdout == "largest-model" else (lambda t: t.series)
+def add_holdout(analysis: SweepAnalysis, groups: dict[str, list[SizedPoint]], holdout: str, *, metric: str,
+                label: str, kind: MetricKind, x_name: str, x_label: str, styles: dict[str, dict],
+                n_bootstrap: int) -> None:
+    """Hold back `holdout`'s points of every group (a series, or a family for 'largest-model' and
+    'largest-flops'), predict them from the rest, and add the predictions, refusals and figure to `analysis`."""
     curves: list[HeldBackCurve] = []
-    for name, points in sized_points(trials, metric, axis, group).items():
+    for name, points in groups.items():
         try:
-            curves.append(hold_back(holdout, name, points, x_name=axis.name, metric=metric, n_bootstrap=n_bootstrap))
+            curves.append(hold_back(holdout, name, points, x_name=x_name, metric=metric, kind=kind,
+                                    n_bootstrap=n_bootstrap))
         except CannotFit as refusal:
             analysis.notes.append(f"holdout {holdout}: {refusal}")
     if not curves:
         return
-    analysis.predictions += [prediction for curve in curves for prediction in predict_held_back(curve)]
-    held_back = "the largest model" if holdout == "largest-model" else f"the largest {axis.label}"
-    analysis.figures.append(
-        ReportFigure(
-            name=f"holdout_{holdout.replace('-', '_')}_{metric}",
-            title=f"{label}: predicting {held_back} from the rest",
-            caption=f"Laws fitted without {held_back} (filled points), extended past the fitted range (dashed), "
-            f"predict the held-back trials (open stars). Shading: the {INTERVAL_KIND}, 95%.",
-            png=png_bytes(holdout_figure(curves, styles, x_label=f"{axis.label} (log scale)", y_label=label)),
-        )
-    )
+    predictions = [prediction for curve in curves for prediction in predict_held_back(curve)]
+    analysis.predictions += predictions
+    held_back = {"largest-model": "the largest model", "largest-flops": HELD_BACK_COMPUTE}.get(
+        holdout, f"the largest {x_label}")
+    if holdout == "largest-flops":
+        png = png_bytes(parity_figure(curves, predictions, y_label=label, percent=kind.higher_is_better))
+        caption = (f"The joint law fitted without {held_back} predicts each held-back run (stars, bars: the "
+                   f"{INTERVAL_KIND}, 95%); points on the diagonal are predicted exactly. Circles: runs fitted.")
+    else:
+        png = png_bytes(holdout_figure(curves, styles, x_label=f"{x_label} (log scale)", y_label=label,
+                                       percent=kind.higher_is_better))
+        caption = (f"Laws fitted without {held_back} (filled points), extended past the fitted range (dashed), "
+                   f"predict the held-back trials (open stars); "
+                   f"{band_caption([curve.fit for curve in curves], f'the {INTERVAL_KIND}, 95%')}.")
+    analysis.figures.append(ReportFigure(name=f"holdout_{holdout.replace('-', '_')}_{_file_name(metric)}",
+                                         title=f"{label}: predicting {held_back} from the rest", caption=caption,
+                                         png=png))
+
+
+def _holdout(trials: list[Trial], metric: str, axis: ScalingAxis, holdout: str, styles: dict[str, dict],
+             n_bootstrap: int, analysis: SweepAnalysis) -> None:
+    group = family if holdout == "largest-model" else (lambda t: t.series)
+    add_holdout(analysis, sized_points(trials, metric, axis, group), holdout, metric=metric,
+                label=metric_label(metric), kind=metric_kind(metric), x_name=axis.name, x_label=axis.label,
+                styles=styles, n_bootstrap=n_bootstrap)
+
+
+def add_allocation(analysis: SweepAnalysis, fit: ScalingFit, runs: list[tuple[float, float, float]], *,
+                   label: str) -> None:
+    """From joint law `fit` and its family's runs as (params, data, flops), fit the FLOPs model C = k·N^γ·D and
+    add the compute-optimal N, D and metric at budgets from the smallest run's compute to 100 times the largest,
+    with their iso-FLOP figure, to `analysis` (or a note saying why there is no optimum)."""
+    params, data, flops = map(np.asarray, zip(*runs))
+    budgets = np.geomspace(flops.min(), flops.max() * ALLOCATION_REACH, 7)
+    try:
+        flops_model = FlopsModel.fitted(params, data, flops, label=f"{fit.series}, {fit.metric}")
+        optima = [compute_optimal(fit, flops_model, budget, fitted_flops=flops.max()) for budget in budgets]
+    except CannotFit as refusal:
+        analysis.notes.append(f"compute-optimal allocation: {refusal}")
+        return
+    analysis.optima += optima
+    analysis.figures.append(ReportFigure(
+        name=f"allocation_{_file_name(fit.metric)}_{_file_name(fit.series)}",
+        title=f"{label}: compute-optimal model size, {fit.series}",
+        caption=f"Chinchilla's approach 3 on the joint law with {flops_model.describe()} (fitted to the runs). "
+        "Left: the law along iso-FLOP curves, the optimum of each marked. Right: the optimal model size against "
+        "compute with its bootstrap 95% band; beyond the largest compute fitted (dotted line) the frontier is "
+        "dashed and each optimum is labelled with how many times that compute it is.",
+        png=png_bytes(iso_flop_figure(fit, flops_model, optima, list(zip(flops, params)), fitted_flops=flops.max(),
+                                      y_label=label, percent=fit.kind.higher_is_better)),
+    ))
 
 
 def _cost(trials: list[Trial], metric: str, styles: dict[str, dict], analysis: SweepAnalysis) -> None:
@@ -303,6 +411,16 @@ def _weights(trials: list[Trial], metric: str, trial_id: str | None, analysis: S
     ]
 
 
+def _allocation(trials: list[Trial], metric: str, analysis: SweepAnalysis) -> None:
+    """The compute-optimal frontier of every joint law of `metric` against training examples, from the trials'
+    logged training FLOPs."""
+    for fit in [fit for fit in analysis.fits if fit.is_joint and fit.metric == metric and fit.x_name == TRAIN_SIZE]:
+        runs = [(t.params_count, t.metric(TRAIN_SIZE), t.metric(TRAIN_FLOPS)) for t in trials
+                if family(t) == fit.series and t.params_count and t.metric(TRAIN_SIZE) and t.metric(TRAIN_FLOPS)]
+        if runs:
+            add_allocation(analysis, fit, runs, label=metric_label(metric))
+
+
 def analyse_sweep(
     sweep: SweepRuns,
     *,
@@ -328,6 +446,8 @@ def analyse_sweep(
         for axis in (data_axis(finished), COMPUTE_AXIS):
             progress(f"fitting {name} against {axis.label} ({n_bootstrap} bootstrap draws per model)")
             _scaling(finished, name, axis, styles, n_bootstrap, analysis)
+        if name == analysis.metrics[0]:
+            _allocation(finished, name, analysis)
         if holdout:
             progress(f"holding back {holdout} for {name}: fitting the rest and predicting it")
             _holdout(finished, name, data_axis(finished), holdout, styles, n_bootstrap, analysis)

@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
-from dashboards.holdout import HeldBackCurve
+from dashboards.allocation import ComputeOptimal, FlopsModel, iso_flop_values
+from dashboards.holdout import HeldBackCurve, Prediction
 from dashboards.scaling import ScalingFit
 from mixer_core.model import MlpMixer
 
@@ -32,6 +33,7 @@ STYLE = {
     "savefig.bbox": "tight",
 }
 _MARKERS = "osD^v<>ph*"
+_MAX_LEGEND_ENTRIES = 12  # beyond this a legend hides the axes (a table of runs can hold dozens of series)
 _DIVERGING = matplotlib.colormaps["RdBu_r"].with_extremes(bad="white")
 
 
@@ -74,6 +76,21 @@ def _log_x_axis(axes) -> None:
     axes.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _decades(axis, formatter) -> None:
+    """Ticks of a log axis at powers of ten only (for axes spanning many decades), labelled by `formatter`."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,), numticks=12))
+    axis.set_major_formatter(FuncFormatter(formatter))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _metric_axes(axes, x_label: str, y_label: str, percent: bool) -> None:
+    """A log x axis and a y axis in percent (accuracies) or plain numbers (losses), labelled."""
+    _log_x_axis(axes)
+    if percent:
+        axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+    axes.set(xlabel=x_label, ylabel=y_label)
+
+
 def scaling_figure(
     points: dict[str, list[tuple[float, float]]],
     fits: Sequence[ScalingFit],
@@ -82,33 +99,34 @@ def scaling_figure(
     x_label: str,
     y_label: str,
     joint: dict[str, tuple[ScalingFit, float]] | None = None,
+    percent: bool = True,
 ) -> Figure:
-    """Accuracy against x on a log axis per series, with the fitted law 1 − E(x) and its bootstrap band, and
-    dotted, the joint law of the series' model family at its size N (`joint`: series -> (joint fit, N))."""
+    """The metric (accuracy as a `percent`, or a loss) against x on a log axis per series, with the fitted law
+    and its bootstrap band (none for a fit with too few residual degrees of freedom), and dotted, the joint law
+    of the series' model family at its size N (`joint`: series -> (joint fit, N))."""
     joint = joint or {}
     with matplotlib.rc_context(STYLE):
         figure, (axes,) = _new_figure(5.2, 3.6)
         fits_by_series = {fit.series: fit for fit in fits}
         for series, series_points in points.items():
-            x, accuracy = map(np.asarray, zip(*series_points))
+            x, values = map(np.asarray, zip(*series_points))
             style = styles[series]
-            axes.plot(x, accuracy, linestyle="none", markersize=5, label=series, **style)
+            axes.plot(x, values, linestyle="none", markersize=5, label=series, **style)
             if series in joint:
                 joint_fit, params = joint[series]
                 grid = np.geomspace(*joint_fit.x_range, 100)
                 inputs = np.column_stack([np.full(len(grid), params), grid])
-                axes.plot(grid, 1 - joint_fit.error(inputs), color=style["color"], linewidth=1.1, linestyle=":")
+                axes.plot(grid, joint_fit.metric_at(inputs), color=style["color"], linewidth=1.1, linestyle=":")
             fit = fits_by_series.get(series)
             if fit is None:
                 continue
             grid = np.geomspace(*fit.x_range, 100)
-            axes.plot(grid, 1 - fit.error(grid), color=style["color"], linewidth=1.4)
-            low_error, high_error = fit.error_band(grid)
-            axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.15, lw=0)
-        _log_x_axis(axes)
-        axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
-        axes.set(xlabel=x_label, ylabel=y_label)
-        axes.legend(loc="best")
+            axes.plot(grid, fit.metric_at(grid), color=style["color"], linewidth=1.4)
+            if fit.has_band:
+                axes.fill_between(grid, *fit.metric_band(grid), color=style["color"], alpha=0.15, lw=0)
+        _metric_axes(axes, x_label, y_label, percent)
+        if len(points) <= _MAX_LEGEND_ENTRIES:
+            axes.legend(loc="best")
     return figure
 
 
@@ -118,42 +136,125 @@ def holdout_figure(
     *,
     x_label: str,
     y_label: str,
+    percent: bool = True,
 ) -> Figure:
-    """Accuracy against x per curve: the points a law was fitted on, the law extended past them (dashed) with
-    its one-run prediction band, and the held-back points it predicts (open stars, labelled with the
-    prediction's error in accuracy points)."""
+    """The metric against x per curve: the points a law was fitted on, the law extended past them (dashed) with
+    its one-run prediction band (none with too few residual degrees of freedom), and the held-back points it
+    predicts (open stars, labelled with the prediction's error: accuracy points, or percent of a loss)."""
     styles = {**series_styles([curve.fit.series for curve in curves]), **styles}
     with matplotlib.rc_context(STYLE):
         figure, (axes,) = _new_figure(5.6, 3.8)
         for curve in curves:
             style = styles[curve.fit.series]
             # A per-model curve is fitted up to its largest x; a joint one predicts a model size it never saw.
-            fitted_x, fitted_accuracy = np.array([(p.x, p.accuracy) for p in curve.fitted]).T
+            fitted_x, fitted_values = np.array([(p.x, p.value) for p in curve.fitted]).T
             label = curve.fit.series if curve.params is None else f"{curve.fit.series}, smaller sizes (fitted)"
-            axes.plot(fitted_x, fitted_accuracy, linestyle="none", markersize=5, label=label,
+            axes.plot(fitted_x, fitted_values, linestyle="none", markersize=5, label=label,
                       alpha=1.0 if curve.params is None else 0.35, **style)
             held_x = np.array([p.x for p in curve.held_back])
             grid = np.geomspace(fitted_x.min(), max(held_x.max(), fitted_x.max()) * 1.25, 120)
             inside = grid <= (fitted_x.max() if curve.params is None else 0)
-            accuracy = 1 - curve.fit.error(curve.inputs(grid))
-            axes.plot(grid[inside], accuracy[inside], color=style["color"], linewidth=1.4)
-            axes.plot(grid[~inside], accuracy[~inside], color=style["color"], linewidth=1.4, linestyle="--")
-            low_error, high_error = curve.fit.error_band(curve.inputs(grid), one_run=True)
-            axes.fill_between(grid, 1 - high_error, 1 - low_error, color=style["color"], alpha=0.13, lw=0)
-            held_accuracy = np.array([p.accuracy for p in curve.held_back])
-            axes.plot(held_x, held_accuracy, marker="*", markersize=12, markerfacecolor="white",
+            values = curve.fit.metric_at(curve.inputs(grid))
+            axes.plot(grid[inside], values[inside], color=style["color"], linewidth=1.4)
+            axes.plot(grid[~inside], values[~inside], color=style["color"], linewidth=1.4, linestyle="--")
+            if curve.fit.has_band:
+                axes.fill_between(grid, *curve.fit.metric_band(curve.inputs(grid), one_run=True),
+                                  color=style["color"], alpha=0.13, lw=0)
+            held_values = np.array([p.value for p in curve.held_back])
+            axes.plot(held_x, held_values, marker="*", markersize=12, markerfacecolor="white",
                       markeredgecolor=style["color"], markeredgewidth=1.3, linestyle="none")
             for x in np.unique(held_x):  # seeds at one x share a label: the mean error of their predictions
-                measured = held_accuracy[held_x == x]
-                predicted = 1 - curve.fit.error(curve.inputs(np.array([x])))[0]
-                axes.annotate(f"{100 * (predicted - measured.mean()):+.1f} pts", (x, measured.min()),
-                              xytext=(7, -10), textcoords="offset points", fontsize=8, color=style["color"])
+                measured = held_values[held_x == x].mean()
+                predicted = curve.fit.metric_at(curve.inputs(np.array([x])))[0]
+                miss = f"{100 * (predicted - measured):+.1f} pts" if percent else \
+                    f"{100 * (predicted - measured) / measured:+.1f}%"
+                axes.annotate(miss, (x, held_values[held_x == x].min()), xytext=(7, -10), textcoords="offset points",
+                              fontsize=8, color=style["color"])
         axes.plot([], [], marker="*", markersize=10, markerfacecolor="white", markeredgecolor="0.3",
                   linestyle="none", label="held back (predicted − measured)")
-        _log_x_axis(axes)
-        axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
-        axes.set(xlabel=x_label, ylabel=y_label)
-        axes.legend(loc="lower right")
+        _metric_axes(axes, x_label, y_label, percent)
+        axes.legend(loc="lower right" if percent else "upper right")
+    return figure
+
+
+def parity_figure(
+    curves: Sequence[HeldBackCurve],
+    predictions: Sequence[Prediction],
+    *,
+    y_label: str,
+    percent: bool = True,
+) -> Figure:
+    """Predicted against measured metric for held-back runs (stars with their prediction intervals as bars) and,
+    as circles, the fitted runs against the law's value there; the diagonal is a perfect prediction."""
+    with matplotlib.rc_context(STYLE):
+        figure, (axes,) = _new_figure(4.6, 4.2)
+        for curve in curves:
+            fitted = np.array([(p.params, p.x) for p in curve.fitted]) if curve.fit.is_joint else \
+                np.array([p.x for p in curve.fitted])
+            axes.plot([p.value for p in curve.fitted], curve.fit.metric_at(fitted), "o", color="0.6", markersize=3.5,
+                      label=f"{curve.fit.series}: fitted runs")
+        measured = np.array([p.measured for p in predictions])
+        predicted = np.array([p.predicted for p in predictions])
+        bars = np.abs(np.array([p.interval for p in predictions]).T - predicted)
+        axes.errorbar(measured, predicted, yerr=bars, fmt="*", markersize=9, color="tab:red", ecolor="tab:red",
+                      elinewidth=0.8, capsize=2, label="held back (95% prediction interval)")
+        every = np.concatenate([measured, predicted, *[[p.value for p in curve.fitted] for curve in curves]])
+        span = np.array([every.min(), every.max()])
+        axes.plot(span, span, color="0.3", linewidth=0.8, linestyle="--", zorder=0)
+        if percent:
+            axes.xaxis.set_major_formatter(PercentFormatter(xmax=1))
+            axes.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+        axes.set(xlabel=f"measured {y_label}", ylabel=f"predicted {y_label}")
+        axes.legend(loc="upper left")
+    return figure
+
+
+def iso_flop_figure(
+    fit: ScalingFit,
+    flops_model: FlopsModel,
+    optima: Sequence[ComputeOptimal],
+    runs: Sequence[tuple[float, float]],
+    *,
+    fitted_flops: float,
+    y_label: str,
+    percent: bool = True,
+) -> Figure:
+    """Two panels (Chinchilla's Figure 3): left, the joint law along iso-FLOP curves (metric against model size at
+    each budget, its optimum marked); right, the optimal model size against compute with its 95% band, solid up
+    to the largest compute fitted (`fitted_flops`, dotted line) and dashed beyond, each optimum labelled with how
+    far it is extrapolated, and the runs fitted (`runs`: (flops, params)) as grey points."""
+    with matplotlib.rc_context(STYLE):
+        figure, (curves, frontier) = _new_figure(9.4, 3.6, columns=2)
+        colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(optima)))
+        for optimum, colour in zip(optima, colours):
+            params = np.geomspace(optimum.params / 30, optimum.params * 30, 120)
+            curves.plot(params, iso_flop_values(fit, flops_model, optimum.flops, params), color=colour,
+                        linewidth=1.3, linestyle="-" if optimum.flops <= fitted_flops else "--",
+                        label=f"C = {optimum.flops:.2g}")
+            curves.plot([optimum.params], [optimum.predicted], "o", color=colour, markersize=5)
+        _metric_axes(curves, "model size N (parameters, log scale)", y_label, percent)
+        _decades(curves.xaxis, _compact_number)
+        curves.legend(loc="best", fontsize=7)
+        budgets = np.array([optimum.flops for optimum in optima])
+        best = np.array([optimum.params for optimum in optima])
+        low, high = np.array([optimum.params_interval for optimum in optima]).T
+        inside = budgets <= fitted_flops
+        frontier.fill_between(budgets, low, high, color="tab:blue", alpha=0.15, lw=0, label="95% interval")
+        frontier.plot(budgets[inside], best[inside], color="tab:blue", linewidth=1.4, label="optimal N")
+        frontier.plot(budgets[~inside | np.roll(inside, -1)], best[~inside | np.roll(inside, -1)], color="tab:blue",
+                      linewidth=1.4, linestyle="--")
+        for optimum in optima:
+            if optimum.flops > fitted_flops:
+                frontier.annotate(f"{optimum.extrapolation['flops']:.3g}x", (optimum.flops, optimum.params),
+                                  xytext=(4, -10), textcoords="offset points", fontsize=7, color="tab:blue")
+        if runs:
+            frontier.plot(*zip(*runs), ".", color="0.55", markersize=4, label="runs fitted")
+        frontier.axvline(fitted_flops, color="0.4", linewidth=0.8, linestyle=":")
+        frontier.set(xscale="log", yscale="log")
+        _decades(frontier.xaxis, lambda value, _position=0: f"{value:.0e}".replace("e+", "e"))
+        _decades(frontier.yaxis, _compact_number)
+        frontier.set(xlabel="training compute C (FLOPs, log scale)", ylabel="model size N")
+        frontier.legend(loc="upper left", fontsize=7)
     return figure
 
 

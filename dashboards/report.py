@@ -127,12 +127,21 @@ def _trial_table(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> 
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def _format_parameter(fit: ScalingFit, name: str) -> str:
+def parameter_text(fit: ScalingFit, name: str) -> tuple[str, str]:
+    """A fitted parameter and its 95% interval as text, or "not identified" when the data do not pin it down."""
+    if not fit.identified[name]:
+        return f"{fit.parameters[name]:.3g}", "not identified"
     low, high = fit.intervals[name]
-    return f'{escape(name)} = {fit.parameters[name]:.3g} <span class="ci">[{low:.3g}, {high:.3g}]</span>'
+    return f"{fit.parameters[name]:.3g}", f"[{low:.3g}, {high:.3g}]"
 
 
-_FIT_COLUMNS = ("series", "metric", "law", "points", "parameters [95% interval]", "accuracy ceiling", "bootstrap fits")
+def _format_parameter(fit: ScalingFit, name: str) -> str:
+    value, interval = parameter_text(fit, name)
+    return f'{escape(name)} = {value} <span class="ci">{escape(interval)}</span>'
+
+
+_FIT_COLUMNS = ("series", "metric", "law", "points", "parameters [95% interval]", "accuracy ceiling / loss floor",
+                "bootstrap fits")
 
 
 def _fit_row(fit: ScalingFit) -> str:
@@ -141,7 +150,8 @@ def _fit_row(fit: ScalingFit) -> str:
     parameters = " ".join(f'<span style="display:inline-block;margin-right:10px">{_format_parameter(fit, name)}</span>'
                           for name in fit.parameters)
     floor = fit.parameters.get("c", fit.parameters.get("E_inf"))
-    cells += [f"<td>{fit.n_points}</td>", f'<td class="text">{parameters}</td>', f"<td>{_percent(1 - floor)}</td>",
+    limit = _percent(1 - floor) if fit.kind.higher_is_better else f"{floor:.4g}"
+    cells += [f"<td>{fit.n_points}</td>", f'<td class="text">{parameters}</td>', f"<td>{limit}</td>",
               f"<td>{len(fit.law_fit.draws)}</td>"]
     return f"<tr>{''.join(cells)}</tr>"
 
@@ -154,19 +164,25 @@ def _fit_table(analysis: SweepAnalysis) -> str:
     return (
         f'<h3>Fitted laws</h3><div class="scroll"><table id="fits"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(map(_fit_row, analysis.fits))}</tbody></table></div>"
-        '<p class="meta">Laws fitted to 1 − accuracy of every trial of the best configuration per size (Huber loss '
-        "on log error); brackets are 95% residual-bootstrap intervals widened by t(n − p)/z.</p>"
+        '<p class="meta">Laws fitted to 1 − accuracy (or the loss) of every trial of the best configuration per size '
+        "(Huber loss on the log); brackets are 95% residual-bootstrap intervals widened by t(n − p)/z, and a "
+        "parameter is \"not identified\" when fewer than 2 residual degrees of freedom are left or its interval "
+        "spans more than three decades (half its range for an exponent).</p>"
     )
 
 
 def prediction_rows(predictions: list[Prediction]) -> list[dict[str, Any]]:
-    """One table row per held-back point: measured and predicted accuracy, interval, error and coverage."""
-    return [
-        {"series": p.series, "metric": p.metric, "x": p.x, "measured %": 100 * p.measured,
-         "predicted %": 100 * p.predicted, "95% interval %": f"[{100 * p.interval[0]:.2f}, {100 * p.interval[1]:.2f}]",
-         "error (points)": p.error_points, "covered": "yes" if p.covered else "NO"}
-        for p in predictions
-    ]
+    """One table row per held-back point: measured and predicted value (accuracy in %, a loss as it is), interval,
+    error (accuracy points, or percent of the loss) and coverage."""
+    def row(p: Prediction) -> dict[str, Any]:
+        scale, unit = (100, " %") if p.kind.higher_is_better else (1, "")
+        error = {"error (points)": p.error_points} if p.kind.higher_is_better else \
+            {"error (%)": 100 * p.relative_error}
+        return {"series": p.series, "metric": p.metric, "params": p.params, "x": p.x,
+                f"measured{unit}": scale * p.measured, f"predicted{unit}": scale * p.predicted,
+                f"95% interval{unit}": f"[{scale * p.interval[0]:.4g}, {scale * p.interval[1]:.4g}]",
+                **error, "covered": "yes" if p.covered else "NO"}
+    return [row(p) for p in predictions]
 
 
 def _prediction_table(analysis: SweepAnalysis) -> str:
@@ -185,7 +201,7 @@ def _prediction_table(analysis: SweepAnalysis) -> str:
 
 def _figure_html(figure: ReportFigure) -> str:
     encoded = base64.b64encode(figure.png).decode("ascii")
-    wide = ' class="wide"' if figure.name.startswith("cost_") or figure.name in _WIDE_FIGURES else ""
+    wide = ' class="wide"' if figure.name.startswith(("cost_", "allocation_")) or figure.name in _WIDE_FIGURES else ""
     return (
         f'<figure{wide} id="fig-{escape(figure.name)}"><img alt="{escape(figure.title)}" '
         f'src="data:image/png;base64,{encoded}"><figcaption><b>{escape(figure.title)}.</b> '
@@ -193,28 +209,46 @@ def _figure_html(figure: ReportFigure) -> str:
     )
 
 
-def render_html(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> str:
-    """The report page as one HTML string with every figure inlined."""
+def render_page(title: str, meta: str, analysis: SweepAnalysis, runs_table: str) -> str:
+    """A report page as one HTML string with every figure inlined: `title` (text), `meta` (an HTML line under
+    it), the analysis's figures, fits, predictions and notes, then `runs_table` (HTML)."""
     groups = {
         "scaling": ("Scaling with data and compute", [f for f in analysis.figures if f.name.startswith("scaling_")]),
         "holdout": ("Held-back prediction", [f for f in analysis.figures if f.name.startswith("holdout_")]),
+        "allocation": ("Compute-optimal allocation",
+                       [f for f in analysis.figures if f.name.startswith("allocation_")]),
         "cost": ("Accuracy vs cost", [f for f in analysis.figures if f.name.startswith("cost_")]),
         "permutation": ("Permutation study", [f for f in analysis.figures if f.name == "permutation_study"]),
         "weights": ("Learned weights", [f for f in analysis.figures if f.name in ("stem_filters", "token_mixing")]),
     }
     sections, nav = [], []
-    for anchor, (title, figures) in groups.items():
+    for anchor, (heading, figures) in groups.items():
         if not figures:
             continue
         body = "".join(map(_figure_html, figures))
         fits = {"scaling": _fit_table(analysis), "holdout": _prediction_table(analysis)}.get(anchor, "")
-        sections.append(f'<section id="{anchor}"><h2>{title}</h2><div class="figures">{body}</div>{fits}</section>')
-        nav.append(f'<a href="#{anchor}">{title}</a>')
+        sections.append(f'<section id="{anchor}"><h2>{heading}</h2><div class="figures">{body}</div>{fits}</section>')
+        nav.append(f'<a href="#{anchor}">{heading}</a>')
     if analysis.notes:
         items = "".join(f"<li>{escape(note)}</li>" for note in analysis.notes)
         sections.append(f'<section id="notes"><h2>Notes</h2><ul class="notes">{items}</ul></section>')
         nav.append('<a href="#notes">Notes</a>')
     nav.append('<a href="#trials-section">Trials</a>')
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)} · mixer report</title><style>{_STYLESHEET}</style></head>
+<body><main>
+<h1>{escape(title)}</h1>
+<p class="meta">{meta} · generated {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>
+<nav>{"".join(nav)}</nav>
+{"".join(sections)}
+<section id="trials-section"><h2>Trials</h2>{runs_table}</section>
+</main><script>{_SORT_SCRIPT}</script></body></html>
+"""
+
+
+def render_html(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> str:
+    """The sweep's report page as one HTML string with every figure inlined."""
     finished = sum(t.status == "FINISHED" for t in sweep.trials)
     tags = sweep.parent_tags
     provenance = " · ".join(
@@ -222,21 +256,32 @@ def render_html(sweep: SweepRuns, analysis: SweepAnalysis, mlflow_url: str) -> s
         for label, key in (("spec", TAG_SPEC_HASH), ("commit", TAG_GIT_COMMIT))
         if tags.get(key)
     )
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parent_link = run_url(mlflow_url, sweep.experiment_id, sweep.parent_run_id)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sweep {escape(sweep.name)} · mixer report</title><style>{_STYLESHEET}</style></head>
-<body><main>
-<h1>Sweep <code>{escape(sweep.name)}</code></h1>
-<p class="meta">experiment <b>{escape(sweep.experiment_name)}</b>
- · <a href="{escape(parent_link)}">sweep run in MLflow</a> · {len(sweep.trials)} trials ({finished} finished) · {provenance + " · " if provenance else ""}generated {generated}</p>
-<nav>{"".join(nav)}</nav>
-{"".join(sections)}
-<section id="trials-section"><h2>Trials</h2><p class="meta">Click a column to sort; a trial id opens its MLflow run.</p>
-{_trial_table(sweep, analysis, mlflow_url)}</section>
-</main><script>{_SORT_SCRIPT}</script></body></html>
-"""
+    meta = (f'experiment <b>{escape(sweep.experiment_name)}</b> · <a href="{escape(parent_link)}">sweep run in '
+            f"MLflow</a> · {len(sweep.trials)} trials ({finished} finished)" + (f" · {provenance}" if provenance else ""))
+    runs_table = ('<p class="meta">Click a column to sort; a trial id opens its MLflow run.</p>'
+                  + _trial_table(sweep, analysis, mlflow_url))
+    return render_page(f"Sweep {sweep.name}", meta, analysis, runs_table)
+
+
+def write_figures(analysis: SweepAnalysis, out_dir: Path) -> list[str]:
+    """Save every figure as `out_dir`/figures/NAME.png; returns their paths."""
+    figures_dir = out_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    for figure in analysis.figures:
+        (figures_dir / f"{figure.name}.png").write_bytes(figure.png)
+    return [str(figures_dir / f"{figure.name}.png") for figure in analysis.figures]
+
+
+def analysis_summary(analysis: SweepAnalysis) -> dict[str, Any]:
+    """The fits, held-back predictions, compute-optimal points and notes as a JSON-ready document."""
+    return {
+        "metrics": analysis.metrics,
+        "fits": [fit.to_dict() for fit in analysis.fits],
+        "predictions": [prediction.to_dict() for prediction in analysis.predictions],
+        "compute_optimal": [optimum.to_dict() for optimum in analysis.optima],
+        "notes": analysis.notes,
+    }
 
 
 def summary(sweep: SweepRuns, analysis: SweepAnalysis, out_dir: Path, mlflow_url: str) -> dict[str, Any]:
@@ -250,10 +295,7 @@ def summary(sweep: SweepRuns, analysis: SweepAnalysis, out_dir: Path, mlflow_url
         "tracking_uri": sweep.tracking_uri,
         "report": str(out_dir / REPORT_FILE),
         "figures": [str(out_dir / "figures" / f"{figure.name}.png") for figure in analysis.figures],
-        "metrics": analysis.metrics,
-        "fits": [fit.to_dict() for fit in analysis.fits],
-        "predictions": [prediction.to_dict() for prediction in analysis.predictions],
-        "notes": analysis.notes,
+        **analysis_summary(analysis),
         "weights_trial": analysis.weights_trial,
         "trials": trial_rows(sweep, analysis.metrics),
     }
@@ -261,10 +303,7 @@ def summary(sweep: SweepRuns, analysis: SweepAnalysis, out_dir: Path, mlflow_url
 
 def write_report(sweep: SweepRuns, analysis: SweepAnalysis, out_dir: Path, mlflow_url: str) -> dict[str, Any]:
     """Write report.html, figures/*.png and summary.json into `out_dir`; return the summary."""
-    figures_dir = out_dir / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    for figure in analysis.figures:
-        (figures_dir / f"{figure.name}.png").write_bytes(figure.png)
+    write_figures(analysis, out_dir)
     (out_dir / REPORT_FILE).write_text(render_html(sweep, analysis, mlflow_url), encoding="utf-8")
     document = summary(sweep, analysis, out_dir, mlflow_url)
     (out_dir / SUMMARY_FILE).write_text(json.dumps(document, indent=2, default=str), encoding="utf-8")
@@ -292,7 +331,9 @@ def fit_metrics(analysis: SweepAnalysis) -> dict[str, float]:
             metrics |= {f"{prefix}/{name}": value, f"{prefix}/{name}_low": low, f"{prefix}/{name}_high": high}
     for prediction in analysis.predictions:
         prefix = f"holdout/{prediction.metric}/{prediction.series}/at_{prediction.x:g}"
-        metrics |= {f"{prefix}/error_points": prediction.error_points, f"{prefix}/covered": float(prediction.covered)}
+        metrics |= {f"{prefix}/relative_error": prediction.relative_error, f"{prefix}/covered": float(prediction.covered)}
+        if prediction.error_points is not None:
+            metrics[f"{prefix}/error_points"] = prediction.error_points
     return {_UNSAFE_IN_METRIC_NAMES.sub("_", name): value for name, value in metrics.items() if math.isfinite(value)}
 
 

@@ -30,6 +30,8 @@ def _command_module(command: str) -> ModuleType:
         from mixer_cli import report as module
     elif command == "predict":
         from mixer_cli import predict as module
+    elif command == "fit":
+        from mixer_cli import fit as module
     else:
         raise KeyError(command)
     return module
@@ -43,7 +45,8 @@ COMMANDS = {
     "data": "dataset tools: convert a source to Parquet shards",
     "sweep": "validate, run, resume and list sweeps",
     "report": "scaling-law fits, figures and an HTML report of a sweep",
-    "predict": "predicted error at a data or model size a sweep never ran",
+    "predict": "predicted error at a data or model size a sweep never ran, or the compute-optimal size (--flops)",
+    "fit": "scaling-law fits, held-back predictions and a report of a table of runs",
 }
 
 

@@ -41,8 +41,11 @@ def _progress(message: str) -> None:
     print(f"[mixer report] {message}", file=sys.stderr, flush=True)
 
 
-def _interval(bounds: list[float]) -> str:
-    return f"[{bounds[0]:.3g}, {bounds[1]:.3g}]"
+def parameter_cells(fit: dict) -> dict[str, str]:
+    """Per parameter of a fit's JSON summary, its value and 95% interval as text, or "not identified"."""
+    return {name: f"{value:.3g} " + (f"[{fit['intervals'][name][0]:.3g}, {fit['intervals'][name][1]:.3g}]"
+                                     if fit["identified"][name] else "not identified")
+            for name, value in fit["parameters"].items()}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,13 +86,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(format_table([
         {"series": f["series"], "metric": f["metric"], "x": " and ".join(f["inputs"]), "points": f["n_points"],
-         **{f"{name} [95% interval]": f"{value:.3g} {_interval(f['intervals'][name])}"
-            for name, value in f["parameters"].items()}}
+         **{f"{name} [95% interval]": cell for name, cell in parameter_cells(f).items()}}
         for f in document["fits"] if len(f["inputs"]) == 1
     ]))
     for f in (f for f in document["fits"] if len(f["inputs"]) > 1):
         print(f"joint law, {f['series']}, {f['metric']} vs params and {f['x']}: " + ", ".join(
-            f"{name} = {value:.3g} {_interval(f['intervals'][name])}" for name, value in f["parameters"].items()))
+            f"{name} = {cell}" for name, cell in parameter_cells(f).items()))
     if analysis.predictions:
         print(f"\nheld back ({args.holdout}); intervals are 95% {INTERVAL_KIND}")
         print(format_table(prediction_rows(analysis.predictions)))

@@ -142,7 +142,8 @@ def shared_store(tmp_path_factory) -> tuple[str, Path]:
 
     Sweeps: `fractions` (Ti/4 and resnet18 × 4 fractions, a Ti/4 checkpoint, one FAILED trial), `perm`
     (a permutation axis), `sparse` (resnet18 on only 2 fractions, too few for a fit), and `sizes` (four Mixer
-    sizes on one joint law and resnet18, 5 fractions, 2 seeds each), and `transfer` (downstream 5-shot curves, `best/` metrics and a permutation axis)."""
+    sizes on one joint law and resnet18, 5 fractions, 2 seeds each), `transfer` (downstream 5-shot curves, `best/` metrics and a permutation axis), and `transfer_five` (the same
+    metrics, no permutation, 5 fractions: enough to hold the largest back)."""
     if "store" not in _SHARED:
         root = tmp_path_factory.mktemp("mlflow_store")
         client, uri = new_store(root)
@@ -154,5 +155,7 @@ def shared_store(tmp_path_factory) -> tuple[str, Path]:
         record_sweep(client, root, "sizes", models={name: FIVE_FRACTIONS for name in (*FAMILY_PARAMS, "resnet18")},
                      seeds=2, seed=3)
         record_sweep(client, root, "transfer", permutations=("none", "pixels"), seed=3, downstream="digits")
+        record_sweep(client, root, "transfer_five", models={name: FIVE_FRACTIONS for name in TRUE_LAWS}, seed=4,
+                     downstream="digits")
         _SHARED["store"] = (uri, root)
     return _SHARED["store"]

@@ -64,6 +64,19 @@ def test_holdout_largest_model_predicts_it_from_the_joint_law_of_the_smaller_one
            "back" in document["notes"]
 
 
+def test_holdout_on_best_metrics_names_figures_without_their_slash(store, capsys, tmp_path):
+    # `best/test_top1` once reached the held-back figure's file name as a folder: FileNotFoundError.
+    uri, _ = store
+    out = tmp_path / "report"
+    status = main(["report", "transfer_five", "--holdout", "largest", "--tracking-uri", uri, "--out", str(out),
+                   "--bootstrap", "40", "--no-log"])
+    printed = capsys.readouterr().out
+    assert status == 0
+    figures = {path.name for path in (out / "figures").iterdir()}
+    assert {"holdout_largest_best_test_top1.png", "holdout_largest_best_fewshot_digits_5shot_top1.png"} <= figures
+    assert "held back (largest)" in printed and "best/test_top1" in printed
+
+
 def test_holdout_refuses_a_series_left_with_too_few_fractions(store, capsys, tmp_path):
     uri, _ = store
     status, document, _ = run_report(capsys, uri, "fractions", tmp_path / "report", "--holdout", "largest", "--no-log")

@@ -161,3 +161,19 @@ def test_token_mixing_units_are_sorted_by_frequency_and_paired_with_their_invers
     assert [set(order[i : i + 2]) for i in (0, 2, 4)] == [{1, 3}, {2, 5}, {0, 4}]
     shifted = np.stack([wave(1), wave(1, np.pi / 2), -wave(1)])  # a quarter-phase shift is no inverse
     assert paired_frequency_order(shifted).tolist()[:2] == [0, 2]
+
+
+def test_a_fit_with_one_residual_degree_of_freedom_draws_no_band_and_says_why(store, capsys, tmp_path):
+    # Four fractions and three parameters leave one residual degree of freedom: every interval is ~30 decades.
+    uri, _ = store
+    status = main(["report", "fractions", "--tracking-uri", uri, "--out", str(tmp_path / "report"),
+                   "--bootstrap", "40", "--no-log"])
+    printed = capsys.readouterr().out
+    assert status == 0 and "not identified" in printed and "e+20" not in printed
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<h1>Sweep fractions</h1>" in html
+    assert "no band around Ti/4, resnet18 (Ti/4: 4 points for 3 parameters leave 1 residual degree(s) of freedom" \
+        in html
+    document = json.loads((tmp_path / "report" / "summary.json").read_text())
+    fit = next(f for f in document["fits"] if f["series"] == "Ti/4" and f["x"] == "train_size")
+    assert fit["residual_dof"] == 1 and not any(fit["identified"].values())
