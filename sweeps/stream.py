@@ -31,7 +31,7 @@ from ray.data.expressions import col, lit
 
 from mixer_core.checkpoint import derived_seed
 from mixer_core.config import DataConfig
-from mixer_core.data.decode import TrainingDecoder
+from mixer_core.data.decode import DecodeBatch
 from mixer_core.data.errors import DataError
 from mixer_core.data.examples import padded_class_lists
 from mixer_core.data.parquet import decoded_size, find_shards
@@ -41,31 +41,15 @@ PREFETCH_BATCHES = 2
 # A decoded 224 px image is 150 KB: small blocks let a task's first images reach the trainer while it decodes
 # the rest, and keep what waits in the object store to a few blocks per task.
 OUTPUT_BLOCK_BYTES = 8 * 2**20
-
-
-class DecodeBatch:
-    """`map_batches` function: Parquet rows → {"image": uint8 (n, S, S[, C]), "label", "key", "error"}.
-
-    A row that does not decode keeps a blank image and its `DataError` message in "error", which the consumer
-    raises: Ray would wrap an exception raised here in its own types and lose the DataError.
-    """
-
-    def __init__(self, cfg: DataConfig, image_size: int, channels: int):
-        self.decode = TrainingDecoder(cfg.augment, image_size, channels)
-        self.blank = np.zeros((image_size, image_size, channels)[: 2 if channels == 1 else 3], np.uint8)
-
-    def _decoded(self, encoded: bytes, where: str) -> tuple[np.ndarray, str]:
-        try:
-            return self.decode(encoded, where), ""
-        except DataError as error:
-            return self.blank, str(error)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images, errors = zip(*(
-            self._decoded(encoded, f"{path}: row {key}")
-            for encoded, path, key in zip(batch["image"], batch["path"], batch["key"])
-        ))
-        return {"image": np.stack(images), "label": batch["label"], "key": batch["key"], "error": np.array(errors)}
+# Rows a decoding task decodes before handing them to its output buffer: a read block (a Parquet row group of
+# 128 images or more) decoded at once would hold its 20 MB and more of pixels three times over (the images, their
+# stack, the Arrow block) in every decoding process.
+DECODE_BATCH_ROWS = 32
+# Reading copies bytes and waits on storage (a few per cent of a core per decoding process), so it holds no CPU
+# slot: `loader_processes` decoders keep every core they are given. Remote args unlike the decoders' also keep
+# Ray Data from fusing reading into decoding: Ray 2.60's Parquet reader packs files into read tasks of up to
+# 128 MB, so a fused task decoded a whole small dataset alone however many processes were asked for.
+READ_CPUS = 0
 
 
 def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) -> ray.data.Dataset:
@@ -76,18 +60,17 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
         filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(sets.filesystem)),
         shuffle=FileShuffleConfig(seed=shard_seed, reseed_after_execution=reseed_each_epoch),
         include_paths=True,
-        # the decoding tasks' settings, so that Ray Data fuses reading into them (no encoded blocks queue up
-        # between reading and decoding, and each task decodes what it has just read)
         concurrency=cfg.loader_processes,
+        num_cpus=READ_CPUS,
         resources=cfg.loader_resources or None,
     )
     selected = dataset.select_columns(["key", "label", "image", "path", "subset_rank"]).filter(
         expr=col("subset_rank") < lit(cfg.fraction)
     )
     decoded = selected.map_batches(
-        DecodeBatch(cfg, decoded_size(sets, cfg.image_size, cfg.path), sets.channels),
+        DecodeBatch(cfg.augment, decoded_size(sets, cfg.image_size, cfg.path), sets.channels),
         batch_format="numpy",
-        batch_size=None,  # a whole read block: a batch size would stop Ray Data fusing reading into decoding
+        batch_size=DECODE_BATCH_ROWS,
         num_cpus=1,
         compute=TaskPoolStrategy(size=cfg.loader_processes),  # None: Ray Data scales the task count
         resources=cfg.loader_resources or None,
