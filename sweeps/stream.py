@@ -1,10 +1,11 @@
 """Streaming training data: Parquet shards → fraction filter → decode + augment on CPU tasks → each worker.
 
 The pipeline is Ray Data's: `read_parquet` (local, s3://, gs://, any fsspec URL) with the `subset_rank < f`
-filter pushed down to the row groups; `map_batches` decodes with `mixer_core.data.decode.TrainingDecoder`
-(Inception crop from the original, flip, RandAugment) on tasks of one CPU each plus `data.loader_resources`, at
-most `data.loader_processes` at once; the consumer batches with a local shuffle buffer and prefetches. Memory
-is bounded by the object store budget `data.loader_buffer_mb` and the shuffle buffer, not by the dataset.
+filter pushed down to the row groups, on tasks of no CPU; `map_batches` decodes each read block with
+`mixer_core.data.decode.DecodeBatch` (Inception crop from the original, flip, RandAugment; PIL and numpy, no
+torch) on tasks of one CPU each plus `data.loader_resources`, at most `data.loader_processes` at once; the
+consumer batches with a local shuffle buffer, prefetches, and converts to tensors. Memory is bounded by the
+object store budget `data.loader_buffer_mb` and the shuffle buffer, not by the dataset.
 
 Shuffling per epoch: shard order is shuffled by a seed derived from (train.seed, epoch), rows by a local
 shuffle buffer of `data.shuffle_buffer` examples seeded by (train.seed, epoch, rank).
@@ -41,14 +42,14 @@ PREFETCH_BATCHES = 2
 # A decoded 224 px image is 150 KB: small blocks let a task's first images reach the trainer while it decodes
 # the rest, and keep what waits in the object store to a few blocks per task.
 OUTPUT_BLOCK_BYTES = 8 * 2**20
-# Rows a decoding task decodes before handing them to its output buffer: a read block (a Parquet row group of
-# 128 images or more) decoded at once would hold its 20 MB and more of pixels three times over (the images, their
-# stack, the Arrow block) in every decoding process.
+# Rows a decoding task decodes at a time. A batch size also keeps Ray Data from fusing reading into decoding (it
+# fuses no row-changing operator into a `map_batches` with one): Ray 2.60's Parquet reader packs files into read
+# tasks of up to 128 MB, so a fused task decoded a whole small dataset alone however many processes were asked
+# for. Decoding a whole read block (a Parquet row group, 128 images or more) at once would also hold its 20 MB
+# and more of pixels three times over (the images, their stack, the Arrow block) in every decoding process.
 DECODE_BATCH_ROWS = 32
-# Reading copies bytes and waits on storage (a few per cent of a core per decoding process), so it holds no CPU
-# slot: `loader_processes` decoders keep every core they are given. Remote args unlike the decoders' also keep
-# Ray Data from fusing reading into decoding: Ray 2.60's Parquet reader packs files into read tasks of up to
-# 128 MB, so a fused task decoded a whole small dataset alone however many processes were asked for.
+# Reading copies bytes and waits on storage (a few per cent of a core per decoding process) for as long as its
+# output waits for the decoders, so it holds no CPU slot: `loader_processes` decoders keep every core they get.
 READ_CPUS = 0
 
 
