@@ -17,7 +17,9 @@ its descendants (Ray's raylet, object store and workers, or the DataLoader's wor
 The loading processes are the Ray workers seen running a decoding task (Ray titles a busy worker
 `ray::<task name>`) or the DataLoader's workers. `loading_at_once` is the most seen decoding at one sample (the
 DataLoader's workers all count while alive), `peak_pss_mb_per_loading_process` the largest PSS of any one of
-them, and `loading_processes_with_torch` how many have torch's library mapped.
+them, `peak_own_pss_mb_per_loading_process` the same less its share of shared memory (Ray's object store, a
+fixed pool whose pages each process keeps once touched, or the DataLoader's batches in flight), and
+`loading_processes_with_torch` how many have torch's library mapped.
 """
 
 from __future__ import annotations
@@ -90,18 +92,20 @@ def maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def _proc_kb(pid: int, file: str, field: str) -> int:
+    """A kB line of /proc/PID/FILE (`status`, `smaps_rollup`); 0 when absent."""
+    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
         if line.startswith(field):
             return int(line.split()[1])
     return 0
 
 
 def _pss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+    return _proc_kb(pid, "smaps_rollup", "Pss:")
+
+
+def _pss_without_shared_memory_kb(pid: int) -> int:
+    return _pss_kb(pid) - _proc_kb(pid, "smaps_rollup", "Pss_Shmem:")
 
 
 def tree_memory_mb(root: int, read: Callable[[int], int]) -> float:
@@ -127,6 +131,7 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         self.peak_rss_mb, self.peak_pss_mb, self._stop = 0.0, 0.0, threading.Event()
         self.loading_at_once, self.loader_pss_mb, self.loaders_with_torch = 0, {}, set()
+        self.loader_own_pss_mb: dict[int, float] = {}
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -142,7 +147,7 @@ class PeakMemory:
         return pids
 
     def _record(self, with_pss: bool) -> None:
-        self.peak_rss_mb = max(self.peak_rss_mb, tree_memory_mb(os.getpid(), lambda pid: _status_kb(pid, "VmRSS:")))
+        self.peak_rss_mb = max(self.peak_rss_mb, tree_memory_mb(os.getpid(), lambda pid: _proc_kb(pid, "status", "VmRSS:")))
         loading = self._loading_now()
         self.loading_at_once = max(self.loading_at_once, len(loading))
         for pid in loading:
@@ -153,6 +158,8 @@ class PeakMemory:
         for pid, peak in self.loader_pss_mb.items():
             try:
                 self.loader_pss_mb[pid] = max(peak, _pss_kb(pid) / 1024)
+                own = _pss_without_shared_memory_kb(pid) / 1024
+                self.loader_own_pss_mb[pid] = max(self.loader_own_pss_mb.get(pid, 0.0), own)
                 if maps_torch(pid):
                     self.loaders_with_torch.add(pid)
             except OSError:
@@ -251,5 +258,6 @@ def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int
         "loading_processes_seen": len(memory.loader_pss_mb),
         "loading_at_once": memory.loading_at_once,
         "peak_pss_mb_per_loading_process": max(memory.loader_pss_mb.values(), default=0.0),
+        "peak_own_pss_mb_per_loading_process": max(memory.loader_own_pss_mb.values(), default=0.0),
         "loading_processes_with_torch": len(memory.loaders_with_torch),
     }
