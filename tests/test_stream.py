@@ -219,9 +219,10 @@ def test_data_bench_measures_the_stream_and_torchvision_alike(ray_address, jpeg_
 def test_decoding_runs_in_as_many_processes_as_asked_none_of_them_carrying_torch(ray_address, photo_shards, capsys):
     from mixer_cli import main
 
+    # About a whole epoch (~290 rows: read blocks of 128, 128 and the rest); RandAugment makes the tasks longer.
     args = ["data", "bench", "parquet", "--set", f"data.path={photo_shards}", "--set", "data.image_size=224",
-            "--set", "data.augment.inception_crop=true", "--batch-size", "32", "--batches", "6", "--warmup", "1",
-            "--processes", "2", "--json"]
+            "--set", "data.augment.inception_crop=true", "--set", "data.augment.randaugment_magnitude=10",
+            "--batch-size", "32", "--batches", "8", "--warmup", "1", "--processes", "2", "--json"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     # Ray Data fusing reading into decoding ran one task for all three blocks: one process at a time.
