@@ -60,14 +60,15 @@ def _tree(root: int) -> list[int]:
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU time (user + system) used so far by `root` and its living descendants (Linux /proc)."""
+    """CPU time (user + system) used so far by `root` and its descendants (Linux /proc): the living ones' own, and
+    the ended ones' through their parents' counts of reaped children (Ray ends idle workers as it pleases)."""
     ticks = 0
     for pid in _tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        ticks += sum(map(int, fields[11:15]))  # utime, stime, and those of reaped children
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
