@@ -23,6 +23,13 @@ from sweeps.bench.data import PIPELINES, bench_loader
 from sweeps.tables import format_table
 
 
+# What `mixer data bench` prints (--json gives every field): throughput beside the cores it took, then memory.
+BENCH_COLUMNS = (
+    "pipeline", "processes", "images", "img_per_sec", "cores_busy", "img_per_sec_per_core", "peak_rss_mb",
+    "peak_pss_mb", "loading_at_once", "peak_pss_mb_per_loading_process", "loading_processes_with_torch",
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Subcommands `info`, `convert` and `bench`, each taking SRC plus `--set` data overrides."""
     commands = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -136,5 +143,5 @@ def run(args: argparse.Namespace) -> int:
         counts = {split: info["count"] for split, info in result["splits"].items()}
         print(f"wrote {counts} to {result['dest']} ({len(result['classes'])} classes)")
     else:
-        print(format_table([{k: v for k, v in result.items() if k not in ("augment", "path")}]))
+        print(format_table([{column: result[column] for column in BENCH_COLUMNS}]))
     return 0

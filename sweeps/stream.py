@@ -1,10 +1,11 @@
 """Streaming training data: Parquet shards → fraction filter → decode + augment on CPU tasks → each worker.
 
 The pipeline is Ray Data's: `read_parquet` (local, s3://, gs://, any fsspec URL) with the `subset_rank < f`
-filter pushed down to the row groups; `map_batches` decodes with `mixer_core.data.decode.TrainingDecoder`
-(Inception crop from the original, flip, RandAugment) on tasks of one CPU each plus `data.loader_resources`, at
-most `data.loader_processes` at once; the consumer batches with a local shuffle buffer and prefetches. Memory
-is bounded by the object store budget `data.loader_buffer_mb` and the shuffle buffer, not by the dataset.
+filter pushed down to the row groups, on tasks of no CPU; `map_batches` decodes each read block with
+`mixer_core.data.decode.DecodeBatch` (Inception crop from the original, flip, RandAugment; PIL and numpy, no
+torch) on tasks of one CPU each plus `data.loader_resources`, at most `data.loader_processes` at once; the
+consumer batches with a local shuffle buffer, prefetches, and converts to tensors. Memory is bounded by the
+object store budget `data.loader_buffer_mb` and the shuffle buffer, not by the dataset.
 
 Shuffling per epoch: shard order is shuffled by a seed derived from (train.seed, epoch), rows by a local
 shuffle buffer of `data.shuffle_buffer` examples seeded by (train.seed, epoch, rank).
@@ -31,7 +32,7 @@ from ray.data.expressions import col
 
 from mixer_core.checkpoint import derived_seed
 from mixer_core.config import DataConfig
-from mixer_core.data.decode import TrainingDecoder
+from mixer_core.data.decode import DecodeBatch
 from mixer_core.data.errors import DataError
 from mixer_core.data.examples import padded_class_lists
 from mixer_core.data.fractions import SUBSET_RANK, in_fraction
@@ -42,31 +43,15 @@ PREFETCH_BATCHES = 2
 # A decoded 224 px image is 150 KB: small blocks let a task's first images reach the trainer while it decodes
 # the rest, and keep what waits in the object store to a few blocks per task.
 OUTPUT_BLOCK_BYTES = 8 * 2**20
-
-
-class DecodeBatch:
-    """`map_batches` function: Parquet rows → {"image": uint8 (n, S, S[, C]), "label", "key", "error"}.
-
-    A row that does not decode keeps a blank image and its `DataError` message in "error", which the consumer
-    raises: Ray would wrap an exception raised here in its own types and lose the DataError.
-    """
-
-    def __init__(self, cfg: DataConfig, image_size: int, channels: int):
-        self.decode = TrainingDecoder(cfg.augment, image_size, channels)
-        self.blank = np.zeros((image_size, image_size, channels)[: 2 if channels == 1 else 3], np.uint8)
-
-    def _decoded(self, encoded: bytes, where: str) -> tuple[np.ndarray, str]:
-        try:
-            return self.decode(encoded, where), ""
-        except DataError as error:
-            return self.blank, str(error)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images, errors = zip(*(
-            self._decoded(encoded, f"{path}: row {key}")
-            for encoded, path, key in zip(batch["image"], batch["path"], batch["key"])
-        ))
-        return {"image": np.stack(images), "label": batch["label"], "key": batch["key"], "error": np.array(errors)}
+# Rows a decoding task decodes at a time. A batch size also keeps Ray Data from fusing reading into decoding (it
+# fuses no row-changing operator into a `map_batches` with one): Ray 2.60's Parquet reader packs files into read
+# tasks of up to 128 MB, so a fused task decoded a whole small dataset alone however many processes were asked
+# for. Decoding a whole read block (a Parquet row group, 128 images or more) at once would also hold its 20 MB
+# and more of pixels three times over (the images, their stack, the Arrow block) in every decoding process.
+DECODE_BATCH_ROWS = 32
+# Reading copies bytes and waits on storage (a few per cent of a core per decoding process) for as long as its
+# output waits for the decoders, so it holds no CPU slot: `loader_processes` decoders keep every core they get.
+READ_CPUS = 0
 
 
 def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) -> ray.data.Dataset:
@@ -77,18 +62,17 @@ def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) 
         filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(sets.filesystem)),
         shuffle=FileShuffleConfig(seed=shard_seed, reseed_after_execution=reseed_each_epoch),
         include_paths=True,
-        # the decoding tasks' settings, so that Ray Data fuses reading into them (no encoded blocks queue up
-        # between reading and decoding, and each task decodes what it has just read)
         concurrency=cfg.loader_processes,
+        num_cpus=READ_CPUS,
         resources=cfg.loader_resources or None,
     )
     selected = dataset.select_columns(["key", "label", "image", "path", SUBSET_RANK]).filter(
         expr=in_fraction(col(SUBSET_RANK), cfg.fraction)
     )
     decoded = selected.map_batches(
-        DecodeBatch(cfg, decoded_size(sets, cfg.image_size, cfg.path), sets.channels),
+        DecodeBatch(cfg.augment, decoded_size(sets, cfg.image_size, cfg.path), sets.channels),
         batch_format="numpy",
-        batch_size=None,  # a whole read block: a batch size would stop Ray Data fusing reading into decoding
+        batch_size=DECODE_BATCH_ROWS,
         num_cpus=1,
         compute=TaskPoolStrategy(size=cfg.loader_processes),  # None: Ray Data scales the task count
         resources=cfg.loader_resources or None,

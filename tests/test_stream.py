@@ -37,6 +37,16 @@ def jpeg_shards(tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.fixture(scope="module")
+def photo_shards(tmp_path_factory) -> Path:
+    """400 JPEGs of 400-500 px (about 90 KB each): the training rows fill three read blocks, as a real dataset's
+    row groups do, so their decoding can spread over processes."""
+    folder = write_jpeg_folder(tmp_path_factory.mktemp("photos") / "folder", count=400, sides=(400, 500))
+    dest = tmp_path_factory.mktemp("shards") / "photos"
+    convert(DataConfig(name="imagefolder", path=str(folder)), str(dest), shard_size=1024, processes=1)
+    return dest
+
+
 def _data(shards: Path, **fields) -> DataConfig:
     return DataConfig(**{**STREAM, "path": str(shards), **fields})
 
@@ -205,3 +215,18 @@ def test_data_bench_measures_the_stream_and_torchvision_alike(ray_address, jpeg_
         assert result["images"] == 12 and result["img_per_sec"] > 0 and result["img_per_sec_per_core"] > 0
     # Ray's raylet and workers are descendants of this process when it started Ray; here the session's Ray did.
     assert results["stream"]["peak_rss_mb"] > 50
+
+
+def test_decoding_runs_in_as_many_processes_as_asked_none_of_them_carrying_torch(ray_address, photo_shards, capsys):
+    from mixer_cli import main
+
+    # About a whole epoch (~290 rows: read blocks of 128, 128 and the rest); RandAugment makes the tasks longer.
+    args = ["data", "bench", "parquet", "--set", f"data.path={photo_shards}", "--set", "data.image_size=224",
+            "--set", "data.augment.inception_crop=true", "--set", "data.augment.randaugment_magnitude=10",
+            "--batch-size", "32", "--batches", "8", "--warmup", "1", "--processes", "2", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    # Ray Data fusing reading into decoding ran one task for all three blocks: one process at a time.
+    assert result["loading_at_once"] == 2
+    assert result["loading_processes_seen"] >= 2 and result["loading_processes_with_torch"] == 0
+    assert 0 < result["peak_pss_mb_per_loading_process"] < result["peak_pss_mb"]

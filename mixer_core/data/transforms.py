@@ -8,41 +8,24 @@ them in checkpoints.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data.auto_augment import rand_augment_transform
+from timm.data import auto_augment
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from mixer_core.config import RANDAUGMENT_MAX_MAGNITUDE, AugmentConfig
+from mixer_core.config import AugmentConfig
+from mixer_core.data import decode
 from mixer_core.data.examples import Examples
 from mixer_core.data.permutations import apply_permutation
 
 
-# The Inception crop of the paper's Appendix B: area fraction in [0.08, 1], aspect ratio in [3/4, 4/3].
-CROP_SCALE = (0.08, 1.0)
-CROP_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
-CROP_TRIES = 10
-
-
 def inception_crop_boxes(count: int, height: int, width: int) -> torch.Tensor:
-    """(count, 4) crop boxes (top, left, crop height, crop width) in pixels, sampled like torchvision's
-    RandomResizedCrop (10 tries, then the whole image) but vectorised over the batch."""
-    area = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * torch.rand(count, CROP_TRIES)
-    log_ratio = CROP_LOG_RATIO[0] + (CROP_LOG_RATIO[1] - CROP_LOG_RATIO[0]) * torch.rand(count, CROP_TRIES)
-    crop_w = torch.sqrt(area * height * width * torch.exp(log_ratio))
-    crop_h = torch.sqrt(area * height * width / torch.exp(log_ratio))
-    fits = (crop_w <= width) & (crop_h <= height)
-    first = fits.float().argmax(dim=1, keepdim=True)  # first try that fits; rows with none use the whole image
-    any_fit = fits.any(dim=1)
-    crop_w = torch.where(any_fit, crop_w.gather(1, first).squeeze(1), torch.tensor(float(width)))
-    crop_h = torch.where(any_fit, crop_h.gather(1, first).squeeze(1), torch.tensor(float(height)))
-    top = torch.rand(count) * (height - crop_h)
-    left = torch.rand(count) * (width - crop_w)
-    return torch.stack([top, left, crop_h, crop_w], dim=1)
+    """(count, 4) float32 crop boxes (top, left, crop height, crop width) in pixels, drawn from torch's RNG by
+    `decode.inception_crop_boxes`' rule, vectorised over the batch."""
+    uniform = torch.rand(count, decode.CROP_DRAWS, dtype=torch.float64).numpy()
+    return torch.from_numpy(decode.inception_crop_boxes(uniform, height, width)).float()
 
 
 class Augmentation:
@@ -56,17 +39,7 @@ class Augmentation:
         self.image_size = image_size
         self.inception_crop = augment.inception_crop
         self.flip = augment.flip
-        self.randaugment = None
-        if augment.randaugment_magnitude > 0:
-            hparams = {
-                "translate_const": int(image_size * 0.45),  # timm's rule: translations scale with the image
-                "img_mean": (128,) * channels,
-            }
-            # timm clips magnitudes at 10 unless `mmax` raises the bound: without it 15 and 20 would silently be
-            # 10. With it the ops scale as Google's TF RandAugment (level / 10 of each op's range, e.g. 30° per 10).
-            config = (f"rand-m{augment.randaugment_magnitude}-n{augment.randaugment_layers}"
-                      f"-mmax{RANDAUGMENT_MAX_MAGNITUDE}")
-            self.randaugment = rand_augment_transform(config, hparams)
+        self.randaugment = decode.randaugment_transform(augment, image_size, channels, auto_augment)
 
     @property
     def enabled(self) -> bool:

@@ -9,9 +9,17 @@ Three pipelines do the same work (decode, augment, batch) on the same images:
 
 Timing starts after `warmup` batches (Ray's start, worker start-up). `img_per_sec_per_core` is images per
 CPU-second used by the whole process tree in that time (this process, Ray's daemons and workers, or the
-DataLoader's workers), so machines shared with other work still compare pipelines fairly. `peak_rss_mb` is the largest sum of resident memory over this process and all its
-descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.2 s;
+DataLoader's workers), so machines shared with other work still compare pipelines fairly; `cores_busy` is
+those CPU-seconds per second. `peak_rss_mb` is the largest sum of resident memory over this process and all
+its descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.2 s;
 `peak_pss_mb` the same with shared memory counted once, every 2 s.
+
+The loading processes are the Ray workers seen running a decoding task (Ray titles a busy worker
+`ray::<task name>`) or the DataLoader's workers. `loading_at_once` is the most seen decoding at one sample (the
+DataLoader's workers all count while alive), `peak_pss_mb_per_loading_process` the largest PSS of any one of
+them, `peak_own_pss_mb_per_loading_process` the same less its share of shared memory (Ray's object store, a
+fixed pool whose pages each process keeps once touched, or the DataLoader's batches in flight), and
+`loading_processes_with_torch` how many have torch's library mapped.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from mixer_core.config import DataConfig
+from mixer_core.data.decode import DecodeBatch
 
 SAMPLE_SECONDS = 0.2
 OBJECT_STORE_BUFFERS = 4
@@ -51,29 +60,53 @@ def _tree(root: int) -> list[int]:
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """CPU time (user + system) used so far by `root` and its living descendants (Linux /proc)."""
+    """CPU time (user + system) used so far by `root` and its descendants (Linux /proc): the living ones' own, and
+    the ended ones' through their parents' counts of reaped children (Ray ends idle workers as it pleases)."""
     ticks = 0
     for pid in _tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        ticks += sum(map(int, fields[11:15]))  # utime, stime, and those of reaped children
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def _cmdline(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def decoding_task(pid: int) -> bool:
+    """Whether `pid` is a Ray worker running a decoding task now (alone or fused with other operators)."""
+    title = _cmdline(pid)
+    return title.startswith(b"ray::") and DecodeBatch.__name__.encode() in title
+
+
+def dataloader_worker(pid: int) -> bool:
+    """Whether `pid` is one of this process's DataLoader workers (forked: a child with this command line)."""
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parent == os.getpid() and _cmdline(pid) == _cmdline(parent)
+
+
+def maps_torch(pid: int) -> bool:
+    """Whether `pid` has torch's C++ library mapped (it imported torch)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def _proc_kb(pid: int, file: str, field: str) -> int:
+    """A kB line of /proc/PID/FILE (`status`, `smaps_rollup`); 0 when absent."""
+    for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
         if line.startswith(field):
             return int(line.split()[1])
     return 0
 
 
 def _pss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+    return _proc_kb(pid, "smaps_rollup", "Pss:")
+
+
+def _pss_without_shared_memory_kb(pid: int) -> int:
+    return _pss_kb(pid) - _proc_kb(pid, "smaps_rollup", "Pss_Shmem:")
 
 
 def tree_memory_mb(root: int, read: Callable[[int], int]) -> float:
@@ -90,18 +123,48 @@ def tree_memory_mb(root: int, read: Callable[[int], int]) -> float:
 class PeakMemory:
     """Samples the process tree's memory in a thread while in use: RSS every `SAMPLE_SECONDS` (its sum counts
     shared memory, such as Ray's object store, once per process that maps it), and PSS, which shares it out so
-    that its sum is the real total, every `PSS_EVERY` samples (reading it costs the kernel a page-table walk)."""
+    that its sum is the real total, every `PSS_EVERY` samples (reading it costs the kernel a page-table walk).
+    Processes for which `loading(pid)` holds at a sample are the loading processes; their PSS is kept apart."""
+
+    def __init__(self, loading: Callable[[int], bool]):
+        self.loading = loading
 
     def __enter__(self) -> PeakMemory:
         self.peak_rss_mb, self.peak_pss_mb, self._stop = 0.0, 0.0, threading.Event()
+        self.loading_at_once, self.loader_pss_mb, self.loaders_with_torch = 0, {}, set()
+        self.loader_own_pss_mb: dict[int, float] = {}
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
+    def _loading_now(self) -> list[int]:
+        pids = []
+        for pid in _tree(os.getpid()):
+            try:
+                if self.loading(pid):
+                    pids.append(pid)
+            except (OSError, IndexError):
+                continue
+        return pids
+
     def _record(self, with_pss: bool) -> None:
-        self.peak_rss_mb = max(self.peak_rss_mb, tree_memory_mb(os.getpid(), lambda pid: _status_kb(pid, "VmRSS:")))
-        if with_pss:
-            self.peak_pss_mb = max(self.peak_pss_mb, tree_memory_mb(os.getpid(), _pss_kb))
+        self.peak_rss_mb = max(self.peak_rss_mb, tree_memory_mb(os.getpid(), lambda pid: _proc_kb(pid, "status", "VmRSS:")))
+        loading = self._loading_now()
+        self.loading_at_once = max(self.loading_at_once, len(loading))
+        for pid in loading:
+            self.loader_pss_mb.setdefault(pid, 0.0)
+        if not with_pss:
+            return
+        self.peak_pss_mb = max(self.peak_pss_mb, tree_memory_mb(os.getpid(), _pss_kb))
+        for pid, peak in self.loader_pss_mb.items():
+            try:
+                self.loader_pss_mb[pid] = max(peak, _pss_kb(pid) / 1024)
+                own = _pss_without_shared_memory_kb(pid) / 1024
+                self.loader_own_pss_mb[pid] = max(self.loader_own_pss_mb.get(pid, 0.0), own)
+                if maps_torch(pid):
+                    self.loaders_with_torch.add(pid)
+            except OSError:
+                continue
 
     def _sample(self) -> None:
         for count in itertools.count():
@@ -171,11 +234,12 @@ def _torchvision_batches(cfg: DataConfig, processes: int, batch_size: int) -> It
 
 
 PIPELINES = {"stream": _stream_batches, "memory": _memory_batches, "torchvision": _torchvision_batches}
+LOADING_PROCESSES = {"stream": decoding_task, "memory": dataloader_worker, "torchvision": dataloader_worker}
 
 
 def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int, batches: int, warmup: int) -> dict:
     """Throughput and peak memory of one pipeline (see the module docstring) as a JSON-ready dict."""
-    with PeakMemory() as memory:
+    with PeakMemory(LOADING_PROCESSES[pipeline]) as memory:
         images, seconds, cpu_seconds = _timed(PIPELINES[pipeline](cfg, processes, batch_size), batches, warmup)
     return {
         "pipeline": pipeline,
@@ -189,6 +253,12 @@ def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int
         "img_per_sec": images / seconds,
         "cpu_seconds": cpu_seconds,
         "img_per_sec_per_core": images / max(cpu_seconds, 1e-9),
+        "cores_busy": cpu_seconds / seconds,
         "peak_rss_mb": memory.peak_rss_mb,
         "peak_pss_mb": memory.peak_pss_mb,
+        "loading_processes_seen": len(memory.loader_pss_mb),
+        "loading_at_once": memory.loading_at_once,
+        "peak_pss_mb_per_loading_process": max(memory.loader_pss_mb.values(), default=0.0),
+        "peak_own_pss_mb_per_loading_process": max(memory.loader_own_pss_mb.values(), default=0.0),
+        "loading_processes_with_torch": len(memory.loaders_with_torch),
     }
