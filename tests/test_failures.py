@@ -108,8 +108,7 @@ def test_an_unreachable_store_is_refused_in_seconds_before_ray_starts(tmp_path, 
     assert done.returncode == 2, done.stderr
     assert seconds <= 10
     assert lines == [f"mixer {' '.join(command[:2 if command[0] == 'sweep' else 1])}: MLflow store {refused} cannot"
-                     " be reached (connection refused); start it, or point MLFLOW_TRACKING_URI (--tracking-uri) at"
-                     " one that runs"]
+                     " be reached (connection refused); start it, or point MLFLOW_TRACKING_URI at one that runs"]
     assert not (tmp_path / "mlflow.db").exists()
 
 

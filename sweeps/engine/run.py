@@ -15,6 +15,7 @@ import ray
 import ray.tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from mixer_core.redact import redacted
 from sweeps.engine import sweep_runs
 from sweeps.engine.driver import driving
 from sweeps.engine.progress import SweepCallback
@@ -87,7 +88,7 @@ def _start_sweep(spec: SweepSpec, spec_path: Path, uri: str, sweep_id: str, tota
         writer = start_writer(uri, experiment_id, parent_run_id, spec.name)  # imports MLflow while Tune starts
         study_name = f"{spec.name}-{parent_run_id[:8]}"
         if spec.searcher.startswith("optuna"):
-            print(f"Optuna study {study_name}: {study_storage}", file=sys.stderr, flush=True)
+            print(f"Optuna study {study_name}: {redacted(study_storage)}", file=sys.stderr, flush=True)
         param_space, searcher = search_algorithm(spec, study_storage, study_name, max_concurrent_trials(spec))
         callback = SweepCallback(context, total_trials)
         tuner = ray.tune.Tuner(

@@ -14,7 +14,9 @@ import os
 import socket
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from mixer_core.redact import redacted
 
 REACH_SECONDS = 8.0  # within the 10 s a person waits for a refusal; a healthy server answers in milliseconds
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -38,8 +40,8 @@ def require_reachable(uri: str, seconds: float = REACH_SECONDS) -> None:
     problem = outcome[0] if outcome else f"no answer within {seconds:g} s"
     if problem:
         raise StoreUnreachable(
-            f"MLflow store {shown_uri(uri)} cannot be reached ({problem}); start it, or point MLFLOW_TRACKING_URI"
-            " (--tracking-uri) at one that runs"
+            f"MLflow store {redacted(uri)} cannot be reached ({problem}); start it, or point MLFLOW_TRACKING_URI"
+            " at one that runs"
         )
 
 
@@ -55,15 +57,6 @@ def create_sqlite_tables(uri: str) -> None:
             from mlflow.tracking import MlflowClient
 
             MlflowClient(uri).search_experiments(max_results=1)
-
-
-def shown_uri(uri: str) -> str:
-    """`uri` without the password it may carry (`postgresql://user:***@host/db`)."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _problem(uri: str, seconds: float) -> str | None:
