@@ -154,8 +154,9 @@ def resume_command(args: argparse.Namespace) -> int:
     from sweeps.tracking import store
 
     if store.missing_sqlite_store(store.tracking_uri()):
-        return refuse("sweep resume", f"{store.tracking_uri()}: no MLflow store here; resume from the folder the "
-                                      "sweep ran in, or set MLFLOW_TRACKING_URI")
+        return refuse("sweep resume", f"no sweep {args.name} to resume: {redacted(store.tracking_uri())} holds no"
+                                      " MLflow store; resume from the folder the sweep ran in, or set"
+                                      " MLFLOW_TRACKING_URI")
     try:
         context, directory = find_resumable(args.name)
     except LookupError as error:  # no such sweep, or no Tune state kept for it
