@@ -54,7 +54,7 @@ def write_multilabel_shards(dest: Path, counts: dict[str, int]) -> Path:
             "image": pa.array([_jpeg(rng, label) for label in labels], pa.binary()),
             "subset_rank": ranks,
         }), dest / f"{split}-00000-of-00001.parquet")
-    splits = {split: {"count": count} for split, count in counts.items()}
+    splits = {split: {"count": count, "shards": [f"{split}-00000-of-00001.parquet"]} for split, count in counts.items()}
     manifest = {"format": "mixer-parquet/2", "classes": [str(c) for c in range(JFT_CLASSES)], "channels": 3,
                 "num_classes": JFT_CLASSES, "splits": splits}
     (dest / "manifest.json").write_text(json.dumps(manifest))

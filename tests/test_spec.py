@@ -282,7 +282,7 @@ def test_storage_path_defaults_to_ray_results_in_the_working_dir(
 def test_plan_counts_parameters_macs_and_training_flops(tmp_path: Path) -> None:
     spec = load_spec(SWEEPS / "quickstart.yaml")
     plan = plan_sweep(spec)
-    assert plan["trial_count"] == 8
+    assert plan["trial_count"] == 12  # two models x six fractions
     sizes = {cost["model"]: cost for cost in plan["models"]}
     assert set(sizes) == {"Ti/4", "XS/4"}
     real = create_mixer("Ti/4", num_classes=10, image_size=8, in_chans=1)
@@ -404,7 +404,7 @@ def test_sweep_validate_command_prints_the_plan_or_exits_2(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["sweep", "validate", str(SWEEPS / "quickstart.yaml"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["trial_count"] == 8
+    assert json.loads(capsys.readouterr().out)["trial_count"] == 12
     data = copy.deepcopy(GOOD)
     data["grid"]["model.variant"] = ["Ti/4", "Ti/5"]
     path = write_spec(tmp_path, data)
