@@ -13,6 +13,8 @@ import sys
 from importlib.metadata import version
 from types import ModuleType
 
+from mixer_cli.output import json_stdout
+
 
 def _command_module(command: str) -> ModuleType:
     """The module of subcommand `command`, imported now (each import is written out, so the import graph shows it)."""
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if getattr(args, "json", False):
+        with json_stdout():
+            return args.run(args) or 0
     return args.run(args) or 0
 
 
@@ -81,12 +86,13 @@ def console() -> None:
     about 2 s after a sweep's results are printed. Nothing is left to it: runs and studies are committed as they
     are written."""
     status = main()
+    sys.stdout.flush()
+    sys.stdout = sys.stderr  # what Ray prints while it shuts down (its workers' last messages) is no result
     if "ray" in sys.modules:
         import ray
 
         ray.shutdown()
     logging.shutdown()
-    sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
 

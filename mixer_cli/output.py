@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from mixer_core.redact import redacted
 
@@ -16,10 +18,29 @@ EXIT_INTERRUPTED = 130  # what a shell reports for a program ended by Ctrl-C
 MAX_MESSAGE_LINES, MAX_LINE_CHARS = 3, 300
 
 
+# Where `emit_json` writes while `json_stdout` holds stdout for it.
+_json_sinks: list[TextIO] = []
+
+
+@contextlib.contextmanager
+def json_stdout() -> Iterator[None]:
+    """While a `--json` command runs, stdout carries its JSON document alone: whatever else is written to
+    `sys.stdout` meanwhile goes to stderr. Ray prints its workers' error messages there (a DDP worker group torn
+    down after an error, for one), from a thread of its own, at any time."""
+    _json_sinks.append(sys.stdout)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = _json_sinks.pop()
+
+
 def emit_json(document: Any) -> None:
     """Print one JSON document on stdout (the `--json` contract)."""
-    json.dump(document, sys.stdout, indent=2, default=str)
-    sys.stdout.write("\n")
+    sink = _json_sinks[-1] if _json_sinks else sys.stdout
+    json.dump(document, sink, indent=2, default=str)
+    sink.write("\n")
+    sink.flush()
 
 
 def refuse(command: str, problem: Exception | str) -> int:

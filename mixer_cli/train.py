@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 from sweeps.stream import open_stream
 
                 init_ray()
-                stream = open_stream(config.data, config.train.seed, config.eval.max_examples, rank=0, world_size=1)
+                stream = open_stream(config.data, config.eval, config.train.seed, rank=0, world_size=1)
             final = train(config, resume_from=args.resume, work_dir=work_dir, progress=True, stream=stream)
     except (DataError, ValueError, FileNotFoundError) as error:  # a dataset, value or checkpoint we cannot use
         return refuse("train", f"{args.config}: {error}")

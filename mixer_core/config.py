@@ -242,6 +242,11 @@ class EvalConfig(_Section):
         """The downstream labels the few-shot metrics carry, in config order."""
         return [dataset.metric_label for dataset in self.fewshot_datasets]
 
+    @property
+    def scores_pretraining_fewshot(self) -> bool:
+        """Whether few-shot draws shots from the pre-training data itself (and so needs its images decoded)."""
+        return self.fewshot_pretraining and bool(self.fewshot_shots)
+
 
 class RunConfig(_Section):
     """Everything one training run needs."""

@@ -12,14 +12,15 @@ for one fixed `l2_reg` too (its cache is built to try several, "even though we c
 constant"), and holding out part of 5 shots per class would fit the probe on 1–4.
 
 Under `torch.distributed`, top-1 splits the examples over ranks without padding and sums the counts, so it is
-exact; few-shot runs whole on every rank (it is cheap, and every rank gets the same numbers).
+exact. Few-shot splits its images the same way: each rank decodes and extracts its share (`Share`), the ranks
+gather the features, and every rank fits the same probe and gets the same numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from mixer_core import metrics as m
 from mixer_core.build import pre_logits
 from mixer_core.config import DataConfig, EvalConfig
 from mixer_core.data import DataSplits, build_splits
-from mixer_core.data.fewshot import draw_shots, load_fewshot_set
+from mixer_core.data.fewshot import Share, load_fewshot_set, shot_pool
 from mixer_core.data.listing import LISTED_SOURCES
 from mixer_core.data.permutations import permutation_index
 from mixer_core.data.transforms import ImageDataset
@@ -101,19 +102,35 @@ def extract_features(
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-logit features (N, D) as float64 and labels (N,) of every example in `dataset`, on the CPU."""
-    features, labels = [], []
+    features, labels = [torch.empty((0, 0), dtype=torch.float64)], [torch.empty(0, dtype=torch.int64)]
     with eval_mode(model):
         for images, batch_labels in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
             with autocast(device, bf16):
                 features.append(pre_logits(model, images.to(device)).double().cpu())
             labels.append(torch.as_tensor(batch_labels))
-    return torch.cat(features), torch.cat(labels)
+    return torch.cat(features[len(features) > 1:]), torch.cat(labels)
 
 
-def shot_sets(dataset: Dataset, labels: torch.Tensor, max_shots: int, seeds: int) -> list[Dataset]:
-    """`seeds` few-shot sets of `dataset` (whose labels are `labels`), up to `max_shots` per class each, drawn from
-    the labels alone (`draw_shots`): only the chosen images are ever read."""
-    return [Subset(dataset, draw_shots(labels, max_shots, seed).tolist()) for seed in range(seeds)]
+def rank_share() -> Share:
+    """The share of an evaluation set this process holds: all of it, or its rank's under `torch.distributed`."""
+    return Share(dist.get_rank(), dist.get_world_size()) if _distributed() else Share()
+
+
+def gathered_features(model: nn.Module, share: Dataset, total: int, **extract) -> tuple[torch.Tensor, torch.Tensor]:
+    """`extract_features` of a whole set of `total` examples of which this process holds its `rank_share`: every
+    rank extracts its share and all gather them, in the whole set's order."""
+    features, labels = extract_features(model, share, **extract)
+    if not _distributed():
+        return features, labels
+    world = dist.get_world_size()
+    shares: list[tuple[torch.Tensor, torch.Tensor]] = [None] * world  # type: ignore[list-item]
+    dist.all_gather_object(shares, (features.float(), labels))  # float32 holds every bf16 or fp32 feature
+    order = torch.cat([torch.as_tensor(Share(rank, world).positions(total)) for rank in range(world)])
+    whole_features = torch.cat([f for f, _ in shares if len(f)]).double()
+    whole_features[order] = whole_features.clone()
+    whole_labels = torch.cat([labels for _, labels in shares])
+    whole_labels[order] = whole_labels.clone()
+    return whole_features, whole_labels
 
 
 def fewshot_lsr(
@@ -144,28 +161,24 @@ def fewshot_lsr(
 
 def evaluate_fewshot(
     model: nn.Module,
-    shot_sets: list[Dataset],
-    test_dataset: Dataset,
-    num_classes: int,
+    task: FewshotTask,
     *,
     shots: list[int],
     l2: float,
-    batch_size: int,
-    device: torch.device,
-    bf16: bool = False,
-    num_workers: int = 0,
+    **extract,
 ) -> dict[int, float]:
-    """Few-shot linear top-1 for each number of shots, averaged over the few-shot sets (one per seed, each ordered
-    so that its first k per class form the k-shot set: `draw_shots`), measured on the whole of `test_dataset`."""
-    extract = dict(batch_size=batch_size, device=device, bf16=bf16)
-    test_features, test_labels = extract_features(model, test_dataset, num_workers=num_workers, **extract)
+    """Few-shot linear top-1 of `task` for each number of shots, averaged over its few-shot sets (one per seed,
+    each ordered so that its first k per class form the k-shot set: `draw_shots`), measured on its whole test set.
+    `extract` holds `extract_features`' batch_size, device, bf16 and num_workers."""
+    pool_features, pool_labels = gathered_features(model, task.pool, task.pool_size, **extract)
+    test_features, test_labels = gathered_features(model, task.test, task.test_size, **extract)
     accuracies: dict[int, list[float]] = {k: [] for k in shots}
-    for shot_set in shot_sets:
-        features, labels = extract_features(model, shot_set, **extract)
+    for positions in task.shots:
+        features, labels = pool_features[positions], pool_labels[positions]
         for k in shots:
-            count = int(sum(min(k, int((labels == c).sum())) for c in range(num_classes)))
+            count = int(sum(min(k, int((labels == c).sum())) for c in range(task.num_classes)))
             accuracies[k].append(fewshot_lsr(features[:count], labels[:count], test_features, test_labels,
-                                             num_classes, l2))
+                                             task.num_classes, l2))
     return {k: float(np.mean(values)) for k, values in accuracies.items()}
 
 
@@ -185,12 +198,25 @@ class GreyAsColour(Dataset):
 
 @dataclass(frozen=True)
 class FewshotTask:
-    """One few-shot evaluation: its few-shot sets (one per seed, un-augmented) and what it is scored on."""
+    """One few-shot evaluation, of which this process holds its `rank_share`: of the pool of every seed's shots
+    (un-augmented, `pool_size` in all) and of the test set (`test_size` in all); `shots[seed]` are positions in the
+    whole pool."""
 
     label: str | None  # a downstream dataset's label; None for the pre-training data's own splits
-    shot_sets: list[Dataset]
+    pool: Dataset
+    pool_size: int
+    shots: list[np.ndarray]
     test: Dataset
+    test_size: int
     num_classes: int
+
+
+def decoded_task(label: str | None, train: Dataset, test: Dataset, num_classes: int, eval_cfg: EvalConfig,
+                 share: Share) -> FewshotTask:
+    """The few-shot task of datasets held decoded whole (`train.labels` read for the draws): `share` of them."""
+    union, shots = shot_pool(train.labels, max(eval_cfg.fewshot_shots), eval_cfg.fewshot_seeds)
+    return FewshotTask(label, Subset(train, union[share.positions(len(union))].tolist()), len(union), shots,
+                       Subset(test, share.positions(len(test)).tolist()), len(test), num_classes)
 
 
 def _single_label(dataset: Dataset, where: str) -> None:
@@ -209,29 +235,35 @@ def fewshot_tasks(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits
     """
     if not eval_cfg.fewshot_shots:
         return []
-    tasks = [_downstream_task(eval_cfg, data_cfg, splits, index) for index in range(len(eval_cfg.fewshot_datasets))]
-    if eval_cfg.fewshot_pretraining and len(splits.test):
+    share = rank_share()
+    tasks = [_downstream_task(eval_cfg, data_cfg, splits, index, share)
+             for index in range(len(eval_cfg.fewshot_datasets))]
+    if eval_cfg.scores_pretraining_fewshot and len(splits.test):
         _single_label(splits.train, "eval.fewshot_pretraining")
-        train = splits.train.without_augmentation()
-        sets = shot_sets(train, train.labels, max(eval_cfg.fewshot_shots), eval_cfg.fewshot_seeds)
-        tasks.append(FewshotTask(None, sets, splits.test, splits.num_classes))
+        tasks.append(decoded_task(None, splits.train.without_augmentation(), splits.test, splits.num_classes,
+                                  eval_cfg, share))
     return tasks
 
 
-def _downstream_task(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits, index: int) -> FewshotTask:
+def _downstream_task(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSplits, index: int,
+                     share: Share) -> FewshotTask:
     dataset_cfg = eval_cfg.fewshot_datasets[index]
     where = f"eval.fewshot_datasets[{index}] ({dataset_cfg.metric_label})"
     channels, size, _ = splits.image_shape
     image_size = dataset_cfg.image_size or size
     max_shots, seeds = max(eval_cfg.fewshot_shots), eval_cfg.fewshot_seeds
     if dataset_cfg.name in LISTED_SOURCES:
-        fewshot = load_fewshot_set(dataset_cfg, image_size, max_shots, seeds, eval_cfg.max_examples)
+        fewshot = load_fewshot_set(dataset_cfg, image_size, max_shots, seeds, eval_cfg.max_examples, share)
         permutation = permutation_index(data_cfg.permutation, image_size, image_size, data_cfg.permuted_patch_size,
                                         data_cfg.permutation_seed)
-        pool = ImageDataset(fewshot.pool, np.arange(len(fewshot.pool)), image_size, permutation)
-        sets = [Subset(pool, positions.tolist()) for positions in fewshot.shots]
-        test = ImageDataset(fewshot.test, np.arange(len(fewshot.test)), image_size, permutation)
-        shape, num_classes = (fewshot.channels, image_size, image_size), fewshot.num_classes
+        task = FewshotTask(
+            dataset_cfg.metric_label,
+            ImageDataset(fewshot.pool, np.arange(len(fewshot.pool)), image_size, permutation), fewshot.pool_size,
+            fewshot.shots,
+            ImageDataset(fewshot.test, np.arange(len(fewshot.test)), image_size, permutation), fewshot.test_size,
+            fewshot.num_classes,
+        )
+        shape = (fewshot.channels, image_size, image_size)
     else:  # small sources that exist only decoded (digits, IDX, torchvision, synthetic)
         downstream = build_splits(DataConfig(**{
             **dataset_cfg.model_dump(exclude={"label", "augment"}),
@@ -241,8 +273,9 @@ def _downstream_task(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSpl
             "permutation_patch_size": data_cfg.permuted_patch_size,
         }), max_eval_examples=eval_cfg.max_examples)
         _single_label(downstream.train, where)
-        sets = shot_sets(downstream.train, downstream.train.labels, max_shots, seeds)
-        test, shape, num_classes = downstream.test, downstream.image_shape, downstream.num_classes
+        task = decoded_task(dataset_cfg.metric_label, downstream.train, downstream.test, downstream.num_classes,
+                            eval_cfg, share)
+        shape = downstream.image_shape
     grey = shape[0] == 1 < channels
     if ((channels, *shape[1:]) if grey else shape) != splits.image_shape:
         raise ValueError(
@@ -251,8 +284,8 @@ def _downstream_task(eval_cfg: EvalConfig, data_cfg: DataConfig, splits: DataSpl
             f"{channels} channel(s) or set its image_size"
         )
     if grey:
-        sets, test = [GreyAsColour(shot_set, channels) for shot_set in sets], GreyAsColour(test, channels)
-    return FewshotTask(dataset_cfg.metric_label, sets, test, num_classes)
+        task = replace(task, pool=GreyAsColour(task.pool, channels), test=GreyAsColour(task.test, channels))
+    return task
 
 
 def evaluate_fewshot_tasks(
@@ -264,7 +297,6 @@ def evaluate_fewshot_tasks(
     """
     report = {}
     for task in tasks:
-        accuracies = evaluate_fewshot(model, task.shot_sets, task.test, task.num_classes,
-                                      shots=eval_cfg.fewshot_shots, l2=eval_cfg.fewshot_l2, **extract)
+        accuracies = evaluate_fewshot(model, task, shots=eval_cfg.fewshot_shots, l2=eval_cfg.fewshot_l2, **extract)
         report.update({m.fewshot_top1(k, task.label): accuracy for k, accuracy in accuracies.items()})
     return report

@@ -31,7 +31,7 @@ from ray.data import DataIterator, FileShuffleConfig, TaskPoolStrategy
 from ray.data.expressions import col
 
 from mixer_core.checkpoint import derived_seed
-from mixer_core.config import DataConfig
+from mixer_core.config import DataConfig, EvalConfig
 from mixer_core.data.decode import DecodeBatch
 from mixer_core.data.errors import DataError
 from mixer_core.data.examples import padded_class_lists
@@ -111,8 +111,7 @@ def _rank_batches(iterator: DataIterator | ray.data.Dataset, cfg: DataConfig, ra
 
 
 def open_stream(
-    cfg: DataConfig, seed: int, max_eval_examples: int | None, rank: int, world_size: int,
-    shard: DataIterator | None = None,
+    cfg: DataConfig, eval_cfg: EvalConfig, seed: int, rank: int, world_size: int, shard: DataIterator | None = None
 ) -> StreamedTraining:
     """The streamed training data of one worker: its own dataset (`shard` None, one worker) or its share of the
     trial's dataset (`shard` from `ray.train.get_dataset_shard`)."""
@@ -126,4 +125,4 @@ def open_stream(
         dataset.context.execution_options.preserve_order = True
         return _rank_batches(dataset, cfg, rank_batch_size, local_seed)
 
-    return StreamedTraining(streamed_splits(cfg, max_eval_examples), epoch_batches, cfg.batch_size)
+    return StreamedTraining(streamed_splits(cfg, eval_cfg), epoch_batches, cfg.batch_size)

@@ -30,6 +30,29 @@ def ray_address() -> str:
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def ray_released(request: pytest.FixtureRequest):
+    """After a test on the session's Ray, every CPU is free again within a minute: a trial, decoding task or actor
+    left holding one would stall every later test (a rehearsal's decoding task then waits for a CPU forever)."""
+    yield
+    if "ray_address" not in request.fixturenames:
+        return
+    import time
+
+    import ray
+    from ray.util import state
+
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        if time.monotonic() > deadline:
+            held = [(actor.class_name, actor.state) for actor in state.list_actors(filters=[("state", "=", "ALIVE")])]
+            groups = [(group.name, group.state) for group in state.list_placement_groups()
+                      if group.state != "REMOVED"]
+            pytest.fail(f"{request.node.nodeid} left Ray CPUs held: {ray.available_resources()}; "
+                        f"live actors {held}; placement groups {groups}")
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An empty MLflow store `sqlite:///<tmp_path>/mlflow.db`, with the test running in `tmp_path`."""

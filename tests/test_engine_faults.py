@@ -115,10 +115,11 @@ def test_killed_training_process_is_retried_into_the_same_mlflow_run(ray_address
     killer.start()
     status = main(["sweep", "run", str(spec), "--address", ray_address, "--json"])
     killer.join(timeout=5)
-    result = json.loads(capsys.readouterr().out)
+    output = capsys.readouterr()
+    result = json.loads(output.out)
 
     assert killed and killed[0][1] < EPOCHS  # the process died before the trial's last evaluation
-    assert status == 0 and [trial["status"] for trial in result["trials"]] == ["TERMINATED"]
+    assert status == 0 and [trial["status"] for trial in result["trials"]] == ["TERMINATED"], output.err
     assert result["trials"][0]["metrics"]["epoch"] >= EPOCHS - 0.1
     assert_one_complete_run_per_trial(mlflow_store, "retry", trials=1)
     # The killed process could not remove its scratch folder (its checkpoints); the retry's start did.

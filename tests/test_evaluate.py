@@ -10,10 +10,10 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.linear_model import Ridge
 
-from mixer_core.config import DataConfig
+from mixer_core.config import DataConfig, EvalConfig
 from mixer_core.data import build_splits
-from mixer_core.data.fewshot import draw_shots
-from mixer_core.evaluate import BIAS_FEATURE, evaluate_fewshot, evaluate_top1, fewshot_lsr, shot_sets
+from mixer_core.data.fewshot import Share, draw_shots
+from mixer_core.evaluate import BIAS_FEATURE, decoded_task, evaluate_fewshot, evaluate_top1, fewshot_lsr
 from mixer_core.model import create_mixer
 
 
@@ -69,8 +69,8 @@ def test_fewshot_on_frozen_random_features_beats_chance(digits):
     # Random Mixer features of real digits already support a linear few-shot classifier well above 10%.
     torch.manual_seed(0)
     model = create_mixer("Ti/4", num_classes=10, image_size=8, in_chans=1)
-    sets = shot_sets(digits.train, digits.train.labels, max_shots=10, seeds=2)
-    accuracy = evaluate_fewshot(model, sets, digits.test, 10, shots=[1, 10], l2=1024.0,
-                                batch_size=128, device=torch.device("cpu"))
+    task = decoded_task(None, digits.train, digits.test, 10, EvalConfig(fewshot_shots=[1, 10], fewshot_seeds=2),
+                        Share())
+    accuracy = evaluate_fewshot(model, task, shots=[1, 10], l2=1024.0, batch_size=128, device=torch.device("cpu"))
     assert set(accuracy) == {1, 10}
     assert 0.2 < accuracy[1] < accuracy[10]

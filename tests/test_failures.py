@@ -17,6 +17,7 @@ import ray.exceptions
 import torch.distributed
 import yaml
 from mlflow.tracking import MlflowClient
+from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError  # private, as the errors it raises
 
 from mixer_cli import main
 from sweeps.engine.driver import STALE_SECONDS, driving
@@ -35,6 +36,8 @@ MIXER = str(Path(sys.executable).with_name("mixer"))
     ray.exceptions.NodeDiedError("node lost"),
     ray.exceptions.RayActorError(preempted=True),
     torch.distributed.DistNetworkError("rank 1 went away"),
+    # what Ray Train reports of a DDP worker whose process was killed
+    WorkerHealthCheckFailedError("A worker health check failed.", ray.exceptions.ActorDiedError()),
 ], ids=lambda error: type(error).__name__)
 def test_infrastructure_failures_are_retried(error):
     assert is_infrastructure(error)

@@ -20,7 +20,7 @@ from mixer_core.config import DataConfig
 from mixer_core.data import DataError, build_splits
 from mixer_core.data import fewshot as fewshot_module
 from mixer_core.data.convert import convert
-from mixer_core.data.fewshot import decode_for_eval, load_fewshot_set
+from mixer_core.data.fewshot import Share, decode_for_eval, load_fewshot_set
 
 
 def imagenet_folder(root: Path, per_class: int, classes: int = 5, val_per_class: int = 4, size=(40, 64)) -> Path:
@@ -50,7 +50,7 @@ def test_only_the_shots_and_the_capped_test_set_are_decoded_once_per_process(fol
         assert len(decoded) == count
     fewshot = sets["imagefolder"]
     assert len(decoded) == sum(len(s.pool) + len(s.test) for s in sets.values()) < 2 * (60 + 20)
-    assert len(fewshot.pool) <= 2 * 2 * 5 and len(fewshot.test) == 7 and fewshot.listed == 60
+    assert len(fewshot.pool) == fewshot.pool_size <= 2 * 2 * 5 and len(fewshot.test) == 7 and fewshot.listed == 60
     for positions in fewshot.shots:  # each seed: 2 per class, the first of each class first
         labels = fewshot.pool.labels[positions]
         assert torch.bincount(labels[:5], minlength=5).tolist() == [1] * 5
@@ -59,6 +59,14 @@ def test_only_the_shots_and_the_capped_test_set_are_decoded_once_per_process(fol
     assert sets["parquet"].test.keys == fewshot.test.keys
     assert torch.equal(sets["parquet"].test.images, fewshot.test.images)
     assert all(key.startswith("val/") for key in fewshot.test.keys)
+    # The second of two data-parallel ranks decodes every second image of both, and nothing else.
+    count = len(decoded)
+    half = load_fewshot_set(DataConfig(name="imagefolder", path=str(folder), eval_resize=36), 32, max_shots=2,
+                            seeds=2, max_examples=7, share=Share(1, 2))
+    assert half.pool.keys == fewshot.pool.keys[1::2] and half.test.keys == fewshot.test.keys[1::2]
+    assert (half.pool_size, half.test_size) == (len(fewshot.pool), 7)
+    assert all(np.array_equal(a, b) for a, b in zip(half.shots, fewshot.shots, strict=True))
+    assert len(decoded) - count == len(half.pool) + len(half.test) == len(fewshot.pool) // 2 + 3
 
 
 def test_evaluation_images_keep_their_aspect_and_lose_their_borders():

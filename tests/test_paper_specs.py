@@ -17,8 +17,10 @@ import yaml
 from image_folders import write_jpeg_folder
 from PIL import Image
 
-from mixer_core.config import ModelConfig
+from mixer_core.config import DataConfig, ModelConfig
+from mixer_core.data.convert import convert
 from mixer_core.data.fractions import subset_ranks
+from mixer_core.model import create_mixer
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 JFT_CLASSES = 6
@@ -71,8 +73,11 @@ def write_imagenet_folder(root: Path, per_class: int, classes: int = 4) -> Path:
 @pytest.fixture(scope="module")
 def paper_data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("paper")
-    return {"jft": write_multilabel_shards(root / "jft", {"train": 48, "val": 4, "test": 4}),
-            "imagenet": write_imagenet_folder(root / "imagenet", per_class=6)}
+    imagenet = write_imagenet_folder(root / "imagenet", per_class=6)
+    convert(DataConfig(name="imagefolder", path=str(imagenet)), str(root / "imagenet-parquet"), shard_size=8,
+            processes=1)
+    return {"jft": write_multilabel_shards(root / "jft", {"train": 48, "val": 4, "test": 4}), "imagenet": imagenet,
+            "imagenet-parquet": root / "imagenet-parquet"}
 
 
 def rehearsal_overrides(paper_data: dict[str, Path], storage: Path) -> list[str]:
@@ -127,6 +132,30 @@ def test_permutation_rehearses_as_shipped(ray_address, mlflow_store, paper_data,
             "--set", "grid.data.permutation=[patches_and_pixels_within_patches, pixels]", "--address", ray_address]
     assert main(args) == 0
     _assert_every_trial_scored(_finished_trials(mlflow_store, "permutation"), 4)
+
+
+@pytest.mark.parametrize("study", ["imagenet", "regularization", "finetune_highres"])
+def test_the_imagenet_studies_rehearse_as_shipped(ray_address, mlflow_store, paper_data, tmp_path, study):
+    from mixer_cli import main
+
+    sizes = {  # one small trial of each grid, two of the TPE search (ASHA's rungs brought down to its steps)
+        "imagenet": {"grid.model.variant": ["Ti/4"], "base.train.eval_every_steps": 2},
+        "regularization": {"base.model.variant": "Ti/4", "num_samples": 2, "scheduler.max_t": 2,
+                           "scheduler.grace_period": 1, "base.train.eval_every_epochs": 1},
+        "finetune_highres": {"base.model.variant": "Ti/4", "grid.train.lr": [0.003], "grid.train.steps": [4],
+                             "base.train.examples": None, "base.train.warmup_steps": 1, "base.train.init_from": str(tmp_path / "ti4_16px.pth")},
+    }[study]
+    # fine-tuning starts from Ti/4 weights of 16 px images, as the study starts from 224 px ones, and doubles it
+    torch.save(create_mixer("Ti/4", num_classes=10, image_size=16).state_dict(), tmp_path / "ti4_16px.pth")
+    args = ["sweep", "run", str(SWEEPS / f"{study}.yaml"), *rehearsal_overrides(paper_data, tmp_path / "ray"),
+            "--set", f"base.data.path={paper_data['imagenet-parquet']}", "--address", ray_address]
+    args += [arg for key, value in sizes.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    assert main(args) == 0
+    runs = _finished_trials(mlflow_store, study)
+    assert len(runs) == (2 if study == "regularization" else 1)
+    for run in runs:
+        assert run.info.status == "FINISHED", run.data.tags
+        assert 0.0 <= run.data.metrics["best/test_top1"] <= 1.0
 
 
 def test_a_timm_baseline_starts_at_head_bias_init_and_a_head_without_bias_is_refused(paper_data, tmp_path, capsys):

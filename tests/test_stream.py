@@ -13,7 +13,7 @@ import pytest
 import torch
 from image_folders import write_jpeg_folder
 
-from mixer_core.config import DataConfig
+from mixer_core.config import DataConfig, EvalConfig
 from mixer_core.config_io import parse_config
 from mixer_core.data import DataError, build_splits
 from mixer_core.data.convert import convert
@@ -27,6 +27,7 @@ from sweeps.stream import open_stream, training_dataset
 # equal shares with batches of one leave nothing out).
 STREAM = {"name": "parquet", "image_size": 32, "batch_size": 2, "shuffle_buffer": 4,
           "augment": {"inception_crop": True, "flip": True}}
+EVAL = EvalConfig(max_examples=4)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_two_workers_together_see_every_selected_key_once_per_epoch(ray_address,
     def loop(config: dict) -> None:
         context = ray.train.get_context()
         rank = context.get_world_rank()
-        stream = open_stream(DataConfig(**config), 0, 4, rank, 2, ray.train.get_dataset_shard("train"))
+        stream = open_stream(DataConfig(**config), EVAL, 0, rank, 2, ray.train.get_dataset_shard("train"))
         for epoch in range(2):  # (this function is shipped to the workers, so it names no test-module helper)
             keys = [key for batch in stream.epoch_batches(epoch) for key in batch["key"].tolist()]
             Path(out, f"{rank}-{epoch}.json").write_text(json.dumps(keys))
@@ -87,8 +88,13 @@ def test_two_workers_together_see_every_selected_key_once_per_epoch(ray_address,
         orders.append(seen[0] + seen[1])
     assert orders[0] != orders[1]  # reshuffled between epochs
 
-    one_worker = open_stream(_data(jpeg_shards, fraction=0.1), 0, 4, 0, 1)
+    one_worker = open_stream(_data(jpeg_shards, fraction=0.1), EVAL, 0, 0, 1)
     assert set(_epoch_keys(one_worker, 0)) < selected  # the 10% subset lies inside the 30% one
+    # Training images are decoded for evaluation only when few-shot draws shots from them.
+    assert 0 < len(one_worker.splits.train) <= 4 and len(one_worker.splits.test) == 4
+    no_pretraining_fewshot = open_stream(_data(jpeg_shards, fraction=0.1),
+                                         EvalConfig(max_examples=4, fewshot_pretraining=False), 0, 0, 1)
+    assert (len(no_pretraining_fewshot.splits.train), len(no_pretraining_fewshot.splits.test)) == (0, 4)
 
 
 def test_multi_label_shards_stream_with_the_targets_the_in_memory_path_gives(ray_address, jpeg_shards, tmp_path):
@@ -105,7 +111,7 @@ def test_multi_label_shards_stream_with_the_targets_the_in_memory_path_gives(ray
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
 
     streamed = {}
-    for batch in open_stream(_data(tmp_path), 0, 4, 0, 1).epoch_batches(0):
+    for batch in open_stream(_data(tmp_path), EVAL, 0, 0, 1).epoch_batches(0):
         assert batch["label"].dtype == "int64" and batch["label"].ndim == 2
         streamed.update(zip(batch["key"].tolist(), soft_targets(torch.as_tensor(batch["label"]), 5)))
     in_memory = build_splits(_data(tmp_path, stream=False)).train
@@ -128,7 +134,7 @@ def test_a_truncated_jpeg_in_a_stream_is_one_error_naming_shard_and_row(ray_addr
     images = table["image"].to_pylist()
     images[0] = images[0][:200]
     pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [images]), shard)
-    stream = open_stream(_data(tmp_path), 0, 4, 0, 1)
+    stream = open_stream(_data(tmp_path), EVAL, 0, 0, 1)
     with pytest.raises(DataError, match="not a decodable image") as error:
         _epoch_keys(stream, 0)
     assert f"{shard}: row {table['key'][0]}" in str(error.value)
@@ -153,12 +159,56 @@ def test_resuming_mid_epoch_continues_the_stream_without_repeats_or_gaps(ray_add
     runs = {}
     for name, resume in (("whole", None), ("resumed", tmp_path / "whole" / "checkpoints" / "step_00000005")):
         consumed.append([])
-        stream = recording(open_stream(config.data, 0, 4, 0, 1))
+        stream = recording(open_stream(config.data, EVAL, 0, 0, 1))
         runs[name] = train(config, resume_from=resume, work_dir=tmp_path / name, stream=stream)
     assert len(consumed[0]) == 7 * 2
     # The resumed run replays the checkpoint's first 5 batches, then takes the next ones: the same epoch.
     assert consumed[1] == consumed[0]
     assert runs["resumed"]["step"] == runs["whole"]["step"] == 7
+
+
+def _with_a_broken_image(shards: Path, dest: Path, key: str) -> Path:
+    """A copy of `shards` in `dest` whose image of row `key` is not a JPEG; returns the shard that holds it."""
+    dest.mkdir()
+    for file in shards.iterdir():
+        (dest / file.name).write_bytes(file.read_bytes())
+    shard = next(path for path in sorted(dest.glob("train-*")) if key in pq.read_table(path)["key"].to_pylist())
+    table = pq.read_table(shard)
+    images = table["image"].to_pylist()
+    images[table["key"].to_pylist().index(key)] = b"\xff\xd8\xff not a jpeg"
+    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [images]), shard)
+    return shard
+
+
+def test_a_bad_row_one_of_two_ddp_workers_meets_ends_its_trial_at_once(ray_address, mlflow_store, tiny_spec,
+                                                                         jpeg_shards, tmp_path, capsys):
+    # One rank raises; the other waits in the gradients' all-reduce for it. The trial must end on the error,
+    # neither waiting for the collective's timeout nor retrying what fails the same way every time.
+    from ray.tune import ExperimentAnalysis
+
+    from mixer_cli import main
+    from sweeps.tracking import queries
+
+    key = _epoch_keys(open_stream(_data(jpeg_shards, fraction=0.3), EVAL, 0, 0, 1), 0)[0]
+    shard = _with_a_broken_image(jpeg_shards, tmp_path / "broken", key)
+    base = {
+        "data": {**STREAM, "path": str(tmp_path / "broken"), "fraction": 0.3, "batch_size": 2},
+        "train": {"epochs": 2, "eval_every_steps": 100, "log_every_steps": 1, "checkpoint_every_epochs": None},
+        "eval": {"fewshot_shots": [], "max_examples": 4},
+    }
+    spec = tiny_spec("onerank", base=base, max_failures=3,
+                     resources={"workers_per_trial": 2, "cpus_per_worker": 0.5, "max_concurrent_trials": 1})
+    assert main(["sweep", "run", str(spec), "--address", ray_address, "--json"]) == 1
+    output = capsys.readouterr()
+    result = json.loads(output.out)
+    assert [trial["status"] for trial in result["trials"]] == ["ERROR"]
+    [failure] = [line for line in output.err.splitlines() if line.endswith("(not retried)")]
+    assert f"DataError: {shard}: row {key}: not a decodable image" in failure
+    [trial] = ExperimentAnalysis(result["experiment_dir"]).trials
+    assert trial.num_failures == 0  # one attempt
+    parent = queries.find_sweep_run(mlflow_store, "onerank")
+    [run] = queries.trial_runs(mlflow_store, parent.info.experiment_id, parent.info.run_id)
+    assert run.info.status == "FAILED" and "not a decodable image" in run.data.tags["mixer.error"]
 
 
 def test_a_sweep_streams_jpeg_shards_and_a_bad_row_fails_its_trial_keeping_what_mlflow_has(
@@ -179,15 +229,8 @@ def test_a_sweep_streams_jpeg_shards_and_a_bad_row_fails_its_trial_keeping_what_
 
     # Truncate the image the trial meets last in its epoch, so that it has logged steps before it fails.
     broken = tmp_path / "broken"
-    broken.mkdir()
-    for file in jpeg_shards.iterdir():
-        (broken / file.name).write_bytes(file.read_bytes())
-    last_key = _epoch_keys(open_stream(_data(jpeg_shards, fraction=0.3), 0, 4, 0, 1), 0)[-1]
-    shard = next(path for path in sorted(broken.glob("train-*")) if last_key in pq.read_table(path)["key"].to_pylist())
-    table = pq.read_table(shard)
-    images = table["image"].to_pylist()
-    images[table["key"].to_pylist().index(last_key)] = b"\xff\xd8\xff not a jpeg"
-    pq.write_table(table.set_column(table.schema.get_field_index("image"), "image", [images]), shard)
+    last_key = _epoch_keys(open_stream(_data(jpeg_shards, fraction=0.3), EVAL, 0, 0, 1), 0)[-1]
+    shard = _with_a_broken_image(jpeg_shards, broken, last_key)
     base["data"]["path"] = str(broken)
     assert main(["sweep", "run", str(tiny_spec("broken", base=base)), "--address", ray_address]) != 0
     output = capsys.readouterr()

@@ -101,7 +101,7 @@ def test_downstream_shots_do_not_depend_on_the_pretraining_fraction():
         config = parse_config(digits_config(data={"fraction": fraction}, eval={"fewshot_datasets": [
             {"name": "mnist_idx", "path": str(MNIST), "label": "mnist"}]}))
         tasks = fewshot_tasks(config.eval, config.data, build_splits(config.data))
-        return {task.label: torch.stack([image for image, _ in task.shot_sets[0]]) for task in tasks}
+        return {task.label: torch.stack([task.pool[i][0] for i in task.shots[0]]) for task in tasks}
 
     small, full = shots(0.1), shots(1.0)
     assert small.keys() == {"mnist", None}  # downstream first, then the pre-training data's own splits

@@ -1,6 +1,10 @@
 """The images a few-shot evaluation scores, and only those: shots drawn per class and seed from a dataset's
 listing (`listing.py`), a test set capped at `eval.max_examples`, both decoded once per process.
 
+Under data parallel training each rank decodes only its share of them (`Share`: every `world`-th image from its
+`rank`), and the evaluation gathers their features (`mixer_core.evaluate`): 8 ranks of a node hold one copy of
+the 50,000 ImageNet validation images at 224 px (7.5 GB) between them, not one each.
+
 Decoding follows big_vision's evaluation pre-processing: resize the original's shorter side to `eval_resize`,
 then cut the central `image_size` square (without `eval_resize`, the image is resized to the square). The
 decoded sets are kept for the life of the process, so the next evaluation, and the next trial that Tune runs in
@@ -89,13 +93,27 @@ def decode_listing(listing: Listing, image_size: int, eval_resize: int | None, c
 
 
 @dataclass(frozen=True)
+class Share:
+    """The part of an evaluation set one of `world` data-parallel ranks holds: positions rank, rank + world, ..."""
+
+    rank: int = 0
+    world: int = 1
+
+    def positions(self, total: int) -> np.ndarray:
+        return np.arange(self.rank, total, self.world)
+
+
+@dataclass(frozen=True)
 class FewshotSet:
-    """A downstream dataset's decoded few-shot images: `pool` holds every seed's shots, `shots[seed]` their
-    positions in it (ordered as `draw_shots` orders them), `test` the capped test set."""
+    """A downstream dataset's few-shot images, this process's `share` of them decoded: `pool` holds that share of
+    every seed's shots (`pool_size` in all), `shots[seed]` their positions in the whole pool (ordered as
+    `draw_shots` orders them), `test` that share of the capped test set (`test_size` in all)."""
 
     pool: Examples
+    pool_size: int
     shots: list[np.ndarray]
     test: Examples
+    test_size: int
     num_classes: int
     channels: int
     listed: int  # training examples listed (the shots' population), for the record
@@ -104,25 +122,35 @@ class FewshotSet:
 _DECODED: dict[str, FewshotSet] = {}
 
 
+def shot_pool(labels: np.ndarray | torch.Tensor, max_shots: int, seeds: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The examples that `seeds` draws of `max_shots` per class use (positions in `labels`, sorted), and each
+    draw as positions in that pool: a shot drawn by several seeds is decoded and evaluated once."""
+    draws = [draw_shots(labels, max_shots, seed) for seed in range(seeds)]
+    union, inverse = np.unique(np.concatenate(draws), return_inverse=True)
+    return union, np.split(inverse, np.cumsum([len(draw) for draw in draws])[:-1])
+
+
 def load_fewshot_set(
-    cfg: DataConfig, image_size: int, max_shots: int, seeds: int, max_examples: int | None
+    cfg: DataConfig, image_size: int, max_shots: int, seeds: int, max_examples: int | None, share: Share = Share()
 ) -> FewshotSet:
     """The few-shot set of `cfg` (an image folder or Parquet shard set): `seeds` draws of `max_shots` per class from
-    the training listing and at most `max_examples` test examples, decoded at `image_size` (see module docstring).
+    the training listing and at most `max_examples` test examples, `share` of them decoded at `image_size` (see
+    module docstring).
 
     Decoded once per process: a second call with the same arguments returns the same set.
     """
-    cache_key = f"{cfg.model_dump_json()}|{image_size}|{max_shots}|{seeds}|{max_examples}"
+    cache_key = f"{cfg.model_dump_json()}|{image_size}|{max_shots}|{seeds}|{max_examples}|{share}"
     if cache_key not in _DECODED:
         listed = list_dataset(cfg)
-        draws = [draw_shots(listed.train.labels, max_shots, seed) for seed in range(seeds)]
-        union, inverse = np.unique(np.concatenate(draws), return_inverse=True)
-        shots = np.split(inverse, np.cumsum([len(draw) for draw in draws])[:-1])
-        test = listed.test.take(capped(listed.test.keys, max_examples))
+        union, shots = shot_pool(listed.train.labels, max_shots, seeds)
+        test = capped(listed.test.keys, max_examples)
+        pool_share, test_share = union[share.positions(len(union))], test[share.positions(len(test))]
         _DECODED[cache_key] = FewshotSet(
-            pool=decode_listing(listed.train.take(union), image_size, cfg.eval_resize, listed.channels),
+            pool=decode_listing(listed.train.take(pool_share), image_size, cfg.eval_resize, listed.channels),
+            pool_size=len(union),
             shots=shots,
-            test=decode_listing(test, image_size, cfg.eval_resize, listed.channels),
+            test=decode_listing(listed.test.take(test_share), image_size, cfg.eval_resize, listed.channels),
+            test_size=len(test),
             num_classes=len(listed.class_names),
             channels=listed.channels,
             listed=len(listed.train),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mixer_core.config import DataConfig
+from mixer_core.config import DataConfig, EvalConfig
 from mixer_core.data.examples import as_uint8_images
 from mixer_core.data.parquet import class_names, count_selected, decoded_size, find_shards, read_examples
 from mixer_core.data.permutations import permutation_index
@@ -26,20 +26,21 @@ from mixer_core.data.transforms import ImageDataset, to_model_input
 EpochBatches = Callable[[int], Iterable[dict[str, np.ndarray]]]
 
 
-def streamed_splits(cfg: DataConfig, max_eval_examples: int | None) -> DataSplits:
-    """The splits of a streamed Parquet source: `train_size` counts every selected training row; `train`,
-    `val` and `test` hold at most `max_eval_examples` decoded examples each (`train` for few-shot features)."""
+def streamed_splits(cfg: DataConfig, eval_cfg: EvalConfig) -> DataSplits:
+    """The splits of a streamed Parquet source: `train_size` counts every selected training row; `val` and `test`
+    hold at most `eval.max_examples` decoded examples each, and so does `train` when few-shot draws shots from
+    it (`eval.fewshot_pretraining`), else none."""
     sets = find_shards(cfg.path)
     size = decoded_size(sets, cfg.image_size, cfg.path)
     permutation = permutation_index(cfg.permutation, size, size, cfg.permuted_patch_size, cfg.permutation_seed)
     names = class_names(sets, cfg.path)
 
-    def bounded(split: str) -> ImageDataset:
-        examples = read_examples(sets, split, size, fraction=cfg.fraction, max_examples=max_eval_examples)
+    def bounded(split: str, max_examples: int | None = eval_cfg.max_examples) -> ImageDataset:
+        examples = read_examples(sets, split, size, fraction=cfg.fraction, max_examples=max_examples)
         return ImageDataset(examples, np.arange(len(examples)), size, permutation)
 
     return DataSplits(
-        train=bounded("train"),
+        train=bounded("train", eval_cfg.max_examples if eval_cfg.scores_pretraining_fewshot else 0),
         val=bounded("val"),
         test=bounded("test"),
         num_classes=len(names),

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from mixer_core.config import DataConfig
+from mixer_core.config import DataConfig, EvalConfig
 from mixer_core.data.decode import DecodeBatch
 
 SAMPLE_SECONDS = 0.2
@@ -206,7 +206,7 @@ def _stream_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterato
         ray.init(num_cpus=processes, object_store_memory=OBJECT_STORE_BUFFERS * cfg.loader_buffer_mb * 2**20,
                  include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     cfg = cfg.model_copy(update={"loader_processes": processes, "batch_size": batch_size})
-    stream = open_stream(cfg, seed=0, max_eval_examples=1, rank=0, world_size=1)
+    stream = open_stream(cfg, EvalConfig(max_examples=1, fewshot_pretraining=False), seed=0, rank=0, world_size=1)
     return _forever(stream.epoch_batches(epoch) for epoch in itertools.count())
 
 

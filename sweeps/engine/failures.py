@@ -12,9 +12,10 @@ FAILED in MLflow with `mixer.error`, FAIL in Optuna, never retried. An unknown e
 because a needless retry costs a GPU allocation each time, and a missed one a `mixer sweep resume`.
 
 Ray Train V2 (2.60) retries every worker error alike: its `FailureConfig` counts failures (and preemptions
-apart) and its failure policy is internal, with no per-error-type hook. So a DDP trial decides in its workers,
-as a one-worker trial does: a deterministic error ends the training function with a last report, which Ray
-Train sees as success and does not retry.
+apart) and its failure policy is internal, with no per-error-type hook. So Ray Train retries none
+(`max_failures=0`, preemptions aside): a DDP trial's process reads the failed workers' errors
+(`WorkerGroupError.worker_failures`) and ends the trial on a deterministic one, else Tune retries it. A
+one-worker trial decides in its worker: a deterministic error ends the training function with a last report.
 """
 
 from __future__ import annotations
@@ -34,12 +35,21 @@ _RAY_SYSTEM_ERRORS = (
 )
 
 
+# Ray Train's reports of a worker it lost (a process killed or hung, a peer that never reached a collective), by
+# class name: Ray Train V2 keeps them in a private module.
+_RAY_TRAIN_LOST_WORKER = frozenset({
+    "WorkerHealthCheckFailedError", "WorkerHealthCheckTimeoutError", "CollectiveTimeoutError",
+})
+
+
 def is_infrastructure(error: BaseException) -> bool:
     """Whether `error` is an infrastructure failure, worth retrying the trial for; False for every
     deterministic error (the module docstring lists both)."""
     if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
         return True
     if isinstance(error, (ConnectionError, TimeoutError)):  # raised without an errno too
+        return True
+    if any(cls.__name__ in _RAY_TRAIN_LOST_WORKER for cls in type(error).__mro__):
         return True
     return _is_ray_system_error(error) or _is_lost_peer(error) or _is_http_unreachable(error)
 

@@ -35,10 +35,11 @@ def _trainable(context: SweepContext, writer: ray.actor.ActorHandle):
 
 
 def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -> ray.tune.RunConfig:
-    """Where Tune keeps the sweep, and how it retries and checkpoints the trials that train in its processes.
+    """Where Tune keeps the sweep, how it retries its trials (up to `max_failures` times each, for infrastructure
+    failures only: `sweeps.engine.failures`) and checkpoints those that train in its processes.
 
-    Trials of several workers leave both to Ray Train (`sweeps.engine.trial`), so Tune neither retries them a second
-    time nor keeps checkpoints of its own for them.
+    Trials of several workers keep their checkpoints in Ray Train (`sweeps.engine.trial`), which resumes a retried
+    trial from them, so Tune keeps none of its own for them.
     """
     in_trial_process = runs_in_trial_process(spec)
     storage_path, name = directory.rsplit("/", 1)  # `sweeps.engine.sweep_runs.experiment_dir`
@@ -47,7 +48,7 @@ def _tune_run_config(spec: SweepSpec, directory: str, callback: SweepCallback) -
         storage_path=storage_path,
         callbacks=[callback, CSVLoggerCallback(), JsonLoggerCallback()],  # not TensorBoard's (`sweeps.engine.ray_session`)
         verbose=0,
-        failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures if in_trial_process else 0),
+        failure_config=ray.tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=ray.tune.CheckpointConfig(
             num_to_keep=spec.checkpoint.num_to_keep,
             checkpoint_score_attribute=spec.checkpoint.score_attribute if in_trial_process else None,

@@ -6,7 +6,9 @@
   (`ray.tune.report(..., checkpoint=...)`, Tune's `FailureConfig`). This is Ray's documented pattern for tuning
   single-worker training.
 - Several workers: a Ray Train `TorchTrainer` runs `train_worker` on each (DDP, possibly across nodes), and its
-  results reach Tune through `TuneReportCallback`; Ray Train retries lost workers from the trial's checkpoint.
+  results reach Tune through `TuneReportCallback`. When a worker fails, Ray Train stops them all and this
+  process decides (`ended_by`): a deterministic error on any rank ends the trial, else Tune retries it and Ray
+  Train resumes from the trial's checkpoint.
 
 This module is what a trial's process imports (Tune unpickles `run_trial` by reference), so it stays clear of
 the driver's searchers and of MLflow, which the sweep's writer (`sweeps.tracking.writer`) imports instead.
@@ -21,12 +23,14 @@ from typing import Any
 import ray.train
 import ray.tune
 from ray.actor import ActorHandle
+from ray.train import WorkerGroupError
 
 from mixer_core.config import RunConfig
 from mixer_core.config_io import resolve_paths
 from sweeps.engine import tpu
+from sweeps.engine.failures import is_infrastructure
 from sweeps.engine.ray_session import set_ray_env_defaults
-from sweeps.engine.worker import run_worker, train_worker
+from sweeps.engine.worker import final_report, run_worker, train_worker
 from sweeps.spec import Resources, SweepSpec, build_run_config
 
 # A trial of several workers only waits on fit(); its Ray Train workers hold the CPUs and GPUs. Tune refuses an
@@ -117,7 +121,9 @@ def _fit_with_ray_train(loop_config: dict[str, Any], context: SweepContext, tria
         run_config=ray.train.RunConfig(
             name=trial_id,  # the same name on retry and restore, so Ray Train resumes from the trial's checkpoint
             storage_path=context.train_storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=spec.max_failures),
+            # Tune retries the trial instead (`sweeps.engine.run`), when `ended_by` finds no deterministic error;
+            # Ray Train still waits out preemptions, which it counts apart.
+            failure_config=ray.train.FailureConfig(max_failures=0),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.checkpoint.num_to_keep,
                 checkpoint_score_attribute=spec.checkpoint.score_attribute,
@@ -126,4 +132,17 @@ def _fit_with_ray_train(loop_config: dict[str, Any], context: SweepContext, tria
             callbacks=[TuneReportCallback()],
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except WorkerGroupError as error:
+        deterministic = ended_by(error)
+        if deterministic is None:
+            raise  # Tune retries the trial; Ray Train resumes it from its checkpoint (the run's name)
+        ray.tune.report(final_report(deterministic, loop_config["objective"]))
+
+
+def ended_by(error: WorkerGroupError) -> Exception | None:
+    """The deterministic error (`sweeps.engine.failures`) of the lowest rank that raised one, if any: it ends the
+    trial, whatever the other ranks met (a peer's collective broken off, a worker killed as the group stopped)."""
+    return next((failure for _, failure in sorted(error.worker_failures.items()) if not is_infrastructure(failure)),
+                None)

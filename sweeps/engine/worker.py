@@ -39,11 +39,17 @@ def run_worker(
     world_rank: int,
     world_size: int = 1,
     dataset_shard: DataIterator | None = None,
+    *,
+    ends_failed_trial: bool = True,
 ) -> None:
     """Train one worker of a trial. `loop_config` holds `run_config` (a RunConfig as a dict), `trial_id`,
     `tracking_uri`, `writer` (the sweep's `MlflowWriter`) and `objective` (the metric names); `checkpoint` is the
     one to resume from (None for a fresh start). A streamed source (`data.streams`) is read from `dataset_shard`
     (Ray Train) or, for a one-worker trial, from its own Ray Data pipeline (`sweeps.stream`).
+
+    A deterministic error (`sweeps.engine.failures`) ends the trial with a last report (`final_report`) when
+    `ends_failed_trial`; else it is raised for the trial's driver to end it (`sweeps.engine.trial`, for Ray Train's
+    workers: one rank cannot end a trial alone, its peers wait for it in a collective).
 
     Only evaluation reports reach Ray: they carry the objective, and one Tune iteration per evaluation is what
     ASHA's `training_iteration` budget counts. Every report goes to MLflow from rank 0, an evaluation report
@@ -56,13 +62,13 @@ def run_worker(
         _train(loop_config, log, report_to_ray, checkpoint, world_rank, world_size, dataset_shard)
     except Exception as error:
         if is_infrastructure(error):
-            raise  # Tune or Ray Train retries the trial from its last checkpoint, up to `max_failures` times
+            raise  # Tune retries the trial from its last checkpoint, up to `max_failures` times
         # Anything else fails the same way on every retry (`sweeps.engine.failures`): the trial ends now, and the
-        # driver (`sweeps.engine.progress.SweepCallback`) marks it failed with this message. Ray Train's report is
-        # collective: every rank gets here at the same step when the error comes from the config, the data or
-        # the loss (all-reduced before it is checked).
+        # sweep's driver (`sweeps.engine.progress.SweepCallback`) marks it failed with this message.
         if log is not None:
             log.written()  # the driver closes the run on this report: it must exist, with every step before
+        if not ends_failed_trial:
+            raise
         report_to_ray(final_report(error, loop_config["objective"]), None)
 
 
@@ -98,8 +104,7 @@ def _train(
         if config.data.streams:
             from sweeps.stream import open_stream
 
-            stream = open_stream(config.data, config.train.seed, config.eval.max_examples, world_rank, world_size,
-                                 dataset_shard)
+            stream = open_stream(config.data, config.eval, config.train.seed, world_rank, world_size, dataset_shard)
         if checkpoint is None:
             train(local_config, on_report, work_dir=work, stream=stream)
             return
@@ -122,4 +127,4 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     shard = ray.train.get_dataset_shard("train") if loop_config["streams"] else None
     run_worker(loop_config, _report_to_ray_train, ray.train.get_checkpoint(), context.get_world_rank(),
-               context.get_world_size(), shard)
+               context.get_world_size(), shard, ends_failed_trial=False)
