@@ -270,6 +270,10 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
 
 def validate_spec(data: dict[str, Any], source: str = "<spec>") -> SweepSpec:
     """Validate a spec mapping (as read from YAML); raise `SpecError` listing every problem."""
+    run_sections = sorted(set(data) & set(RunConfig.model_fields) - set(SweepSpec.model_fields))
+    if run_sections and "base" not in data:
+        raise SpecError(f"{source}: a run config ({', '.join(run_sections)} at the top), not a sweep spec: run it with "
+                        f"`mixer train {source}`, or put it under `base:` of a spec")
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as error:

@@ -45,6 +45,13 @@ def test_shipped_specs_validate_and_plan(path: Path) -> None:
     json.dumps(plan)  # plain data for --json
 
 
+def test_a_run_config_given_as_a_spec_is_told_to_mixer_train(capsys) -> None:
+    assert main(["sweep", "validate", str(SWEEPS / "train_digits.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mixer sweep validate: {SWEEPS / 'train_digits.yaml'}: a run config (data, eval, model, train at the top), not"
+        f" a sweep spec: run it with `mixer train {SWEEPS / 'train_digits.yaml'}`, or put it under `base:` of a spec")
+
+
 def test_shipped_specs_cover_every_study_at_both_scales() -> None:
     studies = {"quickstart", "jft_subsets", "regularization", "imagenet", "permutation", "finetune_highres"}
     assert studies <= {p.stem for p in SWEEPS.glob("*.yaml")}
