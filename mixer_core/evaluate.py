@@ -102,13 +102,15 @@ def extract_features(
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pre-logit features (N, D) as float64 and labels (N,) of every example in `dataset`, on the CPU."""
-    features, labels = [torch.empty((0, 0), dtype=torch.float64)], [torch.empty(0, dtype=torch.int64)]
+    features, labels = [], []
     with eval_mode(model):
         for images, batch_labels in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
             with autocast(device, bf16):
                 features.append(pre_logits(model, images.to(device)).double().cpu())
             labels.append(torch.as_tensor(batch_labels))
-    return torch.cat(features[len(features) > 1:]), torch.cat(labels)
+    if not features:  # a rank's empty share of a set smaller than the world
+        return torch.empty((0, 0), dtype=torch.float64), torch.empty(0, dtype=torch.int64)
+    return torch.cat(features), torch.cat(labels)
 
 
 def rank_share() -> Share:
