@@ -25,7 +25,8 @@ from sweeps.tables import format_table
 
 # What `mixer data bench` prints (--json gives every field): throughput beside the cores it took, then memory.
 BENCH_COLUMNS = (
-    "pipeline", "processes", "images", "img_per_sec", "cores_busy", "img_per_sec_per_core", "peak_rss_mb",
+    "pipeline", "processes", "images", "img_per_sec", "cores_busy", "img_per_sec_per_core", "processes_started",
+    "peak_rss_mb",
     "peak_pss_mb", "loading_at_once", "peak_pss_mb_per_loading_process", "loading_processes_with_torch",
 )
 

@@ -260,6 +260,23 @@ def test_data_bench_measures_the_stream_and_torchvision_alike(ray_address, jpeg_
     assert results["stream"]["peak_rss_mb"] > 50
 
 
+def test_the_bench_counts_the_cpu_of_a_process_ended_under_a_parent_that_ignores_sigchld():
+    import subprocess
+    import sys
+
+    from sweeps.bench.data import TreeWatch
+
+    # Ray's raylet ignores SIGCHLD, so the CPU time of the workers it ends never reaches its count of reaped children.
+    burn = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.8: pass"
+    parent = ("import signal, subprocess, sys, time; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+              f"subprocess.Popen([sys.executable, '-c', {burn!r}]); time.sleep(2)")
+    with TreeWatch(lambda pid: False) as watch:
+        before = watch.cpu_seconds()
+        subprocess.run([sys.executable, "-c", parent], check=True)
+        used = watch.cpu_seconds() - before
+    assert used >= 0.6  # the child's 0.8 s, less at most one sampling interval
+
+
 def test_decoding_runs_in_as_many_processes_as_asked_none_of_them_carrying_torch(ray_address, photo_shards, capsys):
     from mixer_cli import main
 
@@ -273,3 +290,25 @@ def test_decoding_runs_in_as_many_processes_as_asked_none_of_them_carrying_torch
     assert result["loading_at_once"] == 2
     assert result["loading_processes_seen"] >= 2 and result["loading_processes_with_torch"] == 0
     assert 0 < result["peak_pss_mb_per_loading_process"] < result["peak_pss_mb"]
+
+
+def test_ray_keeps_a_reading_and_a_decoding_process_per_cpu_between_tasks(ray_address):
+    import os
+    import time
+
+    import ray
+
+    # Four processes at once on the session's 2 CPUs, as two decoding tasks of one CPU beside two reading tasks of
+    # none; then a pause longer than the 1 s after which Ray ends idle workers above its limit (Ray's default
+    # limit, the node's CPUs, ended two of them, and their next tasks waited for new processes).
+    @ray.remote(num_cpus=0)
+    def worker_pid() -> int:
+        time.sleep(1)
+        return os.getpid()
+
+    first = ray.get([worker_pid.remote() for _ in range(4)])
+    assert len(set(first)) == 4
+    time.sleep(3)
+    alive = {pid for pid in first if Path(f"/proc/{pid}").exists()}
+    assert alive == set(first)
+    assert len(set(ray.get([worker_pid.remote() for _ in range(4)])) - alive) == 0

@@ -7,12 +7,14 @@ Three pipelines do the same work (decode, augment, batch) on the same images:
 - `torchvision`: the reference, torchvision's `ImageFolder` + `RandomResizedCrop` + `RandomHorizontalFlip` +
   `DataLoader` with `--processes` workers, on an image folder.
 
-Timing starts after `warmup` batches (Ray's start, worker start-up). `img_per_sec_per_core` is images per
-CPU-second used by the whole process tree in that time (this process, Ray's daemons and workers, or the
-DataLoader's workers), so machines shared with other work still compare pipelines fairly; `cores_busy` is
-those CPU-seconds per second. `peak_rss_mb` is the largest sum of resident memory over this process and all
-its descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled every 0.2 s;
-`peak_pss_mb` the same with shared memory counted once, every 2 s.
+Timing starts after `warmup` batches (Ray's start, worker start-up); memory is weighed over as many batches again
+after the timed ones (see `TreeWatch`). `img_per_sec_per_core` is images per CPU-second used by the whole process
+tree while timed (this process, Ray's daemons and workers, or the DataLoader's workers; each process's own time,
+sampled every 0.2 s, see `TreeWatch`), so machines shared with other work still compare pipelines fairly;
+`cores_busy` is those CPU-seconds per second, and `processes_started` the processes the tree started meanwhile (a
+Ray worker process costs about 1 s of CPU to start). `peak_rss_mb` is the largest sum of resident memory over this
+process and all its descendants (Ray's raylet, object store and workers, or the DataLoader's workers), sampled
+every 0.2 s; `peak_pss_mb` the same with shared memory counted once, every 1 s while memory is weighed.
 
 The loading processes are the Ray workers seen running a decoding task (Ray titles a busy worker
 `ray::<task name>`) or the DataLoader's workers. `loading_at_once` is the most seen decoding at one sample (the
@@ -36,7 +38,7 @@ from mixer_core.data.decode import DecodeBatch
 
 SAMPLE_SECONDS = 0.2
 OBJECT_STORE_BUFFERS = 4
-PSS_EVERY = 10
+PSS_EVERY = 5
 
 
 def _children() -> dict[int, list[int]]:
@@ -59,17 +61,10 @@ def _tree(root: int) -> list[int]:
     return pids
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU time (user + system) used so far by `root` and its descendants (Linux /proc): the living ones' own, and
-    the ended ones' through their parents' counts of reaped children (Ray ends idle workers as it pleases)."""
-    ticks = 0
-    for pid in _tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        ticks += sum(map(int, fields[11:15]))  # utime, stime, and those of reaped children
-    return ticks / os.sysconf("SC_CLK_TCK")
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: fields[11:13] are its own user and system time in clock ticks,
+    fields[19] its start time."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def _cmdline(pid: int) -> bytes:
@@ -109,10 +104,10 @@ def _pss_without_shared_memory_kb(pid: int) -> int:
     return _pss_kb(pid) - _proc_kb(pid, "smaps_rollup", "Pss_Shmem:")
 
 
-def tree_memory_mb(root: int, read: Callable[[int], int]) -> float:
-    """`read(pid)` (kB) summed over `root` and all its descendants, in MB (Linux /proc)."""
+def _memory_mb(pids: list[int], read: Callable[[int], int]) -> float:
+    """`read(pid)` (kB) summed over `pids` that still live, in MB (Linux /proc)."""
     total = 0
-    for pid in _tree(root):
+    for pid in pids:
         try:
             total += read(pid)
         except OSError:
@@ -120,42 +115,82 @@ def tree_memory_mb(root: int, read: Callable[[int], int]) -> float:
     return total / 1024
 
 
-class PeakMemory:
-    """Samples the process tree's memory in a thread while in use: RSS every `SAMPLE_SECONDS` (its sum counts
-    shared memory, such as Ray's object store, once per process that maps it), and PSS, which shares it out so
-    that its sum is the real total, every `PSS_EVERY` samples (reading it costs the kernel a page-table walk).
-    Processes for which `loading(pid)` holds at a sample are the loading processes; their PSS is kept apart."""
+def _holds(test: Callable[[int], bool], pid: int) -> bool:
+    try:
+        return test(pid)
+    except (OSError, IndexError):  # the process ended while being looked at
+        return False
+
+
+class TreeWatch:
+    """Samples this process's tree in a thread while in use, every `SAMPLE_SECONDS`:
+    - CPU: each process's own user + system time as last seen, summed over every process seen, less the watch's
+      own (`cpu_seconds`). Reading the tree only at both ends of a measurement would lose every process that ended
+      in between: Ray's raylet ignores SIGCHLD, so the workers it ends never reach its count of reaped children. A
+      process that ends loses at most its last `SAMPLE_SECONDS` here. `processes_started` counts those first seen
+      since `mark()`.
+    - memory: RSS (its sum counts shared memory, such as Ray's object store, once per process that maps it), and,
+      once `weigh()` is called, every `PSS_EVERY` samples PSS, which shares it out so that its sum is the real
+      total. Reading PSS walks every page table: about 0.25 s of CPU per sample with Ray's object store mapped in
+      each process, so it is read apart from the timing, whose cores it would take. Processes for which
+      `loading(pid)` holds at a sample are the loading processes; their PSS is kept apart."""
 
     def __init__(self, loading: Callable[[int], bool]):
         self.loading = loading
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> TreeWatch:
         self.peak_rss_mb, self.peak_pss_mb, self._stop = 0.0, 0.0, threading.Event()
         self.loading_at_once, self.loader_pss_mb, self.loaders_with_torch = 0, {}, set()
         self.loader_own_pss_mb: dict[int, float] = {}
+        self._cpu_ticks: dict[tuple[int, str], int] = {}  # (pid, start time) → own CPU ticks when last seen
+        self._seen_at_mark: set[tuple[int, str]] = set()
+        self._own_seconds, self._reads_pss = 0.0, False
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
-    def _loading_now(self) -> list[int]:
-        pids = []
-        for pid in _tree(os.getpid()):
+    def _record_cpu(self, pids: list[int]) -> None:
+        for pid in pids:
             try:
-                if self.loading(pid):
-                    pids.append(pid)
+                fields = _stat_fields(pid)
             except (OSError, IndexError):
                 continue
-        return pids
+            self._cpu_ticks[(pid, fields[19])] = int(fields[11]) + int(fields[12])
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used by the tree since this watch started, sampled now, less the watch's own."""
+        with self._lock:
+            started = time.thread_time()
+            self._record_cpu(_tree(os.getpid()))
+            self._own_seconds += time.thread_time() - started
+            return sum(self._cpu_ticks.values()) / os.sysconf("SC_CLK_TCK") - self._own_seconds
+
+    def weigh(self) -> None:
+        """Read PSS from now on (see the class docstring)."""
+        self._reads_pss = True
+
+    def mark(self) -> None:
+        """Start counting `processes_started` from now."""
+        with self._lock:
+            self._record_cpu(_tree(os.getpid()))
+            self._seen_at_mark = set(self._cpu_ticks)
+
+    @property
+    def processes_started(self) -> int:
+        return len(self._cpu_ticks.keys() - self._seen_at_mark)
 
     def _record(self, with_pss: bool) -> None:
-        self.peak_rss_mb = max(self.peak_rss_mb, tree_memory_mb(os.getpid(), lambda pid: _proc_kb(pid, "status", "VmRSS:")))
-        loading = self._loading_now()
+        pids = _tree(os.getpid())
+        self._record_cpu(pids)
+        self.peak_rss_mb = max(self.peak_rss_mb, _memory_mb(pids, lambda pid: _proc_kb(pid, "status", "VmRSS:")))
+        loading = [pid for pid in pids if _holds(self.loading, pid)]
         self.loading_at_once = max(self.loading_at_once, len(loading))
         for pid in loading:
             self.loader_pss_mb.setdefault(pid, 0.0)
         if not with_pss:
             return
-        self.peak_pss_mb = max(self.peak_pss_mb, tree_memory_mb(os.getpid(), _pss_kb))
+        self.peak_pss_mb = max(self.peak_pss_mb, _memory_mb(pids, _pss_kb))
         for pid, peak in self.loader_pss_mb.items():
             try:
                 self.loader_pss_mb[pid] = max(peak, _pss_kb(pid) / 1024)
@@ -168,7 +203,10 @@ class PeakMemory:
 
     def _sample(self) -> None:
         for count in itertools.count():
-            self._record(with_pss=count % PSS_EVERY == 0)
+            with self._lock:
+                started = time.thread_time()
+                self._record(with_pss=self._reads_pss and count % PSS_EVERY == 0)
+                self._own_seconds += time.thread_time() - started
             if self._stop.wait(SAMPLE_SECONDS):
                 return
 
@@ -178,14 +216,15 @@ class PeakMemory:
         self._record(with_pss=True)
 
 
-def _timed(batches: Iterator, count: int, warmup: int) -> tuple[int, float, float]:
+def _timed(batches: Iterator, count: int, warmup: int, watch: TreeWatch) -> tuple[int, float, float]:
     """(images, seconds, CPU seconds of the process tree) over `count` batches after `warmup` ones."""
     for _ in range(warmup):
         next(batches)
-    started, cpu_started, images = time.perf_counter(), tree_cpu_seconds(os.getpid()), 0
+    watch.mark()
+    started, cpu_started, images = time.perf_counter(), watch.cpu_seconds(), 0
     for batch in itertools.islice(batches, count):
         images += len(batch[0] if isinstance(batch, (list, tuple)) else batch["label"])
-    return images, time.perf_counter() - started, tree_cpu_seconds(os.getpid()) - cpu_started
+    return images, time.perf_counter() - started, watch.cpu_seconds() - cpu_started
 
 
 def _forever(epochs: Iterable[Iterable]) -> Iterator:
@@ -195,6 +234,7 @@ def _forever(epochs: Iterable[Iterable]) -> Iterator:
 def _stream_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
     import ray
 
+    from sweeps.engine.ray_session import start_local_ray
     from sweeps.stream import open_stream
 
     if not ray.is_initialized():
@@ -203,8 +243,7 @@ def _stream_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterato
         # every page a process has touched in it). Besides the buffer, the store holds the consumer's shuffle
         # buffer and prefetched blocks and the tasks' outputs in flight: with two buffers, two decoding processes
         # spilled to disk (Ray's spill and restore workers, 25% fewer images/s).
-        ray.init(num_cpus=processes, object_store_memory=OBJECT_STORE_BUFFERS * cfg.loader_buffer_mb * 2**20,
-                 include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        start_local_ray(processes, object_store_memory=OBJECT_STORE_BUFFERS * cfg.loader_buffer_mb * 2**20)
     cfg = cfg.model_copy(update={"loader_processes": processes, "batch_size": batch_size})
     stream = open_stream(cfg, EvalConfig(max_examples=1, fewshot_pretraining=False), seed=0, rank=0, world_size=1)
     return _forever(stream.epoch_batches(epoch) for epoch in itertools.count())
@@ -239,8 +278,13 @@ LOADING_PROCESSES = {"stream": decoding_task, "memory": dataloader_worker, "torc
 
 def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int, batches: int, warmup: int) -> dict:
     """Throughput and peak memory of one pipeline (see the module docstring) as a JSON-ready dict."""
-    with PeakMemory(LOADING_PROCESSES[pipeline]) as memory:
-        images, seconds, cpu_seconds = _timed(PIPELINES[pipeline](cfg, processes, batch_size), batches, warmup)
+    with TreeWatch(LOADING_PROCESSES[pipeline]) as watch:
+        stream = PIPELINES[pipeline](cfg, processes, batch_size)
+        images, seconds, cpu_seconds = _timed(stream, batches, warmup, watch)
+        processes_started = watch.processes_started
+        watch.weigh()
+        for _ in itertools.islice(stream, batches):  # as many again for memory
+            pass
     return {
         "pipeline": pipeline,
         "path": cfg.path,
@@ -254,11 +298,12 @@ def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int
         "cpu_seconds": cpu_seconds,
         "img_per_sec_per_core": images / max(cpu_seconds, 1e-9),
         "cores_busy": cpu_seconds / seconds,
-        "peak_rss_mb": memory.peak_rss_mb,
-        "peak_pss_mb": memory.peak_pss_mb,
-        "loading_processes_seen": len(memory.loader_pss_mb),
-        "loading_at_once": memory.loading_at_once,
-        "peak_pss_mb_per_loading_process": max(memory.loader_pss_mb.values(), default=0.0),
-        "peak_own_pss_mb_per_loading_process": max(memory.loader_own_pss_mb.values(), default=0.0),
-        "loading_processes_with_torch": len(memory.loaders_with_torch),
+        "peak_rss_mb": watch.peak_rss_mb,
+        "peak_pss_mb": watch.peak_pss_mb,
+        "loading_processes_seen": len(watch.loader_pss_mb),
+        "loading_at_once": watch.loading_at_once,
+        "peak_pss_mb_per_loading_process": max(watch.loader_pss_mb.values(), default=0.0),
+        "peak_own_pss_mb_per_loading_process": max(watch.loader_own_pss_mb.values(), default=0.0),
+        "loading_processes_with_torch": len(watch.loaders_with_torch),
+        "processes_started": processes_started,
     }
