@@ -31,8 +31,8 @@ RAY_ENV_DEFAULTS = {
 # at once: `loader_processes` decoding tasks of one CPU beside as many reading tasks of none (`sweeps.stream`). At
 # Ray's limit every pause of a decoder (an epoch's end, a trainer slower than its input) ended a process, and its
 # next task waited for a new one to import Ray, pyarrow and PIL (about 1 s of CPU): on 2 cores two decoding
-# processes gave 1.17x one, and 1.4x with room for both readers (docs/benchmarks.md). Read by the raylet at start,
-# so it is set for a Ray started here and by every node's start command in cluster/.
+# processes decoded 1.17-1.28x one's rows, and 1.37-1.65x with room for both readers (docs/benchmarks.md). Read by
+# the raylet at start, so it is set for a Ray started here and by every node's start command in cluster/.
 WORKER_SOFT_LIMIT_ENV = "RAY_num_workers_soft_limit"
 
 
