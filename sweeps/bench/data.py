@@ -228,7 +228,10 @@ def _timed(batches: Iterator, count: int, warmup: int, watch: TreeWatch) -> tupl
 
 
 def _forever(epochs: Iterable[Iterable]) -> Iterator:
-    return itertools.chain.from_iterable(epochs)
+    """Every epoch's batches in turn; `close()` closes the epoch in progress (the stream's Ray Data executor stops
+    then, not from its own threads after Ray has shut down, which ends the process with status 1)."""
+    for epoch in epochs:
+        yield from epoch
 
 
 def _stream_batches(cfg: DataConfig, processes: int, batch_size: int) -> Iterator:
@@ -280,11 +283,14 @@ def bench_loader(cfg: DataConfig, pipeline: str, processes: int, batch_size: int
     """Throughput and peak memory of one pipeline (see the module docstring) as a JSON-ready dict."""
     with TreeWatch(LOADING_PROCESSES[pipeline]) as watch:
         stream = PIPELINES[pipeline](cfg, processes, batch_size)
-        images, seconds, cpu_seconds = _timed(stream, batches, warmup, watch)
-        processes_started = watch.processes_started
-        watch.weigh()
-        for _ in itertools.islice(stream, batches):  # as many again for memory
-            pass
+        try:
+            images, seconds, cpu_seconds = _timed(stream, batches, warmup, watch)
+            processes_started = watch.processes_started
+            watch.weigh()
+            for _ in itertools.islice(stream, batches):  # as many again for memory
+                pass
+        finally:
+            stream.close()
     return {
         "pipeline": pipeline,
         "path": cfg.path,
