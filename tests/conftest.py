@@ -33,7 +33,9 @@ def ray_address() -> str:
 @pytest.fixture(autouse=True)
 def ray_released(request: pytest.FixtureRequest):
     """After a test on the session's Ray, every CPU is free again within a minute: a trial, decoding task or actor
-    left holding one would stall every later test (a rehearsal's decoding task then waits for a CPU forever)."""
+    left holding one would stall every later test (a rehearsal's decoding task then waits for a CPU forever). No
+    sweep's MLflow writer outlives its sweep either: each holds a process with MLflow loaded (twenty were alive
+    when this 2-core machine's rehearsals once stalled)."""
     yield
     if "ray_address" not in request.fixturenames:
         return
@@ -50,6 +52,13 @@ def ray_released(request: pytest.FixtureRequest):
                       if group.state != "REMOVED"]
             pytest.fail(f"{request.node.nodeid} left Ray CPUs held: {ray.available_resources()}; "
                         f"live actors {held}; placement groups {groups}")
+        time.sleep(0.5)
+    from sweeps.tracking.writer import WRITER_NAME_PREFIX
+
+    deadline = time.monotonic() + 10  # a killed actor's name is released shortly after
+    while writers := [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+                      if actor["name"].startswith(WRITER_NAME_PREFIX)]:
+        assert time.monotonic() < deadline, f"{request.node.nodeid} left sweep writers alive: {writers}"
         time.sleep(0.5)
 
 

@@ -6,7 +6,10 @@ reader, and nothing is exposed outside its cluster by default.
 from __future__ import annotations
 
 import copy
+import os
+import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -17,6 +20,7 @@ from ray._private.accelerators.tpu import TPUAcceleratorManager
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.scripts.scripts import start as ray_start_command
 
+from sweeps.engine.ray_session import WORKER_SOFT_LIMIT_ENV, worker_soft_limit
 from sweeps.spec import load_spec
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
@@ -45,6 +49,13 @@ def ray_start_invocations(command: str) -> list[list[str]]:
                 arguments.append(word)
             invocations.append(arguments)
     return invocations
+
+
+def soft_limit_set_by(command: str) -> int:
+    """The worker soft limit a shell command line sets for its `ray start` on this machine (bash evaluates it)."""
+    match = re.search(rf"{WORKER_SOFT_LIMIT_ENV}=(\$\(\(.*?\)\))", command)
+    assert match, f"no {WORKER_SOFT_LIMIT_ENV}=$((...)) in {command!r}"
+    return int(subprocess.run(["bash", "-c", f"echo {match.group(1)}"], capture_output=True, text=True).stdout)
 
 
 def option_names(arguments: list[str]) -> set[str]:
@@ -85,6 +96,7 @@ def test_launcher_yaml_starts_ray_with_real_options_token_auth_and_a_loopback_da
             unknown = option_names(arguments) - RAY_START_OPTIONS
             assert not unknown, f"{path.name}: {key}: not `ray start` options: {unknown}"
             assert "RAY_AUTH_MODE=token" in command, f"{path.name}: {key} starts Ray without token auth"
+            assert soft_limit_set_by(command) == worker_soft_limit(os.cpu_count()), path.name
     head_arguments = [args for command in config["head_start_ray_commands"] for args in ray_start_invocations(command)]
     assert all("--dashboard-host=127.0.0.1" in arguments for arguments in head_arguments)
     # Every node needs the token the local `ray get-auth-token --generate` wrote.
@@ -170,6 +182,11 @@ def check_ray_cluster_spec(spec: dict, where: str) -> None:
     for group in spec["workerGroupSpecs"]:
         assert group["groupName"]
         assert 0 <= group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+        for container in group["template"]["spec"]["containers"]:
+            # KubeRay gives Ray the pod's CPU limit; the node keeps worker processes for that many CPUs.
+            env = {variable["name"]: variable.get("value") for variable in container.get("env", [])}
+            cpus = int(container["resources"]["limits"]["cpu"])
+            assert env.get(WORKER_SOFT_LIMIT_ENV) == str(worker_soft_limit(cpus)), f"{where}: {group['groupName']}"
 
 
 def test_raycluster_manifest_has_what_kuberay_requires():

@@ -198,6 +198,20 @@ def test_a_sweep_job_runs_a_two_worker_trial_across_two_nodes_into_mlflow(local_
     assert list((local_cluster.work_dir / "mlartifacts").rglob(spec.name))
 
 
+def test_every_node_keeps_two_worker_processes_per_cpu_and_one(local_cluster):
+    from sweeps.engine.ray_session import WORKER_SOFT_LIMIT_ENV, worker_soft_limit
+
+    sessions = ",".join(map(str, local_cluster.sessions()))
+    listing = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-s", sessions], capture_output=True,
+                             text=True).stdout
+    raylets = [int(line.split()[0]) for line in listing.splitlines() if "/raylet/raylet " in line]
+    assert raylets, listing
+    for pid in raylets:
+        entries = Path(f"/proc/{pid}/environ").read_text().split("\0")
+        environ = dict(entry.split("=", 1) for entry in entries if "=" in entry)
+        assert environ[WORKER_SOFT_LIMIT_ENV] == str(worker_soft_limit(os.cpu_count()))
+
+
 def test_stop_ends_every_process_the_scripts_started(local_cluster):
     sessions = local_cluster.sessions()
     assert sessions

@@ -291,3 +291,24 @@ def test_decoding_runs_in_as_many_processes_as_asked_none_of_them_carrying_torch
     assert result["loading_processes_seen"] >= 2 and result["loading_processes_with_torch"] == 0
     assert 0 < result["peak_pss_mb_per_loading_process"] < result["peak_pss_mb"]
 
+
+def test_ray_keeps_a_reading_and_a_decoding_process_per_cpu_between_tasks(ray_address):
+    import os
+    import time
+
+    import ray
+
+    # Four processes at once on the session's 2 CPUs, as two decoding tasks of one CPU beside two reading tasks of
+    # none; then a pause longer than the 1 s after which Ray ends idle workers above its limit (Ray's default
+    # limit, the node's CPUs, ended two of them, and their next tasks waited for new processes).
+    @ray.remote(num_cpus=0)
+    def worker_pid() -> int:
+        time.sleep(1)
+        return os.getpid()
+
+    first = ray.get([worker_pid.remote() for _ in range(4)])
+    assert len(set(first)) == 4
+    time.sleep(3)
+    alive = {pid for pid in first if Path(f"/proc/{pid}").exists()}
+    assert alive == set(first)
+    assert len(set(ray.get([worker_pid.remote() for _ in range(4)])) - alive) == 0

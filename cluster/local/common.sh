@@ -15,6 +15,9 @@ RAY_TEMP_DIR=${RAY_TEMP_DIR:-/tmp/ray-mixer-$RAY_PORT}
 # Token authentication guards the GCS and raylet ports, which Ray binds on every interface for multi-node use.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:$MLFLOW_PORT}
+# Worker processes each Ray node keeps: two per CPU and one (sweeps/engine/ray_session.py, worker_soft_limit), so
+# streamed training data's reading tasks do not push decoding processes out between their tasks.
+export RAY_num_workers_soft_limit=${RAY_num_workers_soft_limit:-$((2 * $(getconf _NPROCESSORS_ONLN) + 1))}
 # Ray processes that look the cluster up (Train's placement-group cleaner, job drivers) find this one even
 # when other Ray clusters run on the same machine.
 export RAY_ADDRESS=${RAY_HEAD_ADDRESS:-127.0.0.1:$RAY_PORT}

@@ -27,6 +27,18 @@ RAY_ENV_DEFAULTS = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
 }
+# Ray keeps as many idle worker processes as a node has CPUs and ends the others after 1 s idle. A stream needs more
+# at once: `loader_processes` decoding tasks of one CPU beside as many reading tasks of none (`sweeps.stream`). At
+# Ray's limit every pause of a decoder (an epoch's end, a trainer slower than its input) ended a process, and its
+# next task waited for a new one to import Ray, pyarrow and PIL (about 1 s of CPU): on 2 cores two decoding
+# processes decoded 1.17-1.28x one's rows, and 1.37-1.65x with room for both readers (docs/benchmarks.md). Read by
+# the raylet at start, so it is set for a Ray started here and by every node's start command in cluster/.
+WORKER_SOFT_LIMIT_ENV = "RAY_num_workers_soft_limit"
+
+
+def worker_soft_limit(cpus: int) -> int:
+    """Worker processes a node keeps: one per CPU for one-CPU tasks, one per CPU for reading tasks, one spare."""
+    return 2 * cpus + 1
 
 
 def set_ray_env_defaults() -> None:
@@ -60,5 +72,6 @@ def start_local_ray(num_cpus: int | None = None, object_store_memory: int | None
     # Ray Train watches for nodes being drained (spot preemption) with one more actor per trial; a Ray started
     # here has no node to lose, so trials skip it.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ.setdefault(WORKER_SOFT_LIMIT_ENV, str(worker_soft_limit(num_cpus or os.cpu_count() or 1)))
     ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
              logging_level="WARNING", log_to_driver=False)

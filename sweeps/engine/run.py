@@ -26,7 +26,7 @@ from sweeps.engine.trial import SweepContext, run_trial, runs_in_trial_process, 
 from sweeps.spec import SweepSpec, spec_hash, validate_spec
 from sweeps.tracking import queries, recording, schema, store
 from sweeps.tracking.store import best_effort
-from sweeps.tracking.writer import start_writer
+from sweeps.tracking.writer import sweep_writer
 
 
 def _trainable(context: SweepContext, writer: ray.actor.ActorHandle):
@@ -86,30 +86,32 @@ def _start_sweep(spec: SweepSpec, spec_path: Path, uri: str, sweep_id: str, tota
     with _parent_run_ended_on_error(uri, parent_run_id):
         experiment_id = recording.ensure_experiment(store.RetryingMlflowClient(uri), spec.experiment)
         context = SweepContext(spec, uri, experiment_id, parent_run_id, f"{directory}/train")
-        writer = start_writer(uri, experiment_id, parent_run_id, spec.name)  # imports MLflow while Tune starts
-        study_name = f"{spec.name}-{parent_run_id[:8]}"
-        if spec.searcher.startswith("optuna"):
-            print(f"Optuna study {study_name}: {redacted(study_storage)}", file=sys.stderr, flush=True)
-        param_space, searcher = search_algorithm(spec, study_storage, study_name, max_concurrent_trials(spec))
-        callback = SweepCallback(context, total_trials)
-        tuner = ray.tune.Tuner(
-            _trainable(context, writer),
-            param_space=param_space,
-            tune_config=ray.tune.TuneConfig(  # the searcher and ASHA carry the objective themselves
-                search_alg=searcher,
-                scheduler=scheduler(spec),
-                num_samples=spec.num_samples,
-                reuse_actors=True,  # a finished trial's process runs the next trial: torch and timm stay imported
-            ),
-            run_config=_tune_run_config(spec, directory, callback),
-        )
-        return finish_sweep(context, _fit(tuner, context, writer), callback, directory)
+        with _runs_killed_on_interrupt(context), sweep_writer(uri, experiment_id, parent_run_id, spec.name) as writer:
+            # The writer imports MLflow while the study and Tune start.
+            study_name = f"{spec.name}-{parent_run_id[:8]}"
+            if spec.searcher.startswith("optuna"):
+                print(f"Optuna study {study_name}: {redacted(study_storage)}", file=sys.stderr, flush=True)
+            param_space, searcher = search_algorithm(spec, study_storage, study_name, max_concurrent_trials(spec))
+            callback = SweepCallback(context, total_trials)
+            tuner = ray.tune.Tuner(
+                _trainable(context, writer),
+                param_space=param_space,
+                tune_config=ray.tune.TuneConfig(  # the searcher and ASHA carry the objective themselves
+                    search_alg=searcher,
+                    scheduler=scheduler(spec),
+                    num_samples=spec.num_samples,
+                    reuse_actors=True,  # a finished trial's process runs the next trial: torch and timm stay imported
+                ),
+                run_config=_tune_run_config(spec, directory, callback),
+            )
+            results = tuner.fit()
+        return finish_sweep(context, results, callback, directory)
 
 
 @contextmanager
 def _parent_run_ended_on_error(uri: str, parent_run_id: str) -> Iterator[None]:
     """Whatever fails while the sweep's parent run is open ends it FAILED, tagged with the error, before the error
-    propagates (an interrupted sweep has already been marked KILLED by `_fit`)."""
+    propagates (an interrupted sweep has already been marked KILLED by `_runs_killed_on_interrupt`)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -121,13 +123,12 @@ def _parent_run_ended_on_error(uri: str, parent_run_id: str) -> Iterator[None]:
         raise
 
 
-def _fit(tuner: ray.tune.Tuner, context: SweepContext, writer: ray.actor.ActorHandle):
-    """`tuner.fit()`, then every trial report written to MLflow. A second Ctrl-C (which Tune does not catch) marks
-    the parent run and its running trials KILLED, resumable."""
+@contextmanager
+def _runs_killed_on_interrupt(context: SweepContext) -> Iterator[None]:
+    """A second Ctrl-C (which Tune does not catch) marks the parent run and its running trials KILLED, resumable:
+    after the sweep's writer has written what reached it, so no late report reopens a trial's run."""
     try:
-        results = tuner.fit()
-        ray.get(writer.drain.remote())  # what stopped trials sent after their last evaluation
-        return results
+        yield
     except KeyboardInterrupt:
         best_effort(
             "the sweep's interruption",
@@ -168,9 +169,12 @@ def _resume(context: SweepContext, directory: str) -> SweepResult:
     store.RetryingMlflowClient(context.tracking_uri).update_run(context.parent_run_id, status="RUNNING")
     with _parent_run_ended_on_error(context.tracking_uri, context.parent_run_id):
         spec = context.spec
-        writer = start_writer(context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name)
-        tuner = ray.tune.Tuner.restore(
-            directory, trainable=_trainable(context, writer), resume_unfinished=True, resume_errored=True
-        )
-        results = _fit(tuner, context, writer)
+        with (
+            _runs_killed_on_interrupt(context),
+            sweep_writer(context.tracking_uri, context.experiment_id, context.parent_run_id, spec.name) as writer,
+        ):
+            tuner = ray.tune.Tuner.restore(
+                directory, trainable=_trainable(context, writer), resume_unfinished=True, resume_errored=True
+            )
+            results = tuner.fit()
         return finish_sweep(context, results, SweepCallback.of_sweep(context.parent_run_id), directory)

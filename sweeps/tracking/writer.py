@@ -14,10 +14,15 @@ without waiting. A retried trial continues its run (`sweeps.tracking.recording.T
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+WRITER_NAME_PREFIX = "mlflow-writer-"
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -58,10 +63,29 @@ class MlflowWriter:
         """Returns once every call that reached the writer before it is written."""
 
 
-def start_writer(uri: str, experiment_id: str, parent_run_id: str, sweep_name: str) -> ray.actor.ActorHandle:
-    """The sweep's writer, on this (the driver's) node; it ends with the driver."""
+def writer_name(parent_run_id: str) -> str:
+    """The Ray actor name of the writer of the sweep whose MLflow parent run is `parent_run_id`."""
+    return f"{WRITER_NAME_PREFIX}{parent_run_id}"
+
+
+@contextmanager
+def sweep_writer(uri: str, experiment_id: str, parent_run_id: str, sweep_name: str) -> Iterator[ray.actor.ActorHandle]:
+    """The sweep's writer, on this (the driver's) node, for the life of the block. Leaving the block, the reports that
+    reached it are written and its process ends, whatever ended the sweep: a process that runs sweep after sweep (a
+    notebook, the test suite) keeps no finished sweep's writer, nor the memory of its MLflow."""
     node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return MlflowWriter.options(scheduling_strategy=node).remote(uri, experiment_id, parent_run_id, sweep_name)
+    writer = MlflowWriter.options(name=writer_name(parent_run_id), scheduling_strategy=node).remote(
+        uri, experiment_id, parent_run_id, sweep_name
+    )
+    try:
+        yield writer
+    finally:
+        try:
+            ray.get(writer.drain.remote())
+        except ray.exceptions.RayError as error:
+            print(f"MLflow: the last reports of sweep {sweep_name} may be missing: {error}", file=sys.stderr, flush=True)
+        finally:
+            ray.kill(writer)
 
 
 class TrialLog:
