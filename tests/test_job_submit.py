@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from sweeps.tracking import queries
 
 GCS_PORT = 6390
 DASHBOARD_PORT = 8270
+AGENT_PORT = 52390
 DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
 
 
@@ -38,24 +40,37 @@ def dashboard_is_up() -> bool:
     return True
 
 
+def job_agent_is_up() -> bool:
+    """Whether the head's dashboard agent, which runs submitted jobs, listens yet. The dashboard answers first; a
+    job submitted while the agent is still starting fails after 10 s ("No available agent to submit job"), which a
+    loaded 2-core machine once took."""
+    try:
+        socket.create_connection(("127.0.0.1", AGENT_PORT), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture
 def ray_head(tmp_path: Path):
     """A Ray head of 2 CPUs in its own short temp dir (socket paths must stay short); yields the job address."""
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # Token auth, as `cluster/local/common.sh` starts Ray: `ray start` turns it on by itself, and a client left
+    # in the default mode sends no token ("Missing authentication token").
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="ray6390-")
     log = (tmp_path / "ray_head.log").open("w")
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", f"--port={GCS_PORT}", "--num-cpus=2",
-         f"--dashboard-port={DASHBOARD_PORT}", "--dashboard-agent-listen-port=52390", f"--temp-dir={temp_dir}"],
+         f"--dashboard-port={DASHBOARD_PORT}", f"--dashboard-agent-listen-port={AGENT_PORT}", f"--temp-dir={temp_dir}"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     try:
         deadline = time.monotonic() + 180
-        while not dashboard_is_up():
+        while not (dashboard_is_up() and job_agent_is_up()):
             assert head.poll() is None, f"ray start exited: {(tmp_path / 'ray_head.log').read_text()}"
-            assert time.monotonic() < deadline, "the Ray head's dashboard did not come up"
+            assert time.monotonic() < deadline, "the Ray head's dashboard and job agent did not come up"
             time.sleep(1)
         yield DASHBOARD, env
     finally:
