@@ -15,6 +15,7 @@ without waiting. A retried trial continues its run (`sweeps.tracking.recording.T
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -64,8 +65,9 @@ class MlflowWriter:
 
 
 def writer_name(parent_run_id: str) -> str:
-    """The Ray actor name of the writer of the sweep whose MLflow parent run is `parent_run_id`."""
-    return f"{WRITER_NAME_PREFIX}{parent_run_id}"
+    """A Ray actor name for a writer of the sweep whose MLflow parent run is `parent_run_id`, new each time: the
+    name of a writer just ended may not be released yet when the same process resumes that sweep."""
+    return f"{WRITER_NAME_PREFIX}{parent_run_id}-{uuid.uuid4().hex[:8]}"
 
 
 @contextmanager
