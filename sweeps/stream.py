@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow.fs
 import ray.data
 from ray.data import DataIterator, FileShuffleConfig, TaskPoolStrategy
+from ray.data._internal.execution import streaming_executor_state
 from ray.data.expressions import col
 
 from mixer_core.checkpoint import derived_seed
@@ -52,10 +53,25 @@ DECODE_BATCH_ROWS = 32
 # Reading copies bytes and waits on storage (a few per cent of a core per decoding process) for as long as its
 # output waits for the decoders, so it holds no CPU slot: `loader_processes` decoders keep every core they get.
 READ_CPUS = 0
+# Ray Data's executor learns that tasks have ended from one `ray.wait` over all its running tasks that returns once
+# all are done or after `WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`, 0.1 s (ray-project/ray#42377, #45934; named in #63083).
+# The reading tasks run all epoch, so every loop waits out the timeout, and a decoding process that ended a task
+# idles until the loop sends it the next: with two processes on 2 cores, a median 0.14-0.17 s per task, 16-27% of an
+# epoch; at 0.02 s, 0.06-0.07 s (docs/benchmarks.md, "Gaps between decoding tasks"). The executor runs in the
+# process that iterates the dataset: a one-worker trial's, `mixer train`'s, `mixer data bench`'s. A DDP trial's runs
+# in Ray Data's split coordinator actor and keeps Ray's 0.1 s. Ray versions without the constant keep theirs too.
+EXECUTOR_WAIT_S = 0.02
+
+
+def _send_decoding_tasks_sooner() -> None:
+    """Ray Data's executor loop in this process notices an ended task within `EXECUTOR_WAIT_S`."""
+    if hasattr(streaming_executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"):
+        streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = EXECUTOR_WAIT_S
 
 
 def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) -> ray.data.Dataset:
     """The selected training rows of `cfg.path`, decoded and augmented, shards in a seeded order."""
+    _send_decoding_tasks_sooner()
     sets = find_shards(cfg.path)
     dataset = ray.data.read_parquet(
         sets.shards["train"],

@@ -21,7 +21,7 @@ from mixer_core.data.parquet import find_shards, read_examples
 from mixer_core.data.streamed import StreamedTraining
 from mixer_core.losses import soft_targets
 from mixer_core.train import train
-from sweeps.stream import open_stream, training_dataset
+from sweeps.stream import EXECUTOR_WAIT_S, open_stream, training_dataset
 
 # 64 images: test 13, validation 5, training 46 of which 14 have subset_rank < 0.3 (even, so two workers'
 # equal shares with batches of one leave nothing out).
@@ -120,10 +120,15 @@ def test_multi_label_shards_stream_with_the_targets_the_in_memory_path_gives(ray
     assert all(torch.equal(streamed[key], target) for key, target in zip(in_memory.keys, targets))
 
 
-def test_the_stream_is_built_with_rays_current_api(ray_address, jpeg_shards, caplog):
+def test_the_stream_uses_rays_current_api_and_a_short_executor_wait(ray_address, jpeg_shards, caplog):
     with caplog.at_level(logging.WARNING):
         training_dataset(_data(jpeg_shards, loader_processes=1), shard_seed=0, reseed_each_epoch=False)
     assert not [record.getMessage() for record in caplog.records if "deprecated" in record.getMessage()]
+    # Ray Data's executor loop in this process, which runs the one-worker stream, waits 0.02 s for ended tasks,
+    # not 0.1 s (a Ray without the named constant fails here: the stream then idles between decoding tasks).
+    from ray.data._internal.execution import streaming_executor_state
+
+    assert streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == EXECUTOR_WAIT_S < 0.1
 
 
 def test_a_truncated_jpeg_in_a_stream_is_one_error_naming_shard_and_row(ray_address, jpeg_shards, tmp_path):
