@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from sweeps.tracking.queries import find_sweep_run, trial_runs
@@ -25,7 +24,7 @@ from sweeps.tracking.schema import (
     TAG_SWEEP,
     TAG_TRIAL_ID,
 )
-from sweeps.tracking.store import tracking_uri
+from sweeps.tracking.store import RetryingMlflowClient, tracking_uri
 
 
 class SweepNotFound(LookupError):
@@ -110,7 +109,7 @@ def _trial_from_run(run: Run) -> Trial:
     )
 
 
-def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+def _search_all(client: RetryingMlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
     runs, token = [], None
     while True:
         page = client.search_runs(experiment_ids, filter_string, page_token=token)
@@ -120,7 +119,7 @@ def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: 
             return runs
 
 
-def _experiment_ids(client: MlflowClient, experiment: str | None, uri: str) -> list[str]:
+def _experiment_ids(client: RetryingMlflowClient, experiment: str | None, uri: str) -> list[str]:
     if experiment is None:
         return [found.experiment_id for found in client.search_experiments()]
     found = client.get_experiment_by_name(experiment)
@@ -138,7 +137,7 @@ def load_sweep(name: str, *, uri: str | None = None, experiment: str | None = No
     sqlite_file = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
     if sqlite_file is not None and not sqlite_file.is_file():  # MLflow would create an empty store here
         raise SweepNotFound(f"{uri}: no MLflow store here; run the sweep from this folder or set MLFLOW_TRACKING_URI")
-    client = MlflowClient(tracking_uri=uri)
+    client = RetryingMlflowClient(uri)
     experiment_ids = _experiment_ids(client, experiment, uri)
     parent = find_sweep_run(uri, name, experiment_ids)
     if parent is None:
@@ -167,7 +166,7 @@ def load_sweep(name: str, *, uri: str | None = None, experiment: str | None = No
 
 def metric_histories(sweep: SweepRuns, metric: str) -> dict[str, list[tuple[int, float]]]:
     """Per trial run id, the (step, value) history of `metric`, ordered by step (training curves)."""
-    client = MlflowClient(tracking_uri=sweep.tracking_uri)
+    client = RetryingMlflowClient(sweep.tracking_uri)
     histories = {}
     for trial in sweep.trials:
         points = sorted((m.step, m.value) for m in client.get_metric_history(trial.run_id, metric))

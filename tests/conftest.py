@@ -18,48 +18,96 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+class SessionRay:
+    """The session's local Ray (2 logical CPUs, no dashboard), started anew when a test leaves it unusable."""
+
+    def __init__(self) -> None:
+        self.address = self._start()
+
+    @staticmethod
+    def _start() -> str:
+        import ray
+
+        from sweeps.engine.ray_session import init_ray
+
+        init_ray(num_cpus=2)
+        return ray.get_runtime_context().gcs_address
+
+    def restart(self) -> None:
+        import ray
+
+        ray.shutdown()
+        self.address = self._start()
+
+
 @pytest.fixture(scope="session")
-def ray_address() -> str:
-    """Start one local Ray (2 logical CPUs, no dashboard) for the session; returns its GCS address."""
+def session_ray() -> SessionRay:
     import ray
 
-    from sweeps.engine.ray_session import init_ray
-
-    init_ray(num_cpus=2)
-    yield ray.get_runtime_context().gcs_address
+    session = SessionRay()
+    yield session
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_address(session_ray: SessionRay) -> str:
+    """The GCS address of the session's Ray."""
+    return session_ray.address
+
+
+def ray_worker_titles() -> list[str]:
+    """The titles of this machine's busy Ray workers (`ray::<task or actor>`; idle ones and Ray's agents left out)."""
+    titles = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and title not in ("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent"):
+            titles.append(title)
+    return sorted(titles)
 
 
 @pytest.fixture(autouse=True)
 def ray_released(request: pytest.FixtureRequest):
-    """After a test on the session's Ray, every CPU is free again within a minute: a trial, decoding task or actor
-    left holding one would stall every later test (a rehearsal's decoding task then waits for a CPU forever). No
-    sweep's MLflow writer outlives its sweep either: each holds a process with MLflow loaded (twenty were alive
-    when this 2-core machine's rehearsals once stalled)."""
+    """After a test on the session's Ray, every CPU is free again within two minutes: a trial, decoding task or
+    actor left holding one would stall every later test (a rehearsal's decoding task then waits for a CPU forever).
+    No sweep's MLflow writer outlives its sweep either: each holds a process with MLflow loaded (twenty were alive
+    when this 2-core machine's rehearsals once stalled). A test that leaves either fails, and the session's Ray is
+    started anew, so that the tests after it run on a clean one rather than stalling one by one."""
     yield
     if "ray_address" not in request.fixturenames:
         return
     import time
 
     import ray
-    from ray.util import state
 
-    deadline = time.monotonic() + 60
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
-        if time.monotonic() > deadline:
-            held = [(actor.class_name, actor.state) for actor in state.list_actors(filters=[("state", "=", "ALIVE")])]
-            groups = [(group.name, group.state) for group in state.list_placement_groups()
-                      if group.state != "REMOVED"]
-            pytest.fail(f"{request.node.nodeid} left Ray CPUs held: {ray.available_resources()}; "
-                        f"live actors {held}; placement groups {groups}")
-        time.sleep(0.5)
     from sweeps.tracking.writer import WRITER_NAME_PREFIX
 
-    deadline = time.monotonic() + 10  # a killed actor's name is released shortly after
-    while writers := [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
-                      if actor["name"].startswith(WRITER_NAME_PREFIX)]:
-        assert time.monotonic() < deadline, f"{request.node.nodeid} left sweep writers alive: {writers}"
-        time.sleep(0.5)
+    def held_cpus() -> str | None:
+        if ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]:
+            return None
+        # Ray's state API needs the dashboard, which the session's Ray leaves out: ask the GCS and /proc.
+        actors = [actor["ActorClassName"] for actor in ray._private.state.actors().values()
+                  if actor["State"] == "ALIVE"]
+        groups = [group["strategy"] for group in ray.util.placement_group_table().values()
+                  if group["state"] != "REMOVED"]
+        return (f"Ray CPUs held: {ray.available_resources()}; live actors {actors}; placement groups {groups}; "
+                f"Ray workers {ray_worker_titles()}")
+
+    def live_writers() -> str | None:
+        writers = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+                   if actor["name"].startswith(WRITER_NAME_PREFIX)]
+        return f"sweep writers alive: {writers}" if writers else None
+
+    # A trial's processes end within seconds; a killed writer's name is released shortly after.
+    for leftover, seconds in ((held_cpus, 120), (live_writers, 30)):
+        deadline = time.monotonic() + seconds
+        while (found := leftover()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if found:
+            request.getfixturevalue("session_ray").restart()
+            pytest.fail(f"{request.node.nodeid} left {found} (Ray was started anew for the tests after it)")
 
 
 @pytest.fixture

@@ -39,15 +39,15 @@ def evaluations(uri: str, run_id: str) -> list[int]:
     return [metric.step for metric in MlflowClient(uri).get_metric_history(run_id, "val_top1")]
 
 
-def wait_for(condition, what: str, seconds: float = WAIT_SECONDS):
-    """Poll `condition()` until it returns something truthy; fail after `seconds`."""
+def wait_for(condition, what: str, seconds: float = WAIT_SECONDS, log: Path | None = None):
+    """Poll `condition()` until it returns something truthy; fail after `seconds`, showing `log` (a driver's)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"; the driver's output:\n{log.read_text()}" if log else ""))
 
 
 def training_pids(title: str) -> list[int]:
@@ -132,9 +132,10 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
     spec = tiny_spec(
         "crash", grid={"train.lr": [0.001, 0.003]}, base={"train": {"epochs": EPOCHS}, "data": {"fraction": 1.0}}
     )
-    log = (tmp_path / "driver.log").open("w")
+    log_path = tmp_path / "driver.log"
     mixer = str(Path(sys.executable).with_name("mixer"))
-    driver = subprocess.Popen([mixer, "sweep", "run", str(spec), "--address", ray_address], stdout=log, stderr=log)
+    with log_path.open("w") as log:
+        driver = subprocess.Popen([mixer, "sweep", "run", str(spec), "--address", ray_address], stdout=log, stderr=log)
 
     def first_finished_and_second_evaluated():
         runs = trial_runs_of(mlflow_store, "crash")
@@ -143,7 +144,8 @@ def test_killed_driver_is_resumed_without_rerunning_finished_trials(
         return (finished[0], running[0]) if finished and running else None
 
     try:
-        finished, running = wait_for(first_finished_and_second_evaluated, "trial 1 done and trial 2 evaluated")
+        finished, running = wait_for(first_finished_and_second_evaluated, "trial 1 done and trial 2 evaluated",
+                                     log=log_path)
         # Tune snapshots its experiment state at least every 10 s; wait for one taken after trial 1 ended.
         state_files = (tmp_path / "ray_results").glob
         wait_for(lambda: max((f.stat().st_mtime for f in state_files("crash-*/experiment_state*.json")), default=0)
@@ -170,19 +172,24 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_address, mlflow_store
         "ctrlc", grid={"train.lr": [0.001, 0.003, 0.01]}, base={"train": {"epochs": EPOCHS}, "data": {"fraction": 1.0}}
     )
     mixer = str(Path(sys.executable).with_name("mixer"))
-    driver = subprocess.Popen(
-        [mixer, "sweep", "run", str(spec), "--address", ray_address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The driver writes to a file: a pipe nobody reads until the end fills up with its progress lines and stalls it.
+    log_path = tmp_path / "driver.log"
+    with log_path.open("w") as log:
+        driver = subprocess.Popen([mixer, "sweep", "run", str(spec), "--address", ray_address], stdout=log, stderr=log)
+
+    def first_evaluation():
+        assert driver.poll() is None, f"the sweep ended before its first evaluation:\n{log_path.read_text()}"
+        return any(evaluations(mlflow_store, run.info.run_id) for run in trial_runs_of(mlflow_store, "ctrlc"))
+
     try:
-        wait_for(lambda: any(evaluations(mlflow_store, run.info.run_id) for run in trial_runs_of(mlflow_store, "ctrlc")),
-                 "a first evaluation")
+        wait_for(first_evaluation, "a first evaluation", log=log_path)
         interrupted_at = time.monotonic()
         driver.send_signal(signal.SIGINT)
-        out, err = driver.communicate(timeout=30)
+        driver.wait(timeout=30)
         stopped_after = time.monotonic() - interrupted_at
     finally:
         driver.kill()
+    err = log_path.read_text()
     assert driver.returncode == 130, err
     assert stopped_after < 30
     assert "mixer sweep resume ctrlc" in err
@@ -192,7 +199,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_address, mlflow_store
     runs_before = {run.info.run_id: run for run in trial_runs_of(mlflow_store, "ctrlc")}
     assert "RUNNING" not in {run.info.status for run in runs_before.values()}
     assert "KILLED" in {run.info.status for run in runs_before.values()}
-    wait_for(lambda: not training_pids("ray::ImplicitFunc"), "the trial processes to exit", seconds=10)
+    wait_for(lambda: not training_pids("ray::ImplicitFunc"), "the trial processes to exit", seconds=30)
 
     status = main(["sweep", "resume", "ctrlc", "--address", ray_address, "--json"])
     result = json.loads(capsys.readouterr().out)

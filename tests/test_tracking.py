@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import getpass
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,24 @@ def test_a_checkpoint_logged_on_a_run_is_an_init_from_for_training(mlflow_store,
     missing = RunConfig.model_validate({"train": {"init_from": f"runs:/{parent_id}/no_such_artifact"}})
     with pytest.raises(FileNotFoundError, match="no_such_artifact"):
         fetch_init_from(missing, tmp_path / "missing")
+
+
+# Each process imports MLflow, waits for the common start time, then opens the store.
+OPEN_AT_ONCE = """
+import sys, time
+from sweeps.tracking.store import RetryingMlflowClient
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+RetryingMlflowClient(sys.argv[1]).search_experiments()
+"""
+
+
+def test_processes_that_open_a_new_sqlite_store_at_once_all_find_its_tables(tmp_path):
+    # MLflow makes a SQLite store's tables on its first open; a sweep starting in a fresh folder and a reader
+    # polling its store (a test, `mixer sweep status`) once did so together, and one failed on a half-made table.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    start = time.time() + 15  # after every process has imported MLflow
+    openers = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, uri, str(start)], cwd=REPO,
+                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [opener.communicate(timeout=120)[1] for opener in openers]
+    assert [opener.returncode for opener in openers] == [0, 0, 0], errors
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]

@@ -47,11 +47,16 @@ def require_reachable(uri: str, seconds: float = REACH_SECONDS) -> None:
 
 def create_sqlite_tables(uri: str) -> None:
     """Create a new SQLite store's tables, one process at a time. MLflow creates them on a store's first open, and
-    two processes that do so at once (two `mixer sweep run` in a fresh folder) fail on `ALTER TABLE`."""
+    two processes that do so at once (two `mixer sweep run` in a fresh folder, or a sweep and a reader of its
+    store) fail on `ALTER TABLE` or on a half-made table."""
     if not uri.startswith("sqlite:"):
         return
     database = Path(uri.split(":///", 1)[-1])
-    with open(database.with_name(f"{database.name}.init-lock"), "w") as lock:
+    try:
+        lock = open(database.with_name(f"{database.name}.init-lock"), "a")
+    except OSError:  # a folder this process cannot write to: it creates no store there
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not database.exists():
             from mlflow.tracking import MlflowClient

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mixer_core.redact import redacted
+from sweeps.tracking.reach import create_sqlite_tables
 from sweeps.tracking.reach import tracking_uri  # noqa: F401  (its home is light: commands ask before importing MLflow)
 
 # How long one call keeps trying before it gives up: a server restart or a long SQLite write lock, not an outage
@@ -58,9 +59,11 @@ def call_with_retries(
 
 
 class RetryingMlflowClient:
-    """An `MlflowClient` on `uri` whose every call goes through `call_with_retries`."""
+    """An `MlflowClient` on `uri` whose every call goes through `call_with_retries`; a new SQLite store's tables
+    are made first, under the lock every such client takes."""
 
     def __init__(self, uri: str):
+        create_sqlite_tables(uri)
         self._client = MlflowClient(uri)
 
     def __getattr__(self, name: str) -> Any:
