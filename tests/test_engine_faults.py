@@ -172,7 +172,7 @@ def test_ctrl_c_stops_the_sweep_and_resume_finishes_it(ray_address, mlflow_store
         "ctrlc", grid={"train.lr": [0.001, 0.003, 0.01]}, base={"train": {"epochs": EPOCHS}, "data": {"fraction": 1.0}}
     )
     mixer = str(Path(sys.executable).with_name("mixer"))
-    # The driver writes to a file: a pipe nobody reads until the end fills up with its progress lines and stalls it.
+    # The driver writes to a file, which the test can show while the driver runs (a pipe is read only at its end).
     log_path = tmp_path / "driver.log"
     with log_path.open("w") as log:
         driver = subprocess.Popen([mixer, "sweep", "run", str(spec), "--address", ray_address], stdout=log, stderr=log)

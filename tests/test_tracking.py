@@ -200,7 +200,7 @@ RetryingMlflowClient(sys.argv[1]).search_experiments()
 
 def test_processes_that_open_a_new_sqlite_store_at_once_all_find_its_tables(tmp_path):
     # MLflow makes a SQLite store's tables on its first open; a sweep starting in a fresh folder and a reader
-    # polling its store (a test, `mixer sweep status`) once did so together, and one failed on a half-made table.
+    # polling its store (a test, `mixer sweep ls`) once did so together, and one failed on a half-made table.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     start = time.time() + 15  # after every process has imported MLflow
     openers = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, uri, str(start)], cwd=REPO,
