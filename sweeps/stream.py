@@ -1,11 +1,12 @@
 """Streaming training data: Parquet shards → fraction filter → decode + augment on CPU tasks → each worker.
 
 The pipeline is Ray Data's: `read_parquet` (local, s3://, gs://, any fsspec URL) with the `subset_rank < f`
-filter pushed down to the row groups, on tasks of no CPU; `map_batches` decodes each read block with
-`mixer_core.data.decode.DecodeBatch` (Inception crop from the original, flip, RandAugment; PIL and numpy, no
-torch) on tasks of one CPU each plus `data.loader_resources`, at most `data.loader_processes` at once; the
-consumer batches with a local shuffle buffer, prefetches, and converts to tensors. Memory is bounded by the
-object store budget `data.loader_buffer_mb` and the shuffle buffer, not by the dataset.
+filter pushed down to the row groups, on tasks of no CPU that read at most `READ_TASK_BYTES` each; `map_batches`
+decodes each read block with `mixer_core.data.decode.DecodeBatch` (Inception crop from the original, flip,
+RandAugment; PIL and numpy, no torch) on tasks of one CPU each plus `data.loader_resources`, at most
+`data.loader_processes` at once; the consumer batches with a local shuffle buffer, prefetches, and converts to
+tensors. Memory is bounded by the object store budget `data.loader_buffer_mb` and the shuffle buffer, not by the
+dataset.
 
 Shuffling per epoch: shard order is shuffled by a seed derived from (train.seed, epoch), rows by a local
 shuffle buffer of `data.shuffle_buffer` examples seeded by (train.seed, epoch, rank).
@@ -23,6 +24,9 @@ Two consumers:
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import numpy as np
 import pyarrow.fs
@@ -61,6 +65,14 @@ READ_CPUS = 0
 # process that iterates the dataset: a one-worker trial's, `mixer train`'s, `mixer data bench`'s. A DDP trial's runs
 # in Ray Data's split coordinator actor and keeps Ray's 0.1 s. Ray versions without the constant keep theirs too.
 EXECUTOR_WAIT_S = 0.02
+# Parquet bytes one reading task reads. Ray Data 2.60 packs row groups into reading tasks of up to 128 MB (its
+# `RAY_DATA_PARQUET_BIN_PACKING_BYTES`, read where the dataset is built), and pyarrow pre-buffers each file's part
+# whole: a task reading a 42 MB shard held 94-100 MB of Arrow memory, and one reading several files without
+# `preserve_order` (the DDP path) read them all at once, 250 MB. Every loading process runs reading tasks between
+# decoding ones and keeps what they held. At 16 MB a task holds 23 MB (a row group larger than this is read
+# alone); docs/benchmarks.md, "What a reading task holds". A value the user sets in the environment wins.
+READ_TASK_BYTES = 2 * OUTPUT_BLOCK_BYTES
+READ_TASK_BYTES_VARIABLE = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
 
 
 def _send_decoding_tasks_sooner() -> None:
@@ -69,19 +81,34 @@ def _send_decoding_tasks_sooner() -> None:
         streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = EXECUTOR_WAIT_S
 
 
+@contextlib.contextmanager
+def _reading_tasks_of_at_most(size: int):
+    """Ray Data packs the Parquet read built inside into tasks of at most `size` bytes, unless the environment
+    names a size already."""
+    if READ_TASK_BYTES_VARIABLE in os.environ:
+        yield
+        return
+    os.environ[READ_TASK_BYTES_VARIABLE] = str(size)
+    try:
+        yield
+    finally:
+        del os.environ[READ_TASK_BYTES_VARIABLE]
+
+
 def training_dataset(cfg: DataConfig, shard_seed: int, reseed_each_epoch: bool) -> ray.data.Dataset:
     """The selected training rows of `cfg.path`, decoded and augmented, shards in a seeded order."""
     _send_decoding_tasks_sooner()
     sets = find_shards(cfg.path)
-    dataset = ray.data.read_parquet(
-        sets.shards["train"],
-        filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(sets.filesystem)),
-        shuffle=FileShuffleConfig(seed=shard_seed, reseed_after_execution=reseed_each_epoch),
-        include_paths=True,
-        concurrency=cfg.loader_processes,
-        num_cpus=READ_CPUS,
-        resources=cfg.loader_resources or None,
-    )
+    with _reading_tasks_of_at_most(READ_TASK_BYTES):
+        dataset = ray.data.read_parquet(
+            sets.shards["train"],
+            filesystem=pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(sets.filesystem)),
+            shuffle=FileShuffleConfig(seed=shard_seed, reseed_after_execution=reseed_each_epoch),
+            include_paths=True,
+            concurrency=cfg.loader_processes,
+            num_cpus=READ_CPUS,
+            resources=cfg.loader_resources or None,
+        )
     selected = dataset.select_columns(["key", "label", "image", "path", SUBSET_RANK]).filter(
         expr=in_fraction(col(SUBSET_RANK), cfg.fraction)
     )

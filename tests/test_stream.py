@@ -21,7 +21,12 @@ from mixer_core.data.parquet import find_shards, read_examples
 from mixer_core.data.streamed import StreamedTraining
 from mixer_core.losses import soft_targets
 from mixer_core.train import train
-from sweeps.stream import EXECUTOR_WAIT_S, open_stream, training_dataset
+from sweeps.stream import (
+    EXECUTOR_WAIT_S,
+    READ_TASK_BYTES,
+    open_stream,
+    training_dataset,
+)
 
 # 64 images: test 13, validation 5, training 46 of which 14 have subset_rank < 0.3 (even, so two workers'
 # equal shares with batches of one leave nothing out).
@@ -295,6 +300,21 @@ def test_decoding_runs_in_as_many_processes_as_asked_none_of_them_carrying_torch
     assert result["loading_at_once"] == 2
     assert result["loading_processes_seen"] >= 2 and result["loading_processes_with_torch"] == 0
     assert 0 < result["peak_pss_mb_per_loading_process"] < result["peak_pss_mb"]
+
+
+def test_each_reading_task_reads_row_groups_of_at_most_the_read_task_size(ray_address, photo_shards):
+    import re
+
+    # The training rows of the one photo shard: row groups of 128, 128 and 32 rows, 3-12 MB each, 28 MB in all.
+    # Ray Data's default packing (128 MB) read them in one task, which pre-buffered the shard's part whole.
+    groups = pq.ParquetFile(next(photo_shards.glob("train-*"))).metadata
+    sizes = [groups.row_group(index).total_byte_size for index in range(groups.num_row_groups)]
+    assert sum(sizes) > READ_TASK_BYTES > max(sizes)
+    dataset = training_dataset(_data(photo_shards, loader_processes=2), shard_seed=0, reseed_each_epoch=False)
+    rows = sum(len(batch["label"]) for batch in dataset.iter_batches(batch_size=32, batch_format="numpy"))
+    assert rows == groups.num_rows
+    reading_tasks = int(re.search(r"ReadFilesParquetV2: (\d+) tasks executed", dataset.stats()).group(1))
+    assert reading_tasks >= 2
 
 
 def test_ray_keeps_a_reading_and_a_decoding_process_per_cpu_between_tasks(ray_address):
